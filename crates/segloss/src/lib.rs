@@ -1,1 +1,74 @@
-pub fn x() {}
+//! # segloss
+//!
+//! Dice-family segmentation losses for [Burn](https://burn.dev) 0.22 that match MONAI, are bounded
+//! where the maths says they are, and drop into a Burn training loop the way `burn::nn::loss` does.
+//!
+//! Every Dice-family loss is a small function of per-(sample, class) [overlap
+//! statistics](OverlapStats): `I = sum p g`, `P = sum p`, `G = sum g` over the voxels. One
+//! operation, [`overlap_stats`], computes them (activation, one-hot, masks and the ignore index
+//! applied inside); the losses are a few lines of arithmetic on `[B, C]` tensors.
+//!
+//! | loss | MONAI name | paper |
+//! |---|---|---|
+//! | [`DiceLoss`] (Dice, V-Net squared, Jaccard, masked) | `DiceLoss`, `MaskedDiceLoss` | Milletari et al. 2016 |
+//! | [`GeneralizedDiceLoss`] | `GeneralizedDiceLoss` | Sudre et al. 2017 |
+//! | [`TverskyLoss`] | `TverskyLoss` | Salehi et al. 2017 |
+//! | [`FocalLoss`] | `FocalLoss` | Lin et al. 2017 |
+//! | [`CrossEntropyLoss`] | (PyTorch `CrossEntropyLoss`) | |
+//! | [`DiceCELoss`], [`DiceFocalLoss`], [`GeneralizedDiceFocalLoss`] | same | |
+//! | [`GeneralizedWassersteinDiceLoss`] | same | Fidon et al. 2017 |
+//!
+//! Inputs: a prediction `[B, C, spatial...]` (2D, 3D, ...) and a [`Target`]: a label map
+//! (`Tensor<D, Int>`, `[B, 1, spatial...]` or `[B, spatial...]`) or a dense one-hot /
+//! multi-label / soft target (`Tensor<D>`, `[B, C, spatial...]`), optionally with a voxel mask.
+//!
+//! ## A training step
+//!
+//! ```
+//! use burn::module::Module;
+//! use burn::nn::conv::{Conv3d, Conv3dConfig};
+//! use burn::nn::PaddingConfig3d;
+//! use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+//! use burn::tensor::{Device, Distribution, Int, Tensor};
+//! use segloss::{Activation, DiceLossConfig};
+//!
+//! let device = Device::flex().autodiff();
+//! let mut model: Conv3d = Conv3dConfig::new([1, 3], [3, 3, 3])
+//!     .with_padding(PaddingConfig3d::Same)
+//!     .init(&device);
+//! let mut optim = AdamConfig::new().init();
+//! let loss_fn = DiceLossConfig::new(Activation::Softmax).with_include_background(false).init();
+//!
+//! let image = Tensor::<5>::random([2, 1, 8, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+//! let labels = Tensor::<5, Int>::random([2, 1, 8, 8, 8], Distribution::Uniform(0.0, 3.0), &device);
+//!
+//! let logits = model.forward(image);            // [2, 3, 8, 8, 8]
+//! let loss = loss_fn.forward(logits, labels);   // [1], in [0, 1]
+//! let grads = GradientsParams::from_grads(loss.backward(), &model);
+//! model = optim.step(1e-3, model, grads);
+//! # let _ = model.num_params();
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod input;
+pub(crate) mod kernel;
+pub mod loss;
+pub mod stats;
+
+pub use error::ConfigError;
+pub use input::{Activation, Target};
+pub use loss::compound::{
+    DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, GeneralizedDiceFocalLoss,
+    GeneralizedDiceFocalLossConfig,
+};
+pub use loss::cross_entropy::{CrossEntropyLoss, CrossEntropyLossConfig};
+pub use loss::dice::{DiceLoss, DiceLossConfig};
+pub use loss::focal::{FocalLoss, FocalLossConfig};
+pub use loss::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
+pub use loss::reduction::LossReduction;
+pub use loss::tversky::{TverskyLoss, TverskyLossConfig};
+pub use loss::wasserstein::{
+    GeneralizedWassersteinDiceLoss, GeneralizedWassersteinDiceLossConfig, WassersteinWeighting,
+};
+pub use stats::{OverlapStats, StatsOptions, overlap_stats};

@@ -1,0 +1,297 @@
+//! Inputs shared by every loss: the activation applied to the prediction, the target (a label map
+//! or a dense per-class target, with an optional voxel mask), and their validation.
+//!
+//! Every loss takes a prediction `[B, C, spatial...]` (any number of spatial axes: 2D, 3D, ...) and
+//! a [`Target`]. Internally both are flattened to `[B, C, N]` with `N` the number of voxels.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+/// The activation a loss applies to the raw prediction before comparing it with the target.
+///
+/// | variant | use it for | probabilities |
+/// |---|---|---|
+/// | [`Softmax`](Activation::Softmax) | mutually exclusive classes (multi-class) | `p_c = exp(x_c) / sum_k exp(x_k)` over the channel axis |
+/// | [`Sigmoid`](Activation::Sigmoid) | overlapping channels (multi-label) and single-channel binary | `p_c = 1 / (1 + exp(-x_c))` per channel |
+/// | [`None`](Activation::None) | predictions that already are probabilities in `[0, 1]` | `p = x` |
+///
+/// MONAI's `softmax=True` / `sigmoid=True` / neither. Softmax over a single channel is constant 1
+/// and is refused (MONAI warns and silently uses the raw input instead).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Softmax across the channel axis (multi-class).
+    Softmax,
+    /// Element-wise sigmoid (multi-label or binary).
+    Sigmoid,
+    /// No activation: the prediction already holds probabilities.
+    None,
+}
+
+impl Activation {
+    /// Applies the activation to `[B, C, ...]` along the channel axis 1.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Softmax => burn::tensor::activation::softmax(x, 1),
+            Activation::Sigmoid => burn::tensor::activation::sigmoid(x),
+            Activation::None => x,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum TargetKind {
+    /// Class indices, flattened to `[B, rest]`.
+    Labels(Tensor<2, Int>),
+    /// Per-class values, flattened to `[B, rest]`.
+    Dense(Tensor<2>),
+}
+
+/// What a prediction is compared with: a label map of class indices, or a dense per-class target,
+/// plus an optional voxel mask.
+///
+/// - **Label map** ([`Target::labels`], or `Tensor<D, Int>` through `From`): shape `[B, 1,
+///   spatial...]` or `[B, spatial...]`, values in `[0, C)` (or the loss's `ignore_index`). With a
+///   single-channel prediction (`C = 1`) the values must be 0 or 1 and are the binary target.
+///   The one-hot target is built inside the loss (MONAI's `to_onehot_y=True`).
+/// - **Dense** ([`Target::dense`], or `Tensor<D>` through `From`): shape `[B, C, spatial...]`,
+///   the same as the prediction: one-hot, multi-label (overlapping binary channels) or soft
+///   probabilities in `[0, 1]`.
+/// - **Voxel mask** ([`Target::with_mask`]): `[B, 1, spatial...]`, `[B, spatial...]`,
+///   `[1, 1, spatial...]` or `[1, spatial...]` (shared by the batch), values in `[0, 1]`. The
+///   loss multiplies the probabilities (after the activation) and the target by it, so a voxel
+///   with mask 0 counts for nothing: MONAI 1.6.1's `MaskedDiceLoss` semantics.
+///
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use segloss::Target;
+///
+/// let device = Device::flex();
+/// let labels = Tensor::<3, Int>::from_data([[[0, 1], [2, 1]]], &device); // [B=1, 2, 2]
+/// let mask = Tensor::<3>::from_data([[[1.0, 1.0], [0.0, 1.0]]], &device);
+/// let target = Target::labels(labels).with_mask(mask);
+/// assert!(target.is_label_map());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Target {
+    kind: TargetKind,
+    shape: Vec<usize>,
+    mask: Option<(Tensor<2>, Vec<usize>)>,
+}
+
+impl Target {
+    /// A label map `[B, 1, spatial...]` or `[B, spatial...]` of class indices.
+    pub fn labels<const E: usize>(labels: Tensor<E, Int>) -> Self {
+        let shape = labels.dims().to_vec();
+        let flat = labels.reshape([shape[0] as i32, -1]);
+        Self { kind: TargetKind::Labels(flat), shape, mask: None }
+    }
+
+    /// A dense target `[B, C, spatial...]`: one-hot, multi-label or soft, values in `[0, 1]`.
+    pub fn dense<const E: usize>(target: Tensor<E>) -> Self {
+        let shape = target.dims().to_vec();
+        let flat = target.reshape([shape[0] as i32, -1]);
+        Self { kind: TargetKind::Dense(flat), shape, mask: None }
+    }
+
+    /// Adds a voxel mask (see the type's docs for its shapes): voxels with mask 0 count for nothing.
+    pub fn with_mask<const E: usize>(mut self, mask: Tensor<E>) -> Self {
+        let shape = mask.dims().to_vec();
+        let flat = mask.reshape([shape[0] as i32, -1]);
+        self.mask = Some((flat, shape));
+        self
+    }
+
+    /// Whether this target is a label map (class indices) rather than a dense target.
+    pub fn is_label_map(&self) -> bool {
+        matches!(self.kind, TargetKind::Labels(_))
+    }
+
+    /// The target's shape as given.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+impl<const E: usize> From<Tensor<E, Int>> for Target {
+    fn from(labels: Tensor<E, Int>) -> Self {
+        Target::labels(labels)
+    }
+}
+
+impl<const E: usize> From<Tensor<E>> for Target {
+    fn from(target: Tensor<E>) -> Self {
+        Target::dense(target)
+    }
+}
+
+/// Options of [`prepare`] that come from the loss's config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrepareOptions {
+    pub ignore_index: Option<i64>,
+    pub validate_labels: bool,
+}
+
+/// A prediction and its target, validated and flattened.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// The raw prediction `[B, C, N]`.
+    pub logits: Tensor<3>,
+    /// Label maps `[B, N]` with ignored voxels set to class 0 (they are masked out).
+    pub labels: Option<Tensor<2, Int>>,
+    /// Dense targets `[B, C, N]`.
+    pub dense: Option<Tensor<3>>,
+    /// Voxel weights `[B, N]`: the user mask times the ignore mask; `None` when every voxel counts.
+    pub mask: Option<Tensor<2>>,
+    pub batch: usize,
+    pub channels: usize,
+    pub voxels: usize,
+    /// The prediction's spatial shape.
+    pub spatial: Vec<usize>,
+}
+
+impl Prepared {
+    /// The target as per-class values `[B, C, N]`, masked voxels included (not yet multiplied by
+    /// the mask). A label map becomes one-hot; with `C = 1` the label values are the target.
+    pub fn dense_target(&self) -> Tensor<3> {
+        if let Some(d) = &self.dense {
+            return d.clone();
+        }
+        let labels = self.labels.clone().expect("a target is either labels or dense");
+        let [b, c, n] = [self.batch, self.channels, self.voxels];
+        if c == 1 {
+            return labels.float().reshape([b, 1, n]);
+        }
+        let device = labels.device();
+        let classes = Tensor::<1, Int>::arange(0..c as i64, &device).reshape([1, c, 1]).expand([b, c, n]);
+        let labels = labels.reshape([b, 1, n]).expand([b, c, n]);
+        labels.equal(classes).float()
+    }
+
+    /// The prediction's shape `[B, C, spatial...]`.
+    pub fn prediction_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.batch, self.channels];
+        s.extend_from_slice(&self.spatial);
+        s
+    }
+}
+
+/// Validates `prediction` against `target` and flattens both to `[B, C, N]`.
+///
+/// # Panics
+/// On a shape mismatch (naming both shapes), a prediction of rank < 3, an empty tensor, or (when
+/// `validate_labels`) label values outside `[0, C)` that are not the ignore index.
+pub(crate) fn prepare<const D: usize>(
+    loss: &str,
+    prediction: Tensor<D>,
+    target: Target,
+    opts: PrepareOptions,
+) -> Prepared {
+    let pshape = prediction.dims().to_vec();
+    assert!(
+        D >= 3,
+        "{loss}: the prediction must be [batch, classes, spatial...] with at least one spatial axis, got shape {pshape:?}"
+    );
+    assert!(
+        pshape.iter().all(|&d| d > 0),
+        "{loss}: the prediction has an empty axis: shape {pshape:?}"
+    );
+    let (b, c) = (pshape[0], pshape[1]);
+    let spatial = pshape[2..].to_vec();
+    let n: usize = spatial.iter().product();
+    let logits = prediction.reshape([b, c, n]);
+    let tshape = target.shape.clone();
+
+    let (labels, dense, ignore_mask) = match target.kind {
+        TargetKind::Labels(flat) => {
+            let with_channel = tshape.len() == D && tshape[0] == b && tshape[1] == 1 && tshape[2..] == spatial[..];
+            let without_channel = tshape.len() == D - 1 && tshape[0] == b && tshape[1..] == spatial[..];
+            assert!(
+                with_channel || without_channel,
+                "{loss}: the label map must have shape [B, 1, spatial...] = {:?} or [B, spatial...] = {:?} to match the prediction {pshape:?}, got {tshape:?}{}",
+                [&[b, 1][..], &spatial[..]].concat(),
+                [&[b][..], &spatial[..]].concat(),
+                if tshape.len() == D && tshape[1] == c && c > 1 {
+                    " (a one-hot or multi-label target must be a float tensor: use Target::dense)"
+                } else {
+                    ""
+                }
+            );
+            let ignored = opts.ignore_index.map(|ii| flat.clone().equal_elem(ii));
+            if opts.validate_labels {
+                check_label_range(loss, &flat, ignored.clone(), c, opts.ignore_index);
+            }
+            match ignored {
+                Some(ignored) => {
+                    let clean = flat.mask_fill(ignored.clone(), 0);
+                    (Some(clean), None, Some(ignored.bool_not().float()))
+                }
+                None => (Some(flat), None, None),
+            }
+        }
+        TargetKind::Dense(flat) => {
+            assert!(
+                tshape == pshape,
+                "{loss}: the dense target must have the prediction's shape {pshape:?}, got {tshape:?}{}",
+                if tshape.len() + 1 == D || (tshape.len() == D && tshape.get(1) == Some(&1) && c > 1) {
+                    " (a label map of class indices must be an Int tensor: use Target::labels)"
+                } else {
+                    ""
+                }
+            );
+            let dense = flat.reshape([b, c, n]);
+            // MONAI's `create_ignore_mask` for one-hot targets: an index inside [0, C) excludes the
+            // voxels of that class; any other value excludes voxels whose channels are all zero.
+            let ignore_mask = opts.ignore_index.map(|ii| {
+                if c > 1 && ii >= 0 && (ii as usize) < c {
+                    dense.clone().narrow(1, ii as usize, 1).reshape([b, n]).neg().add_scalar(1.0)
+                } else {
+                    dense.clone().sum_dim(1).reshape([b, n]).greater_elem(0.0).float()
+                }
+            });
+            (None, Some(dense), ignore_mask)
+        }
+    };
+
+    let user_mask = target.mask.map(|(flat, mshape)| {
+        let ok_batch = mshape[0] == b || mshape[0] == 1;
+        let ok_rest = (mshape.len() == D && mshape[1] == 1 && mshape[2..] == spatial[..])
+            || (mshape.len() + 1 == D && mshape[1..] == spatial[..]);
+        assert!(
+            ok_batch && ok_rest,
+            "{loss}: the voxel mask must have shape [B or 1, 1, spatial...] or [B or 1, spatial...] with B = {b} and spatial = {spatial:?} (prediction {pshape:?}), got {mshape:?}"
+        );
+        if mshape[0] == 1 && b > 1 { flat.expand([b, n]) } else { flat }
+    });
+
+    let mask = match (user_mask, ignore_mask) {
+        (Some(u), Some(i)) => Some(u * i),
+        (Some(u), None) => Some(u),
+        (None, Some(i)) => Some(i),
+        (None, None) => None,
+    };
+
+    Prepared { logits, labels, dense, mask, batch: b, channels: c, voxels: n, spatial }
+}
+
+/// Checks that every label (other than the ignore index) is a class index in `[0, C)` (`{0, 1}`
+/// when `C = 1`). Costs one min/max reduction over the label map and one device synchronisation.
+fn check_label_range(loss: &str, labels: &Tensor<2, Int>, ignored: Option<Tensor<2, Bool>>, c: usize, ignore: Option<i64>) {
+    let upper = c.max(2) as i64;
+    let l = match ignored {
+        Some(m) => labels.clone().mask_fill(m, 0),
+        None => labels.clone(),
+    };
+    let both = Tensor::cat(vec![l.clone().min(), l.max()], 0);
+    let data: TensorData = both.into_data();
+    let v: Vec<i64> = data.iter::<i64>().collect();
+    let (lo, hi) = (v[0], v[1]);
+    if lo < 0 || hi >= upper {
+        let bad = if lo < 0 { lo } else { hi };
+        panic!(
+            "{loss}: label value {bad} is outside the class range [0, {upper}) of a prediction with {c} channel{} (labels found span [{lo}, {hi}]; ignore_index: {}). Labels must be class indices{}, or set `ignore_index` for unlabelled voxels.",
+            if c == 1 { "" } else { "s" },
+            ignore.map_or("none".to_string(), |i| i.to_string()),
+            if c == 1 { " (0 or 1 for a single-channel prediction)" } else { "" }
+        );
+    }
+}

@@ -1,0 +1,453 @@
+//! Compound losses: a Dice-family term plus a per-voxel term, `lambda_1 A + lambda_2 B`.
+//!
+//! Both terms see the same validated input (one shape check, one label check).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::cross_entropy::{CrossEntropyLoss, CrossEntropyLossConfig};
+use super::dice::{DiceLoss, DiceLossConfig};
+use super::focal::{FocalLoss, FocalLossConfig};
+use super::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
+use super::reduction::LossReduction;
+use crate::error::{Check, ConfigError};
+use crate::input::{Activation, Target, prepare};
+
+/// Configuration of a [`DiceCELoss`]; MONAI's `DiceCELoss` options.
+#[derive(Config, Debug)]
+pub struct DiceCELossConfig {
+    /// Activation of the Dice term (the cross-entropy always reads the prediction as logits).
+    pub activation: Activation,
+    /// Keep class 0 in the Dice term (the cross-entropy always covers every class).
+    #[config(default = true)]
+    pub include_background: bool,
+    /// V-Net squared denominator in the Dice term.
+    #[config(default = false)]
+    pub squared_pred: bool,
+    /// Soft Jaccard instead of Dice.
+    #[config(default = false)]
+    pub jaccard: bool,
+    /// Reduction of both terms.
+    #[config(default = "LossReduction::Mean")]
+    pub reduction: LossReduction,
+    /// Dice numerator smoothing, `>= 0`.
+    #[config(default = 1e-5)]
+    pub smooth_nr: f64,
+    /// Dice denominator smoothing, `> 0`.
+    #[config(default = 1e-5)]
+    pub smooth_dr: f64,
+    /// Batch Dice.
+    #[config(default = false)]
+    pub batch: bool,
+    /// Per-class weights, one per channel **including** background: the cross-entropy gets all of
+    /// them, the Dice term drops the first when `include_background` is false (MONAI).
+    pub weight: Option<Vec<f32>>,
+    /// Weight of the Dice term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_dice: f64,
+    /// Weight of the cross-entropy term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_ce: f64,
+    /// Label smoothing of the cross-entropy, in `[0, 1]`.
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// Label value whose voxels count for nothing in both terms.
+    pub ignore_index: Option<i64>,
+    /// Check label values (one reduction and one device sync per call).
+    #[config(default = true)]
+    pub validate_labels: bool,
+}
+
+impl DiceCELossConfig {
+    fn parts(&self) -> (DiceLossConfig, CrossEntropyLossConfig) {
+        let dice_weight = match (&self.weight, self.include_background) {
+            (Some(w), false) if w.len() > 1 => Some(w[1..].to_vec()),
+            (w, _) => w.clone(),
+        };
+        let dice = DiceLossConfig::new(self.activation)
+            .with_include_background(self.include_background)
+            .with_squared_pred(self.squared_pred)
+            .with_jaccard(self.jaccard)
+            .with_reduction(self.reduction)
+            .with_smooth_nr(self.smooth_nr)
+            .with_smooth_dr(self.smooth_dr)
+            .with_batch(self.batch)
+            .with_weight(dice_weight)
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        let ce = CrossEntropyLossConfig::new()
+            .with_weight(self.weight.clone())
+            .with_label_smoothing(self.label_smoothing)
+            .with_reduction(self.reduction)
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        (dice, ce)
+    }
+
+    /// Checks every option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = Check { loss: "DiceCELoss" };
+        c.non_negative("lambda_dice", self.lambda_dice)?;
+        c.non_negative("lambda_ce", self.lambda_ce)?;
+        let (dice, ce) = self.parts();
+        dice.validate().map_err(|e| ConfigError { loss: "DiceCELoss", ..e })?;
+        ce.validate().map_err(|e| ConfigError { loss: "DiceCELoss", ..e })
+    }
+
+    /// Builds the loss, or returns the first invalid option.
+    pub fn try_init(&self) -> Result<DiceCELoss, ConfigError> {
+        self.validate()?;
+        let (dice, ce) = self.parts();
+        Ok(DiceCELoss {
+            dice: dice.try_init()?,
+            ce: ce.try_init()?,
+            lambda_dice: self.lambda_dice,
+            lambda_ce: self.lambda_ce,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// With the [`ConfigError`] message when an option is invalid.
+    pub fn init(&self) -> DiceCELoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// `lambda_dice Dice + lambda_ce CE`: the [`DiceLoss`] and the [`CrossEntropyLoss`] (binary
+/// cross-entropy for a single channel) on the same logits. MONAI `DiceCELoss` 1.6.1; the default
+/// loss of nnU-Net (Isensee et al. 2021), whose authors found Dice alone often trains worse.
+///
+/// With a dense multi-channel target the cross-entropy uses it as class probabilities (as
+/// PyTorch and MONAI do), which for overlapping multi-label targets is not a per-channel BCE: use
+/// [`DiceFocalLoss`] (sigmoid focal, `gamma = 0` is BCE) for multi-label training.
+///
+/// **Shapes**: prediction `[B, C, spatial...]`, target a label map or dense tensor; `forward` `[1]`;
+/// [`forward_terms`](DiceCELoss::forward_terms) gives the two reduced terms before the lambdas.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Int, Tensor};
+/// use segloss::{Activation, DiceCELossConfig};
+///
+/// let device = Device::flex();
+/// let logits = Tensor::<5>::random([1, 3, 4, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+/// let labels = Tensor::<5, Int>::zeros([1, 1, 4, 4, 4], &device);
+/// let loss = DiceCELossConfig::new(Activation::Softmax).init();
+/// assert!(loss.forward(logits, labels).into_scalar::<f32>() > 0.0);
+/// ```
+///
+/// # Panics
+/// As its two terms.
+#[derive(Module, Debug)]
+pub struct DiceCELoss {
+    dice: DiceLoss,
+    ce: CrossEntropyLoss,
+    lambda_dice: f64,
+    lambda_ce: f64,
+}
+
+impl DiceCELoss {
+    /// The reduced loss `lambda_dice Dice + lambda_ce CE`, shape `[1]`.
+    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+        let (dice, ce) = self.forward_terms(prediction, target);
+        dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce)
+    }
+
+    /// The reduced Dice and cross-entropy terms, each `[1]`, before the lambdas (for logging).
+    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare("DiceCELoss", prediction, target.into(), self.dice.prepare_options());
+        let dice = self.dice.config().reduction.apply(self.dice.forward_prepared(&prepared));
+        let ce = self.ce.forward_prepared(&prepared);
+        (dice, ce)
+    }
+}
+
+/// Configuration of a [`DiceFocalLoss`]; MONAI's `DiceFocalLoss` options.
+#[derive(Config, Debug)]
+pub struct DiceFocalLossConfig {
+    /// Activation of the Dice term.
+    pub activation: Activation,
+    /// Keep class 0 in both terms.
+    #[config(default = true)]
+    pub include_background: bool,
+    /// V-Net squared denominator in the Dice term.
+    #[config(default = false)]
+    pub squared_pred: bool,
+    /// Soft Jaccard instead of Dice.
+    #[config(default = false)]
+    pub jaccard: bool,
+    /// Reduction of both terms.
+    #[config(default = "LossReduction::Mean")]
+    pub reduction: LossReduction,
+    /// Dice numerator smoothing, `>= 0`.
+    #[config(default = 1e-5)]
+    pub smooth_nr: f64,
+    /// Dice denominator smoothing, `> 0`.
+    #[config(default = 1e-5)]
+    pub smooth_dr: f64,
+    /// Batch Dice.
+    #[config(default = false)]
+    pub batch: bool,
+    /// Focal `gamma >= 0`.
+    #[config(default = 2.0)]
+    pub gamma: f64,
+    /// Per-class weights of both terms (classes after background exclusion).
+    pub weight: Option<Vec<f32>>,
+    /// Weight of the Dice term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_dice: f64,
+    /// Weight of the focal term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_focal: f64,
+    /// Focal balancing factor (see [`FocalLossConfig::alpha`]).
+    pub alpha: Option<Vec<f32>>,
+    /// Softmax focal term. Off by default, as in MONAI, whose `DiceFocalLoss` always uses the
+    /// sigmoid focal loss even with a softmax Dice (Project-MONAI/MONAI#8242); turn it on for
+    /// multi-class training.
+    #[config(default = false)]
+    pub focal_use_softmax: bool,
+    /// Label value whose voxels count for nothing in both terms.
+    pub ignore_index: Option<i64>,
+    /// Check label values (one reduction and one device sync per call).
+    #[config(default = true)]
+    pub validate_labels: bool,
+}
+
+impl DiceFocalLossConfig {
+    fn parts(&self) -> (DiceLossConfig, FocalLossConfig) {
+        let dice = DiceLossConfig::new(self.activation)
+            .with_include_background(self.include_background)
+            .with_squared_pred(self.squared_pred)
+            .with_jaccard(self.jaccard)
+            .with_reduction(self.reduction)
+            .with_smooth_nr(self.smooth_nr)
+            .with_smooth_dr(self.smooth_dr)
+            .with_batch(self.batch)
+            .with_weight(self.weight.clone())
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        let focal = FocalLossConfig::new()
+            .with_include_background(self.include_background)
+            .with_gamma(self.gamma)
+            .with_alpha(self.alpha.clone())
+            .with_weight(self.weight.clone())
+            .with_reduction(self.reduction)
+            .with_use_softmax(self.focal_use_softmax)
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        (dice, focal)
+    }
+
+    /// Checks every option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = Check { loss: "DiceFocalLoss" };
+        c.non_negative("lambda_dice", self.lambda_dice)?;
+        c.non_negative("lambda_focal", self.lambda_focal)?;
+        let (dice, focal) = self.parts();
+        dice.validate().map_err(|e| ConfigError { loss: "DiceFocalLoss", ..e })?;
+        focal.validate().map_err(|e| ConfigError { loss: "DiceFocalLoss", ..e })
+    }
+
+    /// Builds the loss, or returns the first invalid option.
+    pub fn try_init(&self) -> Result<DiceFocalLoss, ConfigError> {
+        self.validate()?;
+        let (dice, focal) = self.parts();
+        Ok(DiceFocalLoss {
+            dice: dice.try_init()?,
+            focal: focal.try_init()?,
+            lambda_dice: self.lambda_dice,
+            lambda_focal: self.lambda_focal,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// With the [`ConfigError`] message when an option is invalid.
+    pub fn init(&self) -> DiceFocalLoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// `lambda_dice Dice + lambda_focal Focal`: the [`DiceLoss`] and the [`FocalLoss`] on the same
+/// logits and target (Zhu et al., "AnatomyNet", Medical Physics 2019; MONAI `DiceFocalLoss` 1.6.1).
+///
+/// **Shapes**: as [`DiceLoss`]; `forward` `[1]`; [`forward_terms`](DiceFocalLoss::forward_terms)
+/// gives both reduced terms.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use segloss::{Activation, DiceFocalLossConfig};
+///
+/// let device = Device::flex();
+/// let logits = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+/// let target = Tensor::<4>::random([2, 3, 8, 8], Distribution::Bernoulli(0.2), &device);
+/// let loss = DiceFocalLossConfig::new(Activation::Sigmoid).init();
+/// assert!(loss.forward(logits, target).into_scalar::<f32>() > 0.0);
+/// ```
+///
+/// # Panics
+/// As its two terms.
+#[derive(Module, Debug)]
+pub struct DiceFocalLoss {
+    dice: DiceLoss,
+    focal: FocalLoss,
+    lambda_dice: f64,
+    lambda_focal: f64,
+}
+
+impl DiceFocalLoss {
+    /// The reduced loss, shape `[1]`.
+    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+        let (dice, focal) = self.forward_terms(prediction, target);
+        dice.mul_scalar(self.lambda_dice) + focal.mul_scalar(self.lambda_focal)
+    }
+
+    /// The reduced Dice and focal terms, each `[1]`, before the lambdas.
+    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare("DiceFocalLoss", prediction, target.into(), self.dice.prepare_options());
+        let dice = self.dice.config().reduction.apply(self.dice.forward_prepared(&prepared));
+        let focal = self.focal.forward_prepared(&prepared);
+        (dice, focal)
+    }
+}
+
+/// Configuration of a [`GeneralizedDiceFocalLoss`]; MONAI's `GeneralizedDiceFocalLoss` options.
+#[derive(Config, Debug)]
+pub struct GeneralizedDiceFocalLossConfig {
+    /// Activation of the Generalized Dice term.
+    pub activation: Activation,
+    /// Keep class 0 in both terms.
+    #[config(default = true)]
+    pub include_background: bool,
+    /// Generalized Dice class-weight rule.
+    #[config(default = "WeightType::Square")]
+    pub w_type: WeightType,
+    /// Reduction of both terms.
+    #[config(default = "LossReduction::Mean")]
+    pub reduction: LossReduction,
+    /// Numerator smoothing, `>= 0`.
+    #[config(default = 1e-5)]
+    pub smooth_nr: f64,
+    /// Denominator smoothing, `> 0`.
+    #[config(default = 1e-5)]
+    pub smooth_dr: f64,
+    /// Batch Generalized Dice.
+    #[config(default = false)]
+    pub batch: bool,
+    /// Focal `gamma >= 0`.
+    #[config(default = 2.0)]
+    pub gamma: f64,
+    /// Per-class weights of the focal term.
+    pub weight: Option<Vec<f32>>,
+    /// Weight of the Generalized Dice term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_gdl: f64,
+    /// Weight of the focal term, `>= 0`.
+    #[config(default = 1.0)]
+    pub lambda_focal: f64,
+    /// Softmax focal term (MONAI: always sigmoid).
+    #[config(default = false)]
+    pub focal_use_softmax: bool,
+    /// Label value whose voxels count for nothing in both terms.
+    pub ignore_index: Option<i64>,
+    /// Check label values (one reduction and one device sync per call).
+    #[config(default = true)]
+    pub validate_labels: bool,
+}
+
+impl GeneralizedDiceFocalLossConfig {
+    fn parts(&self) -> (GeneralizedDiceLossConfig, FocalLossConfig) {
+        let gdl = GeneralizedDiceLossConfig::new(self.activation)
+            .with_include_background(self.include_background)
+            .with_w_type(self.w_type)
+            .with_reduction(self.reduction)
+            .with_smooth_nr(self.smooth_nr)
+            .with_smooth_dr(self.smooth_dr)
+            .with_batch(self.batch)
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        let focal = FocalLossConfig::new()
+            .with_include_background(self.include_background)
+            .with_gamma(self.gamma)
+            .with_weight(self.weight.clone())
+            .with_reduction(self.reduction)
+            .with_use_softmax(self.focal_use_softmax)
+            .with_ignore_index(self.ignore_index)
+            .with_validate_labels(self.validate_labels);
+        (gdl, focal)
+    }
+
+    /// Checks every option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = Check { loss: "GeneralizedDiceFocalLoss" };
+        c.non_negative("lambda_gdl", self.lambda_gdl)?;
+        c.non_negative("lambda_focal", self.lambda_focal)?;
+        let (gdl, focal) = self.parts();
+        gdl.validate().map_err(|e| ConfigError { loss: "GeneralizedDiceFocalLoss", ..e })?;
+        focal.validate().map_err(|e| ConfigError { loss: "GeneralizedDiceFocalLoss", ..e })
+    }
+
+    /// Builds the loss, or returns the first invalid option.
+    pub fn try_init(&self) -> Result<GeneralizedDiceFocalLoss, ConfigError> {
+        self.validate()?;
+        let (gdl, focal) = self.parts();
+        Ok(GeneralizedDiceFocalLoss {
+            gdl: gdl.try_init()?,
+            focal: focal.try_init()?,
+            lambda_gdl: self.lambda_gdl,
+            lambda_focal: self.lambda_focal,
+        })
+    }
+
+    /// Builds the loss.
+    ///
+    /// # Panics
+    /// With the [`ConfigError`] message when an option is invalid.
+    pub fn init(&self) -> GeneralizedDiceFocalLoss {
+        self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// `lambda_gdl GDL + lambda_focal Focal`: the [`GeneralizedDiceLoss`] and the [`FocalLoss`]
+/// (MONAI `GeneralizedDiceFocalLoss` 1.6.1).
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use segloss::{Activation, GeneralizedDiceFocalLossConfig};
+///
+/// let device = Device::flex();
+/// let logits = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+/// let target = Tensor::<4>::random([2, 3, 8, 8], Distribution::Bernoulli(0.2), &device);
+/// let loss = GeneralizedDiceFocalLossConfig::new(Activation::Sigmoid).init();
+/// assert!(loss.forward(logits, target).into_scalar::<f32>() > 0.0);
+/// ```
+///
+/// # Panics
+/// As its two terms.
+#[derive(Module, Debug)]
+pub struct GeneralizedDiceFocalLoss {
+    gdl: GeneralizedDiceLoss,
+    focal: FocalLoss,
+    lambda_gdl: f64,
+    lambda_focal: f64,
+}
+
+impl GeneralizedDiceFocalLoss {
+    /// The reduced loss, shape `[1]`.
+    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+        let (gdl, focal) = self.forward_terms(prediction, target);
+        gdl.mul_scalar(self.lambda_gdl) + focal.mul_scalar(self.lambda_focal)
+    }
+
+    /// The reduced Generalized Dice and focal terms, each `[1]`, before the lambdas.
+    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare("GeneralizedDiceFocalLoss", prediction, target.into(), self.gdl.prepare_options());
+        let gdl = self.gdl.config().reduction.apply(self.gdl.forward_prepared(&prepared));
+        let focal = self.focal.forward_prepared(&prepared);
+        (gdl, focal)
+    }
+}
+
