@@ -1,0 +1,193 @@
+//! Bad input never gives a silent wrong number: the messages name the problem.
+
+use burn::tensor::{Device, Int, Tensor};
+use segloss::*;
+
+/// Runs `f`, expecting a panic, and returns its message.
+fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    let p = std::panic::catch_unwind(f).expect_err("expected a panic");
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap()
+}
+
+#[test]
+fn invalid_config_values_name_loss_parameter_rule_and_value() {
+    let e = DiceLossConfig::new(Activation::Softmax).with_smooth_dr(-1.0).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "DiceLoss: invalid `smooth_dr`: must be finite and > 0, got -1");
+    let e = DiceLossConfig::new(Activation::Softmax).with_smooth_nr(f64::NAN).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "DiceLoss: invalid `smooth_nr`: must be finite and >= 0, got NaN");
+    let e = DiceLossConfig::new(Activation::Softmax).with_weight(Some(vec![1.0, -0.5])).try_init().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "DiceLoss: invalid `weight`: must be finite and >= 0 for every class, got -0.5 at class 1 (of [1.0, -0.5])"
+    );
+    let e = TverskyLossConfig::new(Activation::Sigmoid).with_alpha(-0.1).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "TverskyLoss: invalid `alpha`: must be finite and >= 0, got -0.1");
+    let e = FocalLossConfig::new().with_gamma(-2.0).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "FocalLoss: invalid `gamma`: must be finite and >= 0, got -2");
+    let e = FocalLossConfig::new().with_alpha(Some(vec![1.5])).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "FocalLoss: invalid `alpha`: must be in [0, 1], got 1.5");
+    let e = CrossEntropyLossConfig::new().with_label_smoothing(1.5).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "CrossEntropyLoss: invalid `label_smoothing`: must be in [0, 1], got 1.5");
+    let e = DiceCELossConfig::new(Activation::Softmax).with_lambda_ce(-1.0).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "DiceCELoss: invalid `lambda_ce`: must be finite and >= 0, got -1");
+    let e = DiceCELossConfig::new(Activation::Softmax).with_smooth_dr(0.0).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "DiceCELoss: invalid `smooth_dr`: must be finite and > 0, got 0");
+    let e = GeneralizedDiceFocalLossConfig::new(Activation::Softmax).with_lambda_gdl(f64::INFINITY).try_init().unwrap_err();
+    assert_eq!(e.to_string(), "GeneralizedDiceFocalLoss: invalid `lambda_gdl`: must be finite and >= 0, got inf");
+    let e = GeneralizedWassersteinDiceLossConfig::new(vec![vec![0.0, 1.0], vec![1.0]]).try_init().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "GeneralizedWassersteinDiceLoss: invalid `dist_matrix`: must be square (C x C), got row 1 has 1 entries for 2 rows"
+    );
+    let e = GeneralizedWassersteinDiceLossConfig::new(vec![vec![0.5, 1.0], vec![1.0, 0.0]]).try_init().unwrap_err();
+    assert!(e.to_string().contains("0 on the diagonal"), "{e}");
+    // `init` panics with the same message.
+    let msg = panic_message(|| {
+        GeneralizedDiceLossConfig::new(Activation::Softmax).with_smooth_dr(-1e-5).init();
+    });
+    assert_eq!(msg, "GeneralizedDiceLoss: invalid `smooth_dr`: must be finite and > 0, got -0.00001");
+}
+
+#[test]
+fn shape_mismatches_name_both_shapes() {
+    let device = Device::flex();
+    let loss = DiceLossConfig::new(Activation::Softmax).init();
+    let p = Tensor::<5>::zeros([2, 3, 4, 4, 4], &device);
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<5, Int>::zeros([2, 1, 4, 4, 5], &device));
+    });
+    assert!(msg.contains("[2, 3, 4, 4, 4]") && msg.contains("[2, 1, 4, 4, 5]"), "{msg}");
+    assert!(msg.starts_with("DiceLoss: the label map must have shape [B, 1, spatial...]"), "{msg}");
+
+    let loss = DiceLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<5>::zeros([2, 2, 4, 4, 4], &device));
+    });
+    assert_eq!(
+        msg,
+        "DiceLoss: the dense target must have the prediction's shape [2, 3, 4, 4, 4], got [2, 2, 4, 4, 4]"
+    );
+    // A label map passed as floats is pointed at Target::labels.
+    let loss = DiceLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<5>::zeros([2, 1, 4, 4, 4], &device));
+    });
+    assert!(msg.contains("use Target::labels"), "{msg}");
+    // A one-hot passed as Int is pointed at Target::dense.
+    let loss = GeneralizedDiceLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<5, Int>::zeros([2, 3, 4, 4, 4], &device));
+    });
+    assert!(msg.starts_with("GeneralizedDiceLoss:") && msg.contains("use Target::dense"), "{msg}");
+    // A mask of the wrong size.
+    let loss = TverskyLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        let t = Target::labels(Tensor::<5, Int>::zeros([2, 1, 4, 4, 4], &device)).with_mask(Tensor::<5>::ones([2, 1, 4, 4, 3], &device));
+        loss.forward(p.clone(), t);
+    });
+    assert!(msg.starts_with("TverskyLoss: the voxel mask must have shape") && msg.contains("[2, 1, 4, 4, 3]"), "{msg}");
+    // Class weights of the wrong length.
+    let loss = DiceLossConfig::new(Activation::Softmax).with_weight(Some(vec![1.0, 2.0])).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<5, Int>::zeros([2, 1, 4, 4, 4], &device));
+    });
+    assert_eq!(
+        msg,
+        "DiceLoss: `weight` has 2 values but the loss sees 3 classes (all channels); give one weight per class, or a single value for all"
+    );
+    // GWDL distance matrix vs channels.
+    let loss = GeneralizedWassersteinDiceLossConfig::new(vec![vec![0.0, 1.0], vec![1.0, 0.0]]).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<4, Int>::zeros([2, 4, 4, 4], &device));
+    });
+    assert!(msg.contains("has 3 channels but `dist_matrix` is 2 x 2"), "{msg}");
+}
+
+#[test]
+fn labels_out_of_range_fail_clearly() {
+    let device = Device::flex();
+    let p = Tensor::<4>::zeros([1, 3, 2, 2], &device);
+    let loss = DiceLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<4, Int>::from_data([[[[0, 1], [3, 2]]]], &device));
+    });
+    assert_eq!(
+        msg,
+        "DiceLoss: label value 3 is outside the class range [0, 3) of a prediction with 3 channels (labels found span [0, 3]; ignore_index: none). Labels must be class indices, or set `ignore_index` for unlabelled voxels."
+    );
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), Tensor::<4, Int>::from_data([[[[0, -1], [1, 2]]]], &device));
+    });
+    assert!(msg.contains("label value -1 is outside the class range [0, 3)"), "{msg}");
+    // The ignore index is allowed; other out-of-range values are not.
+    let ignoring = DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init();
+    ignoring.forward(p.clone(), Tensor::<4, Int>::from_data([[[[0, 255], [1, 2]]]], &device));
+    let msg = panic_message(|| {
+        ignoring.forward(p.clone(), Tensor::<4, Int>::from_data([[[[0, 255], [7, 2]]]], &device));
+    });
+    assert!(msg.contains("label value 7") && msg.contains("ignore_index: 255"), "{msg}");
+    // Single channel: labels are 0/1.
+    let binary = DiceLossConfig::new(Activation::Sigmoid).init();
+    let msg = panic_message(|| {
+        binary.forward(Tensor::<4>::zeros([1, 1, 2, 2], &device), Tensor::<4, Int>::from_data([[[[0, 1], [2, 1]]]], &device));
+    });
+    assert!(msg.contains("(0 or 1 for a single-channel prediction)"), "{msg}");
+    // Cross-entropy and focal check too.
+    let ce = CrossEntropyLossConfig::new().init();
+    let msg = panic_message(|| {
+        ce.forward(p.clone(), Tensor::<3, Int>::from_data([[[0, 1], [5, 2]]], &device));
+    });
+    assert!(msg.starts_with("CrossEntropyLoss: label value 5"), "{msg}");
+}
+
+#[test]
+fn single_channel_misuse_is_refused() {
+    let device = Device::flex();
+    let p = Tensor::<4>::zeros([1, 1, 2, 2], &device);
+    let t = Tensor::<4>::zeros([1, 1, 2, 2], &device);
+    let loss = DiceLossConfig::new(Activation::Softmax).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), t.clone());
+    });
+    assert!(msg.contains("softmax over a single channel is constant 1"), "{msg}");
+    let loss = DiceLossConfig::new(Activation::Sigmoid).with_include_background(false).init();
+    let msg = panic_message(|| {
+        loss.forward(p.clone(), t.clone());
+    });
+    assert!(msg.contains("would drop the only channel"), "{msg}");
+}
+
+#[test]
+fn nan_input_gives_nan_not_a_number_that_looks_fine() {
+    let device = Device::flex();
+    let p = Tensor::<4>::from_data([[[[f32::NAN, 0.0], [1.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]]], &device);
+    let labels = Tensor::<4, Int>::from_data([[[[0, 1], [1, 0]]]], &device);
+    for v in [
+        DiceLossConfig::new(Activation::Softmax).init().forward(p.clone(), labels.clone()),
+        GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(p.clone(), labels.clone()),
+        FocalLossConfig::new().with_use_softmax(true).init().forward(p.clone(), labels.clone()),
+        CrossEntropyLossConfig::new().init().forward(p.clone(), labels.clone()),
+    ] {
+        assert!(v.into_scalar::<f32>().is_nan());
+    }
+}
+
+#[test]
+fn one_voxel_volumes_and_single_foreground_voxels_work() {
+    let device = Device::flex();
+    // 1x1x1 volume, two classes, predicted perfectly.
+    let p = Tensor::<5>::from_data([[[[[0.0f32]]], [[[1.0]]]]], &device);
+    let labels = Tensor::<5, Int>::from_data([[[[[1]]]]], &device);
+    let v = DiceLossConfig::new(Activation::None).init().forward_no_reduction(p, labels).into_data();
+    let v: Vec<f32> = v.iter::<f32>().collect();
+    assert!(v.iter().all(|x| x.abs() < 1e-6), "{v:?}");
+    // One foreground voxel in 4x4x4, predicted with probability 0.5: Dice = 2*0.5/(0.5+1).
+    let mut probs = vec![0.0f32; 64];
+    probs[21] = 0.5;
+    let p = Tensor::<5>::from_data(burn::tensor::TensorData::new(probs, [1, 1, 4, 4, 4]), &device);
+    let mut lab = vec![0i64; 64];
+    lab[21] = 1;
+    let t = Tensor::<5, Int>::from_data(burn::tensor::TensorData::new(lab, [1, 1, 4, 4, 4]), &device);
+    let v = DiceLossConfig::new(Activation::None).with_smooth_nr(0.0).with_smooth_dr(1e-12).init().forward(p, t).into_scalar::<f32>();
+    assert!((v - (1.0 - 1.0 / 1.5)).abs() < 1e-6, "{v}");
+}
