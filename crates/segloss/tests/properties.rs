@@ -9,6 +9,11 @@ const BOUND_SLACK: f32 = 1e-5;
 /// A perfect prediction must give a loss within this of 0 (smoothing is 1e-5 / 1e-5).
 const PERFECT_TOL: f32 = 1e-4;
 
+/// A named loss returning (per-class values, reduced value).
+type Bounded = (&'static str, Box<dyn Fn(Tensor<5>, Target) -> (Vec<f32>, Vec<f32>)>);
+/// A named loss of a rank-D prediction and a target.
+type Named<const D: usize> = (&'static str, Box<dyn Fn(Tensor<D>, Target) -> Tensor<1>>);
+
 #[derive(Debug, Clone)]
 struct Case {
     shape: [usize; 5],
@@ -60,7 +65,7 @@ fn assert_unit(name: &str, v: &[f32]) -> Result<(), TestCaseError> {
 }
 
 /// Every unweighted Dice-family loss of the library, per class and reduced.
-fn bounded_losses(soft_label: bool, batch: bool, bg: bool) -> Vec<(&'static str, Box<dyn Fn(Tensor<5>, Target) -> (Vec<f32>, Vec<f32>)>)> {
+fn bounded_losses(soft_label: bool, batch: bool, bg: bool) -> Vec<Bounded> {
     let act = Activation::None;
     let dice = DiceLossConfig::new(act).with_soft_label(soft_label).with_batch(batch).with_include_background(bg).init();
     let vnet = DiceLossConfig::new(act).with_squared_pred(true).with_batch(batch).with_include_background(bg).init();
@@ -129,19 +134,19 @@ proptest! {
         let logits: Vec<f32> = c.probs.iter().map(|&u| if u < 0.5 { -scale } else { scale }).collect();
         let labels = Tensor::<5, Int>::from_data(TensorData::new(c.labels.clone(), [b, 1, x, y, z]), &device);
         let dense = Tensor::<5>::from_data(TensorData::new(c.target.clone(), c.shape), &device);
-        let losses: Vec<(&str, Box<dyn Fn(Tensor<5>) -> Tensor<1>>)> = vec![
-            ("dice softmax", { let l = DiceLossConfig::new(Activation::Softmax).init(); let t = labels.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("dice sigmoid", { let l = DiceLossConfig::new(Activation::Sigmoid).with_squared_pred(true).init(); let t = dense.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("gdl softmax", { let l = GeneralizedDiceLossConfig::new(Activation::Softmax).init(); let t = labels.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("tversky sigmoid", { let l = TverskyLossConfig::new(Activation::Sigmoid).init(); let t = dense.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("focal sigmoid", { let l = FocalLossConfig::new().init(); let t = dense.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("focal softmax g=0.5", { let l = FocalLossConfig::new().with_use_softmax(true).with_gamma(0.5).init(); let t = labels.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("dice ce", { let l = DiceCELossConfig::new(Activation::Softmax).with_label_smoothing(0.1).init(); let t = labels.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
-            ("gwdl", { let c = c.shape[1]; let m = (0..c).map(|i| (0..c).map(|j| if i == j { 0.0 } else { 1.0 }).collect()).collect(); let l = GeneralizedWassersteinDiceLossConfig::new(m).init(); let t = labels.clone(); Box::new(move |p| l.forward(p, t.clone())) }),
+        let losses: Vec<Named<5>> = vec![
+            ("dice softmax", { let l = DiceLossConfig::new(Activation::Softmax).init(); let t = labels.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("dice sigmoid", { let l = DiceLossConfig::new(Activation::Sigmoid).with_squared_pred(true).init(); let t = dense.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("gdl softmax", { let l = GeneralizedDiceLossConfig::new(Activation::Softmax).init(); let t = labels.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("tversky sigmoid", { let l = TverskyLossConfig::new(Activation::Sigmoid).init(); let t = dense.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("focal sigmoid", { let l = FocalLossConfig::new().init(); let t = dense.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("focal softmax g=0.5", { let l = FocalLossConfig::new().with_use_softmax(true).with_gamma(0.5).init(); let t = labels.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("dice ce", { let l = DiceCELossConfig::new(Activation::Softmax).with_label_smoothing(0.1).init(); let t = labels.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
+            ("gwdl", { let c = c.shape[1]; let m = (0..c).map(|i| (0..c).map(|j| if i == j { 0.0 } else { 1.0 }).collect()).collect(); let l = GeneralizedWassersteinDiceLossConfig::new(m).init(); let t = labels.clone(); Box::new(move |p, _| l.forward(p, t.clone())) }),
         ];
         for (name, f) in losses {
             let p = Tensor::<5>::from_data(TensorData::new(logits.clone(), c.shape), &device).require_grad();
-            let loss = f(p.clone());
+            let loss = f(p.clone(), Target::labels(labels.clone()));
             let v = values(loss.clone());
             prop_assert!(v.iter().all(|x| x.is_finite()), "{name}: loss {v:?} not finite");
             let grads = loss.backward();
@@ -166,7 +171,7 @@ fn gradients_finite_for_empty_classes_masks_and_ignored_voxels() {
         ("all ignored", Target::labels(all_ignored)),
     ];
     for (what, t) in targets {
-        let losses: Vec<(&str, Box<dyn Fn(Tensor<4>, Target) -> Tensor<1>>)> = vec![
+        let losses: Vec<Named<4>> = vec![
             ("dice", { let l = DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
             ("dice smooth 0", { let l = DiceLossConfig::new(Activation::Softmax).with_smooth_nr(0.0).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
             ("gdl", { let l = GeneralizedDiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),

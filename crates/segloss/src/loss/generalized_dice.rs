@@ -54,6 +54,13 @@ pub struct GeneralizedDiceLossConfig {
     /// Check label values (one reduction and one device sync per call).
     #[config(default = true)]
     pub validate_labels: bool,
+    /// Divide the class weights by their sum (per sample, or over the batch) before the ratio.
+    /// The ratio is unchanged but for the smoothing terms, which MONAI adds to the *weighted*
+    /// sums: with `1 / G^2` weights on a 64^3 volume those sums are about 1e-5, the size of the
+    /// default smoothing, which then pulls the loss far from the unsmoothed value (0.73 instead
+    /// of 0.82 in the `seed_question` example). Off by default to match MONAI.
+    #[config(default = false)]
+    pub normalize_weights: bool,
 }
 
 impl GeneralizedDiceLossConfig {
@@ -167,7 +174,11 @@ impl GeneralizedDiceLoss {
         let infinite = w.clone().is_inf();
         let finite = w.mask_fill(infinite.clone(), 0.0);
         let largest = finite.clone().max_dim(1);
-        let w = finite + infinite.float() * largest;
+        let mut w = finite + infinite.float() * largest;
+        if cfg.normalize_weights {
+            let total = w.clone().sum_dim(1);
+            w = w / total.clamp_min(f32::MIN_POSITIVE as f64);
+        }
         let numerator = (tp * w.clone()).sum_dim(1).mul_scalar(2.0).add_scalar(cfg.smooth_nr);
         let denominator = (denominator * w).sum_dim(1).add_scalar(cfg.smooth_dr);
         numerator.div(denominator).neg().add_scalar(1.0)
