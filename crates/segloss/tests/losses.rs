@@ -1,0 +1,123 @@
+//! Analytic checks of loss values worked out by hand (independent of MONAI's reference cases).
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use segloss::*;
+
+const TOL: f32 = 1e-6;
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_scalar::<f32>()
+}
+
+/// probabilities [1, 2, 4] and labels [1, 4]: class 1 covers voxels 2 and 3.
+fn example() -> (Tensor<3>, Tensor<2, Int>) {
+    let device = Device::flex();
+    let p = Tensor::<3>::from_data([[[0.9, 0.6, 0.3, 0.0], [0.1, 0.4, 0.7, 1.0]]], &device);
+    let y = Tensor::<2, Int>::from_data([[0, 0, 1, 1]], &device);
+    (p, y)
+}
+
+#[test]
+fn dice_jaccard_tversky_by_hand() {
+    let (p, y) = example();
+    // class 1: I = 1.7, P = 2.2, G = 2. Dice loss = 1 - 3.4 / 4.2.
+    let none = |c: DiceLossConfig| c.with_smooth_nr(0.0).with_smooth_dr(1e-12).with_include_background(false).init();
+    let d = scalar(none(DiceLossConfig::new(Activation::None)).forward(p.clone(), y.clone()));
+    assert!((d - (1.0 - 3.4 / 4.2)).abs() < TOL, "{d}");
+    // Jaccard: 1 - I / (P + G - I) = 1 - 1.7 / 2.5.
+    let j = scalar(none(DiceLossConfig::new(Activation::None).with_jaccard(true)).forward(p.clone(), y.clone()));
+    assert!((j - (1.0 - 1.7 / 2.5)).abs() < TOL, "{j}");
+    // V-Net: P2 = 0.01 + 0.16 + 0.49 + 1 = 1.66, G2 = 2: 1 - 3.4 / 3.66.
+    let v = scalar(none(DiceLossConfig::new(Activation::None).with_squared_pred(true)).forward(p.clone(), y.clone()));
+    assert!((v - (1.0 - 3.4 / 3.66)).abs() < TOL, "{v}");
+    // Tversky 0.3/0.7: fp = 0.5, fn = 0.3: 1 - 1.7 / (1.7 + 0.15 + 0.21).
+    let t = TverskyLossConfig::new(Activation::None)
+        .with_alpha(0.3)
+        .with_beta(0.7)
+        .with_smooth_nr(0.0)
+        .with_smooth_dr(1e-12)
+        .with_include_background(false)
+        .init();
+    let t = scalar(t.forward(p, y));
+    assert!((t - (1.0 - 1.7 / 2.06)).abs() < TOL, "{t}");
+}
+
+#[test]
+fn generalized_dice_by_hand_and_weight_normalisation() {
+    let (p, y) = example();
+    // class 0: I = 1.5, P+G = 1.8 + 2; class 1: I = 1.7, P+G = 4.2. G = 2 for both: w = 1/4.
+    let expected = 1.0 - 2.0 * (1.5 + 1.7) / (3.8 + 4.2);
+    for normalize in [false, true] {
+        let l = GeneralizedDiceLossConfig::new(Activation::None)
+            .with_smooth_nr(0.0)
+            .with_smooth_dr(1e-12)
+            .with_normalize_weights(normalize)
+            .init();
+        let v = scalar(l.forward(p.clone(), y.clone()));
+        assert!((v - expected).abs() < TOL, "normalize {normalize}: {v} vs {expected}");
+    }
+    // With MONAI's default smoothing the weighted sums (w = 1/4) are much larger than 1e-5, so
+    // normalising changes the value only slightly...
+    let default = scalar(GeneralizedDiceLossConfig::new(Activation::None).init().forward(p.clone(), y.clone()));
+    assert!((default - expected).abs() < 1e-4, "{default}");
+    // ...but on a large volume the 1/G^2 weights make them tiny and the smoothing dominates,
+    // unless the weights are normalised.
+    let device = Device::flex();
+    let n = 200_000usize;
+    let probs: Vec<f32> = (0..2 * n).map(|i| if i < n { 0.75 } else { 0.25 }).collect();
+    let labels: Vec<i64> = (0..n).map(|i| (i % 2) as i64).collect();
+    let big_p = Tensor::<3>::from_data(TensorData::new(probs, [1, 2, n]), &device);
+    let big_y = Tensor::<2, Int>::from_data(TensorData::new(labels, [1, n]), &device);
+    // Each class: G = n/2, I = (0.75 or 0.25) n/2, P = (0.75 or 0.25) n: ratio 2 (I0 + I1) / (P0 + P1 + G0 + G1) = 0.5.
+    let normalised = GeneralizedDiceLossConfig::new(Activation::None).with_normalize_weights(true).init();
+    let v = scalar(normalised.forward(big_p.clone(), big_y.clone()));
+    assert!((v - 0.5).abs() < 1e-4, "{v}");
+    let monai = scalar(GeneralizedDiceLossConfig::new(Activation::None).init().forward(big_p, big_y));
+    assert!(monai < 0.45, "MONAI's smoothing pulls the value below 0.5, got {monai}");
+}
+
+#[test]
+fn batch_dice_pools_the_batch() {
+    let device = Device::flex();
+    // Sample 0 has class 1, sample 1 has none: per-sample Dice penalises the empty sample's
+    // false positives with a near-1 loss, batch Dice pools them.
+    let p = Tensor::<3>::from_data([[[0.0, 1.0]], [[0.5, 0.5]]], &device); // [2, 1, 2]
+    let g = Tensor::<3>::from_data([[[0.0, 1.0]], [[0.0, 0.0]]], &device);
+    let cfg = DiceLossConfig::new(Activation::None).with_smooth_nr(0.0).with_smooth_dr(1e-12);
+    let per_sample: Vec<f32> = cfg.init().forward_no_reduction(p.clone(), g.clone()).into_data().iter::<f32>().collect();
+    assert!(per_sample[0].abs() < TOL && (per_sample[1] - 1.0).abs() < TOL, "{per_sample:?}");
+    let batch: Vec<f32> = cfg.with_batch(true).init().forward_no_reduction(p, g).into_data().iter::<f32>().collect();
+    // I = 1, P = 2, G = 1: 1 - 2/3.
+    assert_eq!(batch.len(), 1);
+    assert!((batch[0] - 1.0 / 3.0).abs() < TOL, "{batch:?}");
+}
+
+#[test]
+fn ignore_index_and_mask_are_the_same_mechanism() {
+    let device = Device::flex();
+    let logits = Tensor::<3>::from_data([[[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0], [2.0, 0.0, 0.0, -1.0]]], &device);
+    let with_ignored = Tensor::<2, Int>::from_data([[0, 255, 2, 1]], &device);
+    let zeroed = Tensor::<2, Int>::from_data([[0, 0, 2, 1]], &device);
+    let mask = Tensor::<2>::from_data([[1.0, 0.0, 1.0, 1.0]], &device);
+    for (name, a, b) in [
+        (
+            "dice",
+            DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init().forward(logits.clone(), with_ignored.clone()),
+            DiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), Target::labels(zeroed.clone()).with_mask(mask.clone())),
+        ),
+        (
+            "ce",
+            CrossEntropyLossConfig::new().with_ignore_index(Some(255)).init().forward(logits.clone(), with_ignored.clone()),
+            CrossEntropyLossConfig::new().init().forward(logits.clone(), Target::labels(zeroed.clone()).with_mask(mask.clone())),
+        ),
+    ] {
+        let (a, b) = (scalar(a), scalar(b));
+        assert!((a - b).abs() < TOL, "{name}: {a} vs {b}");
+    }
+    // Dropping the voxel altogether gives the same Dice.
+    let kept = Tensor::<3>::from_data([[[1.0, 0.5, 3.0], [0.0, -1.0, 2.0], [2.0, 0.0, -1.0]]], &device);
+    let kept_y = Tensor::<2, Int>::from_data([[0, 2, 1]], &device);
+    let a = scalar(DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init().forward(logits, with_ignored));
+    let b = scalar(DiceLossConfig::new(Activation::Softmax).init().forward(kept, kept_y));
+    assert!((a - b).abs() < TOL, "{a} vs {b}");
+}
