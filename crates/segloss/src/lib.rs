@@ -72,3 +72,8 @@ pub use loss::wasserstein::{
     GeneralizedWassersteinDiceLoss, GeneralizedWassersteinDiceLossConfig, WassersteinWeighting,
 };
 pub use stats::{OverlapStats, StatsOptions, overlap_stats};
+
+/// The README's code blocks, compiled and run as doctests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
