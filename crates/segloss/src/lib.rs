@@ -52,12 +52,13 @@
 
 pub mod error;
 pub mod input;
-pub(crate) mod kernel;
+pub mod kernel;
 pub mod loss;
 pub mod stats;
 
 pub use error::ConfigError;
 pub use input::{Activation, Target};
+pub use kernel::{Kernel, with_kernel};
 pub use loss::compound::{
     DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, GeneralizedDiceFocalLoss,
     GeneralizedDiceFocalLossConfig,

@@ -15,7 +15,8 @@
 //! of the same sums. Everything a loss does after this (background exclusion aside, which happens
 //! here), batch sums, weights, reductions, is arithmetic on `[B, C]` tensors.
 //!
-//! How the statistics are computed is the business of the crate-private `kernel` module; the losses only see
+//! How the statistics are computed is the business of [`crate::kernel`] (a fused kernel where the
+//! backend has one, Burn tensor operations elsewhere); the losses only see
 //! [`OverlapStats`].
 
 use burn::tensor::Tensor;
@@ -128,7 +129,34 @@ pub fn overlap_stats<const D: usize>(
 /// The statistics of an already prepared input.
 pub(crate) fn prepared_stats(loss: &str, prepared: &Prepared, options: &StatsOptions) -> OverlapStats {
     check_channels(loss, prepared.channels, options.activation, options.include_background);
-    crate::kernel::composed::overlap_stats(prepared, options)
+    use crate::kernel::{Kernel, cpu, current_kernel, fused};
+    if current_kernel() == Kernel::Composed || !fused::supports(&prepared.logits.device()) {
+        return crate::kernel::composed::overlap_stats(prepared, options);
+    }
+    let spec = cpu::Spec {
+        act: match options.activation {
+            Activation::Softmax => cpu::Act::Softmax,
+            Activation::Sigmoid => cpu::Act::Sigmoid,
+            Activation::None => cpu::Act::None,
+        },
+        include_background: options.include_background,
+        squared: options.squared,
+        difference: options.difference,
+    };
+    let target = match (&prepared.labels, &prepared.dense) {
+        (Some(l), _) => fused::FusedTarget::Labels(l.clone()),
+        (None, Some(d)) => fused::FusedTarget::Dense(d.clone()),
+        (None, None) => unreachable!("a target is labels or dense"),
+    };
+    let stats = fused::overlap_stats(prepared.logits.clone(), target, prepared.mask.clone(), spec);
+    let [_, b, k] = stats.dims();
+    let part = |q: usize| stats.clone().narrow(0, q, 1).reshape([b, k]);
+    OverlapStats {
+        intersection: part(0),
+        prediction: part(1),
+        target: part(2),
+        difference: options.difference.then(|| part(3)),
+    }
 }
 
 /// Refuses the single-channel settings that MONAI warns about and then silently ignores.

@@ -316,9 +316,31 @@ fn compare(ours: &[f64], expected: &[f64]) -> Result<f64, String> {
     }
 }
 
-/// Runs `case` and compares it with `reference` (the case itself, or the MONAI equivalent of a
-/// documented difference).
-fn check_case(loss_name: &str, case: &Value, reference: &Value) -> Result<f64, String> {
+/// Largest difference between the fused and composed paths, relative to `max(1, |composed|)`.
+const FUSED_VS_COMPOSED: f64 = 1e-5;
+
+/// Runs `case` on both kernels and compares each with `reference` (the case itself, or the MONAI
+/// equivalent of a documented difference), and the two kernels with each other. Returns the
+/// largest error against MONAI and the largest fused-composed difference.
+fn check_case(loss_name: &str, case: &Value, reference: &Value) -> Result<(f64, f64), String> {
+    let fused = run_case(loss_name, case, reference, Kernel::Auto).map_err(|e| format!("fused path: {e}"))?;
+    let composed = run_case(loss_name, case, reference, Kernel::Composed).map_err(|e| format!("composed path: {e}"))?;
+    let mut diff = 0.0f64;
+    for (a, b) in fused.1.iter().chain(&fused.2).zip(composed.1.iter().chain(&composed.2)) {
+        if a.is_nan() && b.is_nan() {
+            continue;
+        }
+        let d = (a - b).abs() / b.abs().max(1.0);
+        if d.is_nan() || d > FUSED_VS_COMPOSED {
+            return Err(format!("fused {a} vs composed {b} (difference {d:.2e})"));
+        }
+        diff = diff.max(d);
+    }
+    Ok((fused.0.max(composed.0), diff))
+}
+
+/// Runs one case on one kernel: (largest error against MONAI, values, gradient).
+fn run_case(loss_name: &str, case: &Value, reference: &Value, kernel: Kernel) -> Result<(f64, Vec<f64>, Vec<f64>), String> {
     let opts = Options { map: case["options"].as_object().unwrap(), used: Default::default() };
     let (loss, none, labels) = build(loss_name, &opts)?;
     let device = Device::flex().autodiff();
@@ -327,15 +349,15 @@ fn check_case(loss_name: &str, case: &Value, reference: &Value) -> Result<f64, S
     if let Some(m) = case.get("mask") {
         t = with_mask(t, &array(m), &device);
     }
-    let (out, grad) = match x.shape.len() {
-        3 => run::<3>(&loss, none, &x, t),
-        4 => run::<4>(&loss, none, &x, t),
-        5 => run::<5>(&loss, none, &x, t),
-        r => return Err(format!("unsupported input rank {r}")),
-    };
+    let (out, grad) = with_kernel(kernel, || match x.shape.len() {
+        3 => Ok(run::<3>(&loss, none, &x, t)),
+        4 => Ok(run::<4>(&loss, none, &x, t)),
+        5 => Ok(run::<5>(&loss, none, &x, t)),
+        r => Err(format!("unsupported input rank {r}")),
+    })?;
     let v = compare(&out, &array(&reference["expected"]).data).map_err(|e| format!("value: {e}"))?;
     let g = compare(&grad, &array(&reference["grad_input"]).data).map_err(|e| format!("gradient: {e}"))?;
-    Ok(v.max(g))
+    Ok((v.max(g), out, grad))
 }
 
 /// A custom test harness (`harness = false`), so that the summary line is always printed.
@@ -370,6 +392,7 @@ fn main() {
     }
     let (mut total, mut failed, mut differences) = (0usize, Vec::new(), Vec::new());
     let mut worst = 0.0f64;
+    let mut worst_kernel_diff = 0.0f64;
     for set in &sets {
         let loss_name = set["loss"].as_str().unwrap();
         for case in set["cases"].as_array().unwrap() {
@@ -385,7 +408,10 @@ fn main() {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_case(loss_name, case, reference)));
             match result {
-                Ok(Ok(err)) => worst = worst.max(err),
+                Ok(Ok((err, diff))) => {
+                    worst = worst.max(err);
+                    worst_kernel_diff = worst_kernel_diff.max(diff);
+                }
                 Ok(Err(msg)) => failed.push(format!("{loss_name} {name}: {msg}")),
                 Err(p) => {
                     let msg = p
@@ -409,7 +435,12 @@ fn main() {
         failed.len(),
         differences.len()
     );
+    println!(
+        "fused vs composed: {} fused calls, largest difference {worst_kernel_diff:.2e} (limit {FUSED_VS_COMPOSED:.0e})",
+        segloss::kernel::fused::calls()
+    );
     assert!(total > 0, "no reference case found in {}", dir.display());
+    assert!(segloss::kernel::fused::calls() > 0, "the fused path never ran");
     if !failed.is_empty() {
         std::process::exit(1);
     }

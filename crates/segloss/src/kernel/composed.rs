@@ -9,7 +9,7 @@ use crate::input::Prepared;
 use crate::stats::{OverlapStats, StatsOptions};
 
 /// Composed-operation implementation of [`crate::overlap_stats`] on a prepared input.
-pub fn overlap_stats(prepared: &Prepared, options: &StatsOptions) -> OverlapStats {
+pub(crate) fn overlap_stats(prepared: &Prepared, options: &StatsOptions) -> OverlapStats {
     let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
     let mut p = options.activation.apply(prepared.logits.clone());
     let mut g = prepared.dense_target();

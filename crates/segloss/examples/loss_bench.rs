@@ -1,0 +1,118 @@
+//! Times forward + backward of one loss on one shape, for `bench/compare_monai.py`.
+//!
+//! ```text
+//! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N]
+//!   LOSS  dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
+//!   SHAPE BxCxS1xS2[xS3], e.g. 3x9x64x64x64
+//! ```
+//!
+//! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
+//! memory-traffic floor measured in the same process (reading the logits and labels twice and
+//! writing a gradient-sized buffer once, with plain copies and sums), and the peak resident
+//! memory added by the first forward + backward beyond the inputs (the OS's peak-resident counter,
+//! reset just before it).
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, Kernel, Target, with_kernel};
+
+/// A `/proc/self/status` field in KiB (`VmRSS`: resident now, `VmHWM`: peak resident).
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak-resident counter (Linux: writing 5 to `/proc/self/clear_refs`).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: loss_bench LOSS SHAPE [--kernel auto|composed] [--iters N]";
+    let loss = args.first().expect(usage).clone();
+    let shape: Vec<usize> = args.get(1).expect(usage).split('x').map(|v| v.parse().expect("shape: BxCxS...")).collect();
+    let mut kernel = Kernel::Auto;
+    let mut iters = 10usize;
+    let mut i = 2;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--kernel" => {
+                kernel = match args[i + 1].as_str() {
+                    "composed" => Kernel::Composed,
+                    _ => Kernel::Auto,
+                };
+                i += 2;
+            }
+            "--iters" => {
+                iters = args[i + 1].parse().expect("--iters N");
+                i += 2;
+            }
+            other => panic!("unknown argument {other}; {usage}"),
+        }
+    }
+    let (b, c) = (shape[0], shape[1]);
+    let n: usize = shape[2..].iter().product();
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
+    let labels = Tensor::<2, Int>::random([b, n], Distribution::Uniform(0.0, c as f64), &device);
+    let multi = (loss == "sigmoid-dice").then(|| Tensor::<3>::random([b, c, n], Distribution::Bernoulli(0.3), &device));
+    let _ = (logits.to_data(), labels.to_data());
+
+    let step = || {
+        let x = logits.clone().require_grad();
+        let value = match loss.as_str() {
+            "dice" => DiceLossConfig::new(Activation::Softmax).with_include_background(false).init().forward(x.clone(), Target::labels(labels.clone())),
+            "sigmoid-dice" => DiceLossConfig::new(Activation::Sigmoid).init().forward(x.clone(), Target::dense(multi.clone().unwrap())),
+            "gdl" => GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(x.clone(), Target::labels(labels.clone())),
+            other => panic!("unknown loss {other}"),
+        };
+        let grads = value.backward();
+        let g = x.grad(&grads).expect("gradient");
+        std::hint::black_box(g);
+    };
+
+    // Peak memory of one forward + backward beyond what is resident before it (the inputs).
+    reset_peak();
+    let before = status_kib("VmRSS:");
+    with_kernel(kernel, step);
+    let peak_extra_mib = status_kib("VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        with_kernel(kernel, step);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // The memory-traffic floor: read logits and labels twice, write a gradient once.
+    let xs: Vec<f32> = logits.to_data().try_to_vec().unwrap();
+    let ls: Vec<i64> = labels.to_data().iter::<i64>().collect();
+    let mut floor = Vec::new();
+    let mut out = vec![0.0f32; xs.len()];
+    for _ in 0..iters.max(5) {
+        let t = Instant::now();
+        let s1: f32 = xs.iter().sum::<f32>() + ls.iter().sum::<i64>() as f32;
+        out.copy_from_slice(&xs);
+        let s2: i64 = ls.iter().sum();
+        std::hint::black_box((s1, s2, &out));
+        floor.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {:.3}, \"peak_extra_mib\": {:.1}, \"gradient_mib\": {:.1}}}",
+        args[1],
+        times[times.len() / 2],
+        times[0],
+        floor[floor.len() / 2],
+        peak_extra_mib,
+        (b * c * n * 4) as f64 / (1024.0 * 1024.0)
+    );
+}
