@@ -61,7 +61,8 @@ pub trait Label: Copy + Send + Sync {
 impl Label for i64 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        self as f32
+        // Validated labels are small class indices; through i32 the conversion vectorises.
+        self as i32 as f32
     }
 }
 impl Label for i32 {
@@ -223,46 +224,44 @@ impl Scratch {
 /// `[sum m p m g, sum m p, sum m g, sum |m p - m g|]` (squared with `SQ`) over one block, with
 /// `LANES` independent f32 accumulators per statistic (vectorised), returned in f64.
 #[inline(always)]
-fn accumulate<const SQ: bool, const MASK: bool>(p: &[f32], g: &[f32], m: &[f32]) -> [f64; 4] {
-    let len = p.len();
-    let mut acc = [[0.0f32; LANES]; 4];
-    let chunks = len / LANES;
-    for ch in 0..chunks {
-        let r = ch * LANES..ch * LANES + LANES;
-        let (pc, gc): (&[f32; LANES], &[f32; LANES]) = (p[r.clone()].try_into().unwrap(), g[r.clone()].try_into().unwrap());
-        let mc: &[f32; LANES] = if MASK { m[r].try_into().unwrap() } else { pc };
+fn accumulate<const SQ: bool, const MASK: bool>(p: &[f32], g: &[f32], m: &[f32], mp: &mut [f32], mg: &mut [f32], diff: bool) -> [f64; 4] {
+    let (p, g) = if MASK {
+        let len = p.len();
+        for ((o, &a), &w) in mp[..len].iter_mut().zip(p).zip(m) {
+            *o = a * w;
+        }
+        for ((o, &a), &w) in mg[..len].iter_mut().zip(g).zip(m) {
+            *o = a * w;
+        }
+        (&mp[..len], &mg[..len])
+    } else {
+        (p, g)
+    };
+    let i = lane_sum(p, g, |a, b| a * b);
+    let (pp, gg) = if SQ { (lane_sum(p, p, |a, b| a * b), lane_sum(g, g, |a, b| a * b)) } else { (lane_sum(p, p, |a, _| a), lane_sum(g, g, |a, _| a)) };
+    let e = match (diff, SQ) {
+        (false, _) => 0.0,
+        (true, true) => lane_sum(p, g, |a, b| (a - b) * (a - b)),
+        (true, false) => lane_sum(p, g, |a, b| (a - b).abs()),
+    };
+    [i, pp, gg, e]
+}
+
+/// `sum_i f(a_i, b_i)` with `LANES` independent f32 accumulators (vectorised), returned in f64.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
         for l in 0..LANES {
-            let w = if MASK { mc[l] } else { 1.0 };
-            let (mp, mg) = (w * pc[l], w * gc[l]);
-            let diff = mp - mg;
-            acc[0][l] += mp * mg;
-            if SQ {
-                acc[1][l] += mp * mp;
-                acc[2][l] += mg * mg;
-                acc[3][l] += diff * diff;
-            } else {
-                acc[1][l] += mp;
-                acc[2][l] += mg;
-                acc[3][l] += diff.abs();
-            }
+            acc[l] += f(x[l], y[l]);
         }
     }
-    for i in chunks * LANES..len {
-        let w = if MASK { m[i] } else { 1.0 };
-        let (mp, mg) = (w * p[i], w * g[i]);
-        let diff = mp - mg;
-        acc[0][0] += mp * mg;
-        if SQ {
-            acc[1][0] += mp * mp;
-            acc[2][0] += mg * mg;
-            acc[3][0] += diff * diff;
-        } else {
-            acc[1][0] += mp;
-            acc[2][0] += mg;
-            acc[3][0] += diff.abs();
-        }
+    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        acc[l] += f(x, y);
     }
-    acc.map(|a| a.iter().map(|&v| v as f64).sum())
+    acc.iter().map(|&v| v as f64).sum()
 }
 
 /// Sums of one block: `[4][K]` in f64.
@@ -280,11 +279,12 @@ fn forward_block<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>,
         target_block(t, d, b, c, n0, len, &s.labels, &mut s.g);
         let p = &s.p[c * BLOCK..c * BLOCK + len];
         let g = &s.g[..len];
+        let (mp, mg) = s.aux.split_at_mut(BLOCK);
         let sums = match (spec.squared, m) {
-            (false, None) => accumulate::<false, false>(p, g, p),
-            (false, Some(m)) => accumulate::<false, true>(p, g, m),
-            (true, None) => accumulate::<true, false>(p, g, p),
-            (true, Some(m)) => accumulate::<true, true>(p, g, m),
+            (false, None) => accumulate::<false, false>(p, g, p, mp, mg, spec.difference),
+            (false, Some(m)) => accumulate::<false, true>(p, g, m, mp, mg, spec.difference),
+            (true, None) => accumulate::<true, false>(p, g, p, mp, mg, spec.difference),
+            (true, Some(m)) => accumulate::<true, true>(p, g, m, mp, mg, spec.difference),
         };
         for (q, v) in sums.into_iter().enumerate() {
             out[q * k + j] = v;
@@ -477,6 +477,27 @@ pub fn backward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same statistics and gradient, bit for bit, on 1, 2 and 3 threads.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (b, c, n) = (2usize, 5usize, 3 * BLOCK + 17);
+        let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0).collect();
+        let l: Vec<i64> = (0..b * n).map(|i| ((i * 31) % c) as i64).collect();
+        let m: Vec<f32> = (0..b * n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
+        let d = Dims { b, c, n };
+        let spec = Spec { act: Act::Softmax, include_background: false, squared: false, difference: true };
+        let grad: Vec<f32> = (0..4 * b * (c - 1)).map(|i| i as f32 * 0.01 - 0.1).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                (forward(&x, TargetRef::Labels(&l), Some(&m), d, spec), backward(&x, TargetRef::Labels(&l), Some(&m), &grad, d, spec))
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
 
     #[test]
     fn exp_matches_std_over_the_float_range() {

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Side by side: MONAI (PyTorch, CPU) and segloss, forward + backward of Dice-family losses.
+
+Same machine, same run, same thread count. For every named shape and loss it prints the median
+time of one forward + backward (gradient with respect to the logits) for MONAI and for segloss
+(fused kernel), their ratio, the memory-traffic floor measured in the same run (segloss's
+`loss_bench` reads the logits and labels twice and writes a gradient-sized buffer once with plain
+copies and sums) and the peak resident memory that the first forward + backward adds beyond the
+inputs, read from the OS (Linux VmHWM, reset just before through /proc/self/clear_refs).
+
+usage: python3 bench/compare_monai.py [--iters N] [--threads T] [--shapes NAME,...]
+needs: pip install torch monai; a release build of the example
+       (cargo build --release --example loss_bench)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    "question_3x9x64^3": (3, 9, (64, 64, 64)),
+    "2x4x128^3": (2, 4, (128, 128, 128)),
+    "1x14x96^3": (1, 14, (96, 96, 96)),
+    "2d_16x4x512^2": (16, 4, (512, 512)),
+}
+LOSSES = ["dice", "sigmoid-dice", "gdl"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target", "release", "examples", "loss_bench")
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def monai_row(loss_name, shape, iters):
+    import torch
+    from monai.losses import DiceLoss, GeneralizedDiceLoss
+
+    b, c, spatial = shape
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn((b, c) + spatial, generator=g)
+    labels = torch.randint(0, c, (b, 1) + spatial, generator=g).float()
+    if loss_name == "dice":
+        loss = DiceLoss(softmax=True, to_onehot_y=True, include_background=False)
+        target = labels
+    elif loss_name == "sigmoid-dice":
+        loss = DiceLoss(sigmoid=True)
+        target = (torch.rand((b, c) + spatial, generator=g) < 0.3).float()
+    else:
+        loss = GeneralizedDiceLoss(softmax=True, to_onehot_y=True)
+        target = labels
+
+    def step():
+        x = logits.clone().requires_grad_(True)
+        value = loss(x, target)
+        value.backward()
+        return x.grad
+
+    reset_peak()
+    before = status_kib("VmRSS:")
+    step()
+    extra = (status_kib("VmHWM:") - before) / 1024.0
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), extra
+
+
+def monai_subprocess(name, loss_name, iters, threads):
+    """One MONAI row in a fresh process, so that its memory reading is not hidden by memory the
+    PyTorch allocator kept from an earlier row."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one-monai", name, loss_name,
+                          "--iters", str(iters), "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def segloss_row(loss_name, shape, iters, threads):
+    b, c, spatial = shape
+    dims = "x".join(str(v) for v in (b, c) + spatial)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run([BENCH, loss_name, dims, "--iters", str(iters)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--one-monai", nargs=2, metavar=("SHAPE", "LOSS"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one_monai:
+        import torch
+        torch.set_num_threads(a.threads)
+        ms, mib = monai_row(a.one_monai[1], SHAPES[a.one_monai[0]], a.iters)
+        print(json.dumps({"median_ms": ms, "peak_extra_mib": mib}))
+        return
+    if not os.path.exists(BENCH):
+        sys.exit(f"missing {BENCH}: run `cargo build --release --example loss_bench` first")
+    import torch
+    import monai
+
+    torch.set_num_threads(a.threads)
+    print(f"MONAI {monai.__version__}, PyTorch {torch.__version__}, {a.threads} threads for both, "
+          f"median of {a.iters} forward + backward after one warm-up; memory: peak RSS added by the first one")
+    header = ("shape", "loss", "MONAI ms", "segloss ms", "speed-up", "floor ms", "segloss/floor",
+              "MONAI +MiB", "segloss +MiB", "grad MiB")
+    rows = []
+    for name in a.shapes.split(","):
+        for loss_name in LOSSES:
+            m = monai_subprocess(name, loss_name, a.iters, a.threads)
+            m_ms, m_mib = m["median_ms"], m["peak_extra_mib"]
+            s = segloss_row(loss_name, SHAPES[name], a.iters, a.threads)
+            rows.append((name, loss_name, f"{m_ms:.1f}", f"{s['median_ms']:.1f}", f"{m_ms / s['median_ms']:.2f}x",
+                         f"{s['floor_ms']:.1f}", f"{s['median_ms'] / s['floor_ms']:.2f}x",
+                         f"{m_mib:.0f}", f"{s['peak_extra_mib']:.0f}", f"{s['gradient_mib']:.0f}"))
+            print("  " + " | ".join(rows[-1]), flush=True)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
