@@ -108,6 +108,16 @@ impl Dims {
 /// `exp(x)` for f32, branch-free so that loops over it vectorise. Cephes `expf` polynomial.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_poly::<false>(x)
+}
+
+/// `exp` with the polynomial in fused multiply-adds when `FMA` (only inside FMA-enabled code).
+#[inline(always)]
+fn exp_poly<const FMA: bool>(x: f32) -> f32 {
+    #[inline(always)]
+    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FMA { a.mul_add(b, c) } else { a * b + c }
+    }
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
@@ -117,12 +127,12 @@ pub fn exp_f32(x: f32) -> f32 {
     let fx = t - ROUND;
     let r = x - fx * C1 - fx * C2;
     let mut y = 1.987_569_1e-4;
-    y = y * r + 1.398_199_9e-3;
-    y = y * r + 8.333_452e-3;
-    y = y * r + 4.166_579_6e-2;
-    y = y * r + 0.166_666_65;
-    y = y * r + 0.5;
-    y = y * r * r + r + 1.0;
+    y = madd::<FMA>(y, r, 1.398_199_9e-3);
+    y = madd::<FMA>(y, r, 8.333_452e-3);
+    y = madd::<FMA>(y, r, 4.166_579_6e-2);
+    y = madd::<FMA>(y, r, 0.166_666_65);
+    y = madd::<FMA>(y, r, 0.5);
+    y = madd::<FMA>(y * r, r, r + 1.0);
     // t = 1.5 * 2^23 + n exactly, so n sits in the low mantissa bits (integer ops vectorise,
     // unlike a saturating float-to-int cast).
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
@@ -132,7 +142,7 @@ pub fn exp_f32(x: f32) -> f32 {
 
 /// Activations of one block: `p[c * BLOCK + i]` for the `len` voxels starting at `n0` of sample `b`.
 #[inline(always)]
-fn activate(x: &[f32], d: Dims, spec: &Spec, b: usize, n0: usize, len: usize, p: &mut [f32], scratch: &mut [f32]) {
+fn activate<const FMA: bool>(x: &[f32], d: Dims, spec: &Spec, b: usize, n0: usize, len: usize, p: &mut [f32], scratch: &mut [f32]) {
     let base = b * d.c * d.n + n0;
     match spec.act {
         Act::None => {
@@ -144,7 +154,7 @@ fn activate(x: &[f32], d: Dims, spec: &Spec, b: usize, n0: usize, len: usize, p:
             for c in 0..d.c {
                 let src = &x[base + c * d.n..base + c * d.n + len];
                 for (o, &v) in p[c * BLOCK..c * BLOCK + len].iter_mut().zip(src) {
-                    *o = 1.0 / (1.0 + exp_f32(-v));
+                    *o = 1.0 / (1.0 + exp_poly::<FMA>(-v));
                 }
             }
         }
@@ -163,7 +173,7 @@ fn activate(x: &[f32], d: Dims, spec: &Spec, b: usize, n0: usize, len: usize, p:
                 let src = &x[base + c * d.n..base + c * d.n + len];
                 let out = &mut p[c * BLOCK..c * BLOCK + len];
                 for i in 0..len {
-                    let e = exp_f32(src[i] - mx[i]);
+                    let e = exp_poly::<FMA>(src[i] - mx[i]);
                     out[i] = e;
                     sum[i] += e;
                 }
@@ -266,12 +276,12 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
 
 /// Sums of one block: `[4][K]` in f64.
 #[inline(always)]
-fn forward_block<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: &Spec, b: usize, blk: usize, s: &mut Scratch) -> Vec<f64> {
+fn forward_block<L: Label, const FMA: bool>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: &Spec, b: usize, blk: usize, s: &mut Scratch) -> Vec<f64> {
     let n0 = blk * BLOCK;
     let len = BLOCK.min(d.n - n0);
     let k = d.k(spec);
     let first = d.first(spec);
-    activate(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
+    activate::<FMA>(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
     labels_block(t, d, b, n0, len, &mut s.labels);
     let m = mask.map(|m| &m[b * d.n + n0..b * d.n + n0 + len]);
     let mut out = vec![0.0f64; 4 * k];
@@ -315,7 +325,7 @@ fn upstream<const SQ: bool, const MASK: bool>(p: &[f32], g: &[f32], m: &[f32], [
 
 /// Gradient of one block, written into `dx` (the `[C, len]` block of sample `b`, rows strided by `N`).
 #[inline(always)]
-fn backward_block<L: Label>(
+fn backward_block<L: Label, const FMA: bool>(
     x: &[f32],
     t: TargetRef<'_, L>,
     mask: Option<&[f32]>,
@@ -332,7 +342,7 @@ fn backward_block<L: Label>(
     let len = BLOCK.min(d.n - n0);
     let k = d.k(spec);
     let first = d.first(spec);
-    activate(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
+    activate::<FMA>(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
     labels_block(t, d, b, n0, len, &mut s.labels);
     let m = mask.map(|m| &m[b * d.n + n0..b * d.n + n0 + len]);
     if first == 1 {
@@ -413,7 +423,7 @@ macro_rules! with_best_simd {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx<L: Label>($($arg: $ty),*) -> $ret {
-            $body($($arg),*)
+            $body::<L, true>($($arg),*)
         }
         fn $name<L: Label>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
@@ -421,7 +431,7 @@ macro_rules! with_best_simd {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 return unsafe { $avx($($arg),*) };
             }
-            $body($($arg),*)
+            $body::<L, false>($($arg),*)
         }
     };
 }
