@@ -1,0 +1,92 @@
+//! The losses a training run can use, by name (the `--loss` of the command line).
+
+use burn::tensor::{Int, Tensor};
+use segloss::{
+    Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, FocalLossConfig,
+    GeneralizedDiceLossConfig, TverskyLossConfig,
+};
+
+/// A loss for multi-class training from logits `[B, C, D, H, W]` and a label map `[B, 1, D, H, W]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Soft Dice, softmax, background excluded.
+    Dice,
+    /// Generalized Dice (1/V^2 weights, normalised), softmax, background included.
+    Gdl,
+    /// Dice + cross-entropy (nnU-Net's default).
+    DiceCe,
+    /// Dice + softmax focal loss.
+    DiceFocal,
+    /// Tversky (alpha 0.3, beta 0.7: recall-leaning), softmax, background excluded.
+    Tversky,
+    /// Softmax focal loss alone.
+    Focal,
+    /// Cross-entropy alone.
+    Ce,
+}
+
+impl LossKind {
+    /// Every loss, with its command-line name.
+    pub const ALL: [(&'static str, LossKind); 7] = [
+        ("dice", LossKind::Dice),
+        ("gdl", LossKind::Gdl),
+        ("dice-ce", LossKind::DiceCe),
+        ("dice-focal", LossKind::DiceFocal),
+        ("tversky", LossKind::Tversky),
+        ("focal", LossKind::Focal),
+        ("ce", LossKind::Ce),
+    ];
+
+    /// Parses a command-line name.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+            format!("unknown loss `{name}`; choose one of: {}", names.join(", "))
+        })
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).expect("every kind is named")
+    }
+
+    /// The loss of `logits` against `labels`, shape `[1]`.
+    pub fn compute(self, logits: Tensor<5>, labels: Tensor<5, Int>) -> Tensor<1> {
+        let act = Activation::Softmax;
+        match self {
+            LossKind::Dice => DiceLossConfig::new(act).with_include_background(false).init().forward(logits, labels),
+            LossKind::Gdl => GeneralizedDiceLossConfig::new(act).with_normalize_weights(true).init().forward(logits, labels),
+            LossKind::DiceCe => DiceCELossConfig::new(act).with_include_background(false).init().forward(logits, labels),
+            LossKind::DiceFocal => DiceFocalLossConfig::new(act)
+                .with_include_background(false)
+                .with_focal_use_softmax(true)
+                .init()
+                .forward(logits, labels),
+            LossKind::Tversky => TverskyLossConfig::new(act)
+                .with_include_background(false)
+                .with_alpha(0.3)
+                .with_beta(0.7)
+                .init()
+                .forward(logits, labels),
+            LossKind::Focal => FocalLossConfig::new().with_use_softmax(true).init().forward(logits, labels),
+            LossKind::Ce => CrossEntropyLossConfig::new().init().forward(logits, labels),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_listed() {
+        for (name, kind) in LossKind::ALL {
+            assert_eq!(LossKind::parse(name), Ok(kind));
+            assert_eq!(kind.name(), name);
+        }
+        assert_eq!(
+            LossKind::parse("dicey"),
+            Err("unknown loss `dicey`; choose one of: dice, gdl, dice-ce, dice-focal, tversky, focal, ce".to_string())
+        );
+    }
+}

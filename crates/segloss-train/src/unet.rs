@@ -1,0 +1,150 @@
+//! A 3D U-Net (Ronneberger et al. 2015; Çiçek et al. 2016) in the nnU-Net style: two 3x3x3
+//! convolutions with instance norm and leaky ReLU per level, strided convolutions to go down,
+//! transposed convolutions to go up, skip connections by concatenation.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::{InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig, PaddingConfig3d};
+use burn::tensor::{Device, Tensor};
+
+/// Configuration of a [`UNet3d`].
+#[derive(Config, Debug)]
+pub struct UNet3dConfig {
+    /// Input channels (1 for a single image modality).
+    #[config(default = 1)]
+    pub in_channels: usize,
+    /// Output channels: the number of classes, background included.
+    pub num_classes: usize,
+    /// Feature channels of the first level; each level down doubles them.
+    #[config(default = 8)]
+    pub base_width: usize,
+    /// Number of resolution levels (`>= 1`); spatial sizes must be divisible by `2^(depth - 1)`.
+    #[config(default = 3)]
+    pub depth: usize,
+}
+
+/// Conv-norm-activation twice; the first convolution may downsample with stride 2.
+#[derive(Module, Debug)]
+struct ConvBlock {
+    conv1: Conv3d,
+    norm1: InstanceNorm,
+    conv2: Conv3d,
+    norm2: InstanceNorm,
+    act: LeakyRelu,
+}
+
+impl ConvBlock {
+    fn new(input: usize, output: usize, stride: usize, device: &Device) -> Self {
+        Self {
+            conv1: Conv3dConfig::new([input, output], [3, 3, 3])
+                .with_stride([stride; 3])
+                .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+                .init(device),
+            norm1: InstanceNormConfig::new(output).with_affine(true).init(device),
+            conv2: Conv3dConfig::new([output, output], [3, 3, 3]).with_padding(PaddingConfig3d::Same).init(device),
+            norm2: InstanceNormConfig::new(output).with_affine(true).init(device),
+            act: LeakyReluConfig::new().init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = self.act.forward(self.norm1.forward(self.conv1.forward(x)));
+        self.act.forward(self.norm2.forward(self.conv2.forward(x)))
+    }
+}
+
+/// One decoder level: upsample by 2, concatenate the skip connection, convolve.
+#[derive(Module, Debug)]
+struct UpBlock {
+    up: ConvTranspose3d,
+    block: ConvBlock,
+}
+
+/// A 3D U-Net: input `[B, in_channels, D, H, W]`, output logits `[B, num_classes, D, H, W]`.
+#[derive(Module, Debug)]
+pub struct UNet3d {
+    encoders: Vec<ConvBlock>,
+    decoders: Vec<UpBlock>,
+    head: Conv3d,
+}
+
+impl UNet3dConfig {
+    /// Builds the network on `device`.
+    ///
+    /// # Panics
+    /// If `depth`, `base_width`, `in_channels` or `num_classes` is 0.
+    pub fn init(&self, device: &Device) -> UNet3d {
+        assert!(self.depth >= 1, "UNet3d: `depth` must be >= 1, got {}", self.depth);
+        assert!(self.base_width >= 1 && self.in_channels >= 1 && self.num_classes >= 1, "UNet3d: widths and channel counts must be >= 1");
+        let widths: Vec<usize> = (0..self.depth).map(|l| self.base_width << l).collect();
+        let mut encoders = Vec::new();
+        let mut input = self.in_channels;
+        for (level, &w) in widths.iter().enumerate() {
+            encoders.push(ConvBlock::new(input, w, if level == 0 { 1 } else { 2 }, device));
+            input = w;
+        }
+        let mut decoders = Vec::new();
+        for level in (0..self.depth - 1).rev() {
+            let (from, to) = (widths[level + 1], widths[level]);
+            decoders.push(UpBlock {
+                up: ConvTranspose3dConfig::new([from, to], [2, 2, 2]).with_stride([2, 2, 2]).init(device),
+                block: ConvBlock::new(2 * to, to, 1, device),
+            });
+        }
+        let head = Conv3dConfig::new([widths[0], self.num_classes], [1, 1, 1]).init(device);
+        UNet3d { encoders, decoders, head }
+    }
+}
+
+impl UNet3d {
+    /// Logits `[B, num_classes, D, H, W]` of images `[B, in_channels, D, H, W]`.
+    ///
+    /// # Panics
+    /// If a spatial size is not divisible by `2^(depth - 1)`.
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let factor = 1usize << (self.encoders.len() - 1);
+        let dims = x.dims();
+        assert!(
+            dims[2..].iter().all(|d| d % factor == 0),
+            "UNet3d: spatial size {:?} must be divisible by {factor} (2^(depth - 1))",
+            &dims[2..]
+        );
+        let mut skips = Vec::new();
+        let mut x = x;
+        for enc in &self.encoders {
+            x = enc.forward(x);
+            skips.push(x.clone());
+        }
+        skips.pop();
+        for dec in &self.decoders {
+            let skip = skips.pop().expect("one skip per decoder");
+            x = dec.block.forward(Tensor::cat(vec![dec.up.forward(x), skip], 1));
+        }
+        self.head.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn output_has_the_input_resolution_and_one_channel_per_class() {
+        let device = Device::flex();
+        for depth in 1..=3 {
+            let net = UNet3dConfig::new(4).with_depth(depth).with_base_width(4).init(&device);
+            let x = Tensor::<5>::random([2, 1, 8, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+            assert_eq!(net.forward(x).dims(), [2, 4, 8, 8, 8]);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "must be divisible by 4")]
+    fn indivisible_sizes_are_refused() {
+        let device = Device::flex();
+        let net = UNet3dConfig::new(2).with_depth(3).init(&device);
+        net.forward(Tensor::<5>::zeros([1, 1, 8, 8, 6], &device));
+    }
+}
