@@ -11,3 +11,4 @@ pub mod data;
 pub mod unet;
 pub mod losses;
 pub mod train;
+pub mod run;
