@@ -176,7 +176,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event
         return Err("training: volumes, batch size, epochs and steps per epoch must all be at least 1".into());
     }
     let factor = 1usize << (cfg.depth.max(1) - 1);
-    if cfg.data.size % factor != 0 {
+    if !cfg.data.size.is_multiple_of(factor) {
         return Err(format!("training: the volume size {} must be divisible by 2^(depth - 1) = {factor}", cfg.data.size));
     }
     let checkpoints = cfg.out_dir.join("checkpoints");
