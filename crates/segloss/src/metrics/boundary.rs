@@ -142,14 +142,31 @@ fn inner_voxels(mask: &[u8], dims: [usize; 3], active: [bool; 3], full: bool) ->
             }
         }
     }
-    let points = mask
-        .iter()
-        .enumerate()
-        .filter(|&(i, &m)| {
-            m != 0 && offsets.iter().any(|&o| mask[(i as isize + o) as usize] == 0)
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let mut points = Vec::new();
+    if !full {
+        // Face neighbours only: direct strided checks (the common case, MONAI's erosion).
+        let (sz, sy) = (strides[0], strides[1]);
+        let zact = active[0];
+        for (i, &m) in mask.iter().enumerate() {
+            if m == 0 {
+                continue;
+            }
+            let edge = mask[i - 1] == 0
+                || mask[i + 1] == 0
+                || mask[i - sy] == 0
+                || mask[i + sy] == 0
+                || (zact && (mask[i - sz] == 0 || mask[i + sz] == 0));
+            if edge {
+                points.push(i);
+            }
+        }
+    } else {
+        for (i, &m) in mask.iter().enumerate() {
+            if m != 0 && offsets.iter().any(|&o| mask[(i as isize + o) as usize] == 0) {
+                points.push(i);
+            }
+        }
+    }
     Surface { points, weights: None }
 }
 

@@ -143,7 +143,7 @@ pub fn percentile_area_weighted(distances: &[f64], weights: &[f64], q: f64) -> f
 
 /// Distances from the points of `from` to the nearest point of `to`, from one EDT of `to`.
 fn directed(dims: [usize; 3], spacing: [f64; 3], from: &Surface, to: &Surface) -> Directed {
-    let grid = squared_edt(dims, spacing, &to.points);
+    let grid = squared_edt(dims, spacing, &to.points, Some(&from.points));
     let d = from.points.iter().map(|&i| f64::from(grid[i]).sqrt()).collect();
     Directed { d, w: from.weights.clone() }
 }

@@ -38,13 +38,21 @@ pub fn euclidean_distance_transform(
     let vol = super::LabelVolume::new(vec![0; features.len()], shape, spacing)?;
     let points: Vec<usize> =
         features.iter().enumerate().filter_map(|(i, &f)| f.then_some(i)).collect();
-    let sq = squared_edt(vol.dims3(), vol.spacing3(), &points);
+    let sq = squared_edt(vol.dims3(), vol.spacing3(), &points, None);
     Ok(sq.into_iter().map(|d| f64::from(d).sqrt()).collect())
 }
 
 /// Squared distances to the nearest of `features` (linear indices into a row-major `dims` grid).
 /// An axis of length 1 contributes nothing, so 2D grids pass `[1, h, w]`.
-pub(crate) fn squared_edt(dims: [usize; 3], spacing: [f64; 3], features: &[usize]) -> Vec<f32> {
+///
+/// With `queries`, only the values at those indices are guaranteed: the last pass (axis 0) skips
+/// the lines that hold no query point, which saves much of the work for sparse boundaries.
+pub(crate) fn squared_edt(
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    features: &[usize],
+    queries: Option<&[usize]>,
+) -> Vec<f32> {
     let [nz, ny, nx] = dims;
     let mut grid = vec![f32::INFINITY; nz * ny * nx];
     if features.is_empty() {
@@ -56,7 +64,7 @@ pub(crate) fn squared_edt(dims: [usize; 3], spacing: [f64; 3], features: &[usize
     // Axis 2 (contiguous rows): distance to the nearest feature on the row, by two sweeps.
     let sx2 = spacing[2] * spacing[2];
     grid.par_chunks_mut(nx).for_each(|row| binary_row(row, sx2));
-    // Axis 1: columns of each z-plane.
+    // Axis 1: columns of each z-plane (a plane is contiguous and small enough for the cache).
     if ny > 1 {
         let sy2 = spacing[1] * spacing[1];
         grid.par_chunks_mut(ny * nx).for_each_init(
@@ -75,24 +83,45 @@ pub(crate) fn squared_edt(dims: [usize; 3], spacing: [f64; 3], features: &[usize
             },
         );
     }
-    // Axis 0: for each y, the (z, x) block; blocks of different y are disjoint.
+    // Axis 0: for each y, copy the (z, x) block (nz rows of nx contiguous values) into a buffer,
+    // transform its columns there, copy it back. Blocks of different y are disjoint.
     if nz > 1 {
+        // Which (y, x) lines hold a query point; None: all.
+        let needed: Option<Vec<bool>> = queries.map(|q| {
+            let mut need = vec![false; ny * nx];
+            for &i in q {
+                need[i % (ny * nx)] = true;
+            }
+            need
+        });
         let sz2 = spacing[0] * spacing[0];
         let shared = SharedGrid(grid.as_mut_ptr());
         (0..ny).into_par_iter().for_each_init(
-            || Lines::new(nz),
-            |lines, y| {
-                for x in 0..nx {
+            || (Lines::new(nz), vec![0f32; nz * nx]),
+            |(lines, block), y| {
+                let row_needed = |x: usize| needed.as_ref().is_none_or(|n| n[y * nx + x]);
+                if !(0..nx).any(row_needed) {
+                    return;
+                }
+                for z in 0..nz {
+                    let src = (z * ny + y) * nx;
+                    // SAFETY: src + nx <= grid.len(); only this task touches rows with this y.
+                    unsafe { shared.read_row(src, &mut block[z * nx..(z + 1) * nx]) };
+                }
+                for x in (0..nx).filter(|&x| row_needed(x)) {
                     for z in 0..nz {
-                        // SAFETY: index < nz * ny * nx = grid.len(); only this task touches row y.
-                        lines.f[z] = f64::from(unsafe { shared.read((z * ny + y) * nx + x) });
+                        lines.f[z] = f64::from(block[z * nx + x]);
                     }
                     if lines.envelope(sz2) {
                         for z in 0..nz {
-                            // SAFETY: as above.
-                            unsafe { shared.write((z * ny + y) * nx + x, lines.d[z] as f32) };
+                            block[z * nx + x] = lines.d[z] as f32;
                         }
                     }
+                }
+                for z in 0..nz {
+                    let dst = (z * ny + y) * nx;
+                    // SAFETY: as above.
+                    unsafe { shared.write_row(dst, &block[z * nx..(z + 1) * nx]) };
                 }
             },
         );
@@ -109,15 +138,19 @@ unsafe impl Send for SharedGrid {}
 unsafe impl Sync for SharedGrid {}
 
 impl SharedGrid {
+    /// Copies `out.len()` elements starting at `start` into `out`.
+    ///
     /// # Safety
-    /// `i` in bounds and no concurrent writer of element `i`.
-    unsafe fn read(self, i: usize) -> f32 {
-        unsafe { *self.0.add(i) }
+    /// `start + out.len()` in bounds and no concurrent writer of those elements.
+    unsafe fn read_row(self, start: usize, out: &mut [f32]) {
+        unsafe { std::ptr::copy_nonoverlapping(self.0.add(start), out.as_mut_ptr(), out.len()) }
     }
+    /// Copies `row` to the elements starting at `start`.
+    ///
     /// # Safety
-    /// `i` in bounds and no concurrent access to element `i`.
-    unsafe fn write(self, i: usize, v: f32) {
-        unsafe { *self.0.add(i) = v }
+    /// `start + row.len()` in bounds and no concurrent access to those elements.
+    unsafe fn write_row(self, start: usize, row: &[f32]) {
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.0.add(start), row.len()) }
     }
 }
 
@@ -154,58 +187,95 @@ fn binary_row(row: &mut [f32], s2: f64) {
 
 /// Work buffers of the 1D lower-envelope transform.
 struct Lines {
+    /// Input: squared distances so far (infinity where nothing is known).
     f: Vec<f64>,
+    /// Output: squared distances after this axis.
     d: Vec<f64>,
-    v: Vec<usize>,
-    z: Vec<f64>,
+    /// Envelope: position, `f` and `f + s2 q^2` of each parabola.
+    v: Vec<f64>,
+    fv: Vec<f64>,
+    h: Vec<f64>,
+    /// Left boundary of each parabola's interval as a fraction `zn / zd` (`zd > 0`), so that the
+    /// construction needs no division.
+    zn: Vec<f64>,
+    zd: Vec<f64>,
 }
 
 impl Lines {
     fn new(n: usize) -> Self {
-        Self { f: vec![0.0; n], d: vec![0.0; n], v: vec![0; n], z: vec![0.0; n + 1] }
+        Self {
+            f: vec![0.0; n],
+            d: vec![0.0; n],
+            v: vec![0.0; n],
+            fv: vec![0.0; n],
+            h: vec![0.0; n],
+            zn: vec![0.0; n + 1],
+            zd: vec![1.0; n + 1],
+        }
     }
 
     /// `d[q] = min_p s2 (q - p)^2 + f[p]` over the finite `f[p]`. Returns false (and leaves `d`
     /// alone) when every `f` is infinite, so the caller can skip writing the line back.
     fn envelope(&mut self, s2: f64) -> bool {
         let n = self.f.len();
-        let f = &self.f;
-        let Some(first) = f.iter().position(|x| x.is_finite()) else {
-            return false;
-        };
-        let (v, z) = (&mut self.v, &mut self.z);
+        let f = &self.f[..n];
+        let (v, fv, h) = (&mut self.v[..n], &mut self.fv[..n], &mut self.h[..n]);
+        let (zn, zd) = (&mut self.zn[..n + 1], &mut self.zd[..n + 1]);
+        let two_s2 = 2.0 * s2;
+        // Number of parabolas in the envelope; the last one is at k - 1. Indices below stay
+        // in bounds: k <= q + 1 <= n for v, fv, h and k <= n for zn, zd; j < k.
         let mut k = 0usize;
-        v[0] = first;
-        z[0] = f64::NEG_INFINITY;
-        z[1] = f64::INFINITY;
-        for q in first + 1..n {
-            if !f[q].is_finite() {
+        for (q, &fq) in f.iter().enumerate() {
+            if fq == f64::INFINITY {
                 continue;
             }
-            let fq = f[q] + s2 * (q * q) as f64;
-            loop {
-                let p = v[k];
-                let s = (fq - (f[p] + s2 * (p * p) as f64)) / (2.0 * s2 * (q - p) as f64);
-                if s <= z[k] {
-                    // The parabola of p is hidden; k > 0 here because z[0] is -inf.
+            let qf = q as f64;
+            let hq = fq + s2 * qf * qf;
+            if k == 0 {
+                v[0] = qf;
+                fv[0] = fq;
+                h[0] = hq;
+                zn[0] = f64::NEG_INFINITY;
+                zd[0] = 1.0;
+                k = 1;
+                continue;
+            }
+            // SAFETY (all get_unchecked below): 1 <= k <= q < n, see above.
+            unsafe {
+                // Intersection with the last parabola, s = num / den with den > 0; drop the
+                // parabolas that the new one hides (s <= their left boundary).
+                let mut num = hq - h.get_unchecked(k - 1);
+                let mut den = two_s2 * (qf - v.get_unchecked(k - 1));
+                // zn[0] is -inf, so the loop stops before k reaches 0.
+                while num * zd.get_unchecked(k - 1) <= zn.get_unchecked(k - 1) * den {
                     k -= 1;
-                } else {
-                    k += 1;
-                    v[k] = q;
-                    z[k] = s;
-                    z[k + 1] = f64::INFINITY;
-                    break;
+                    num = hq - h.get_unchecked(k - 1);
+                    den = two_s2 * (qf - v.get_unchecked(k - 1));
                 }
+                *v.get_unchecked_mut(k) = qf;
+                *fv.get_unchecked_mut(k) = fq;
+                *h.get_unchecked_mut(k) = hq;
+                *zn.get_unchecked_mut(k) = num;
+                *zd.get_unchecked_mut(k) = den;
             }
+            k += 1;
         }
-        let mut k = 0usize;
-        for q in 0..n {
-            while z[k + 1] < q as f64 {
-                k += 1;
+        if k == 0 {
+            return false;
+        }
+        zn[k] = f64::INFINITY;
+        zd[k] = 1.0;
+        let mut j = 0usize;
+        for (q, out) in self.d[..n].iter_mut().enumerate() {
+            let qf = q as f64;
+            // SAFETY: zn[k] / zd[k] is +inf, so j stays < k <= n.
+            unsafe {
+                while *zn.get_unchecked(j + 1) < qf * zd.get_unchecked(j + 1) {
+                    j += 1;
+                }
+                let dq = qf - v.get_unchecked(j);
+                *out = s2 * dq * dq + fv.get_unchecked(j);
             }
-            let p = v[k];
-            let dq = q as f64 - p as f64;
-            self.d[q] = s2 * dq * dq + f[p];
         }
         true
     }
@@ -254,7 +324,7 @@ mod tests {
             let n: usize = dims.iter().product();
             for density in [1u64, 5, 40] {
                 let features: Vec<usize> = (0..n).filter(|_| next() % 100 < density).collect();
-                let fast = squared_edt(dims, spacing, &features);
+                let fast = squared_edt(dims, spacing, &features, None);
                 let slow = brute(dims, spacing, &features);
                 for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
                     if b.is_infinite() {
@@ -267,6 +337,18 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn test_query_restricted_transform_is_exact_at_queries() {
+        let (dims, spacing) = ([9, 8, 7], [1.5, 1.0, 0.5]);
+        let features = [3, 100, 250, 400];
+        let queries = [0, 57, 199, 311, 503];
+        let full = squared_edt(dims, spacing, &features, None);
+        let part = squared_edt(dims, spacing, &features, Some(&queries));
+        for q in queries {
+            assert_eq!(full[q], part[q], "query {q}");
         }
     }
 

@@ -231,21 +231,25 @@ pub(crate) fn label_stats(pred: &LabelVolume, reference: &LabelVolume) -> Vec<La
             || vec![LabelStats::default(); max_label + 1],
             |mut acc, (row, (p, r))| {
                 let (z, y) = (row / ny, row % ny);
-                for (a, b) in p.iter().zip(r) {
-                    if a == b {
-                        acc[*a as usize].tp += 1;
+                // Runs where both labels stay the same (rows are mostly long runs of
+                // background): one table update per run instead of per voxel.
+                let mut i = 0;
+                while i < p.len() {
+                    let (a, b) = (p[i], r[i]);
+                    let mut j = i + 1;
+                    while j < p.len() && p[j] == a && r[j] == b {
+                        j += 1;
                     }
+                    let len = (j - i) as u64;
+                    let sa = &mut acc[a as usize];
+                    sa.n_pred += len;
+                    sa.tp += if a == b { len } else { 0 };
+                    grow(&mut sa.bbox_pred, z, y, i, j);
+                    let sb = &mut acc[b as usize];
+                    sb.n_ref += len;
+                    grow(&mut sb.bbox_ref, z, y, i, j);
+                    i = j;
                 }
-                for_runs(p, |l, x0, x1| {
-                    let s = &mut acc[l as usize];
-                    s.n_pred += (x1 - x0) as u64;
-                    grow(&mut s.bbox_pred, z, y, x0, x1);
-                });
-                for_runs(r, |l, x0, x1| {
-                    let s = &mut acc[l as usize];
-                    s.n_ref += (x1 - x0) as u64;
-                    grow(&mut s.bbox_ref, z, y, x0, x1);
-                });
                 acc
             },
         )
@@ -258,17 +262,6 @@ pub(crate) fn label_stats(pred: &LabelVolume, reference: &LabelVolume) -> Vec<La
                 a
             },
         )
-}
-
-/// Calls `f(label, start, end)` for every run of equal labels in `row`.
-fn for_runs(row: &[u16], mut f: impl FnMut(u16, usize, usize)) {
-    let mut start = 0;
-    for i in 1..=row.len() {
-        if i == row.len() || row[i] != row[start] {
-            f(row[start], start, i);
-            start = i;
-        }
-    }
 }
 
 #[cfg(test)]
