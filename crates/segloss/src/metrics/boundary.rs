@@ -1,6 +1,8 @@
 //! Boundaries of one label: inner boundary voxels (MONAI, MedPy, MetricsReloaded) or surface
 //! elements with areas on the corner grid (DeepMind `surface-distance`).
 
+use rayon::prelude::*;
+
 use super::surfel_table::{contour_length_table, surface_area_table};
 use super::{Boundary, LabelVolume};
 
@@ -101,10 +103,10 @@ fn crop_mask(vol: &LabelVolume, label: u16, origin: [isize; 3], dims: [usize; 3]
     // Range of crop x that lies inside the image.
     let x0 = (-origin[2]).max(0) as usize;
     let x1 = ((vx as isize - origin[2]).min(dims[2] as isize)).max(0) as usize;
-    for cz in 0..dims[0] {
+    out.par_chunks_mut(dims[1] * dims[2]).enumerate().for_each(|(cz, plane)| {
         let z = origin[0] + cz as isize;
         if z < 0 || z >= vz as isize {
-            continue;
+            return;
         }
         for cy in 0..dims[1] {
             let y = origin[1] + cy as isize;
@@ -112,13 +114,13 @@ fn crop_mask(vol: &LabelVolume, label: u16, origin: [isize; 3], dims: [usize; 3]
                 continue;
             }
             let src = (z as usize * vy + y as usize) * vx;
-            let dst = (cz * dims[1] + cy) * dims[2];
+            let dst = cy * dims[2];
             for cx in x0..x1 {
                 let x = (origin[2] + cx as isize) as usize;
-                out[dst + cx] = u8::from(data[src + x] == label);
+                plane[dst + cx] = u8::from(data[src + x] == label);
             }
         }
-    }
+    });
     out
 }
 
@@ -142,31 +144,35 @@ fn inner_voxels(mask: &[u8], dims: [usize; 3], active: [bool; 3], full: bool) ->
             }
         }
     }
-    let mut points = Vec::new();
-    if !full {
-        // Face neighbours only: direct strided checks (the common case, MONAI's erosion).
-        let (sz, sy) = (strides[0], strides[1]);
-        let zact = active[0];
-        for (i, &m) in mask.iter().enumerate() {
-            if m == 0 {
-                continue;
-            }
-            let edge = mask[i - 1] == 0
+    let (sz, sy) = (strides[0], strides[1]);
+    let zact = active[0];
+    let is_edge = |i: usize| {
+        if full {
+            offsets.iter().any(|&o| mask[(i as isize + o) as usize] == 0)
+        } else {
+            // Face neighbours only: direct strided checks (the common case, MONAI's erosion).
+            mask[i - 1] == 0
                 || mask[i + 1] == 0
                 || mask[i - sy] == 0
                 || mask[i + sy] == 0
-                || (zact && (mask[i - sz] == 0 || mask[i + sz] == 0));
-            if edge {
-                points.push(i);
-            }
+                || (zact && (mask[i - sz] == 0 || mask[i + sz] == 0))
         }
-    } else {
-        for (i, &m) in mask.iter().enumerate() {
-            if m != 0 && offsets.iter().any(|&o| mask[(i as isize + o) as usize] == 0) {
-                points.push(i);
-            }
-        }
-    }
+    };
+    // Planes in parallel; concatenated in order, so points stay sorted by index.
+    let per_plane: Vec<Vec<usize>> = mask
+        .par_chunks(sz)
+        .enumerate()
+        .map(|(cz, plane)| {
+            let base = cz * sz;
+            plane
+                .iter()
+                .enumerate()
+                .filter(|&(j, &m)| m != 0 && is_edge(base + j))
+                .map(|(j, _)| base + j)
+                .collect()
+        })
+        .collect();
+    let points = per_plane.concat();
     Surface { points, weights: None }
 }
 
@@ -193,20 +199,25 @@ fn surfels(
             }
         }
     }
-    let mut points = Vec::new();
-    let mut weights = Vec::new();
-    for cz in 0..cdims[0] {
-        for cy in 0..cdims[1] {
-            let base = (cz * ny + cy) * nx;
-            for cx in 0..cdims[2] {
-                let b = base + cx;
-                let code: usize = taps.iter().map(|&(o, w)| usize::from(mask[b + o]) * w).sum();
-                if code != 0 && code != full {
-                    points.push((cz * cdims[1] + cy) * cdims[2] + cx);
-                    weights.push(table[code]);
+    let per_plane: Vec<(Vec<usize>, Vec<f64>)> = (0..cdims[0])
+        .into_par_iter()
+        .map(|cz| {
+            let (mut points, mut weights) = (Vec::new(), Vec::new());
+            for cy in 0..cdims[1] {
+                let base = (cz * ny + cy) * nx;
+                for cx in 0..cdims[2] {
+                    let b = base + cx;
+                    let code: usize = taps.iter().map(|&(o, w)| usize::from(mask[b + o]) * w).sum();
+                    if code != 0 && code != full {
+                        points.push((cz * cdims[1] + cy) * cdims[2] + cx);
+                        weights.push(table[code]);
+                    }
                 }
             }
-        }
-    }
+            (points, weights)
+        })
+        .collect();
+    let points = per_plane.iter().flat_map(|p| p.0.iter().copied()).collect();
+    let weights = per_plane.iter().flat_map(|p| p.1.iter().copied()).collect();
     Surface { points, weights: Some(weights) }
 }

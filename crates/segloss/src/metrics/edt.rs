@@ -156,32 +156,28 @@ impl SharedGrid {
 
 /// One row that holds 0 (feature) or infinity: squared distance to the nearest 0 on the row.
 fn binary_row(row: &mut [f32], s2: f64) {
-    let n = row.len();
     let mut last: Option<usize> = None;
-    let mut any = false;
     // Forward sweep: distance (in voxels) to the last feature on the left, stored in the row.
-    for i in 0..n {
-        if row[i] == 0.0 {
+    for (i, x) in row.iter_mut().enumerate() {
+        if *x == 0.0 {
             last = Some(i);
-            any = true;
         } else if let Some(l) = last {
-            row[i] = (i - l) as f32;
+            *x = (i - l) as f32;
         }
     }
-    if !any {
+    if last.is_none() {
         return;
     }
     // Backward sweep: take the nearer of the two sides, then square and scale.
     let mut next: Option<usize> = None;
-    for i in (0..n).rev() {
-        if row[i] == 0.0 {
+    for (i, x) in row.iter_mut().enumerate().rev() {
+        if *x == 0.0 {
             next = Some(i);
             continue;
         }
-        let left = row[i];
         let right = next.map_or(f32::INFINITY, |r| (r - i) as f32);
-        let k = f64::from(left.min(right));
-        row[i] = (k * k * s2) as f32;
+        let k = f64::from(x.min(right));
+        *x = (k * k * s2) as f32;
     }
 }
 

@@ -9,7 +9,7 @@
 
 /// Normals of the (up to four) marching-cubes triangles of each neighbour code. The length of a
 /// normal is the triangle's area at unit spacing, its components the projections on the three axes.
-const NORMALS: [[[f64; 3]; 4]; 256] = [
+static NORMALS: [[[f64; 3]; 4]; 256] = [
     [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
     [[0.125, 0.125, 0.125], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
     [[-0.125, -0.125, 0.125], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
