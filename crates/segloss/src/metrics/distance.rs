@@ -2,7 +2,7 @@
 //! percentile Hausdorff, average surface distances, normalized surface Dice.
 
 use super::boundary::{Surface, Surfaces};
-use super::edt::squared_edt;
+use super::edt::squared_edt_into;
 use super::{EmptyPolicy, PercentileRule, WorstDistance};
 
 /// Distance metrics of one label. Every value is in spacing units (mm for NIfTI files) except the
@@ -142,8 +142,15 @@ pub fn percentile_area_weighted(distances: &[f64], weights: &[f64], q: f64) -> f
 }
 
 /// Distances from the points of `from` to the nearest point of `to`, from one EDT of `to`.
-fn directed(dims: [usize; 3], spacing: [f64; 3], from: &Surface, to: &Surface) -> Directed {
-    let grid = squared_edt(dims, spacing, &to.points, Some(&from.points));
+/// `grid` is a work buffer, reused between the two directions.
+fn directed(
+    grid: &mut Vec<f32>,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    from: &Surface,
+    to: &Surface,
+) -> Directed {
+    squared_edt_into(grid, dims, spacing, &to.points, Some(&from.points));
     let d = from.points.iter().map(|&i| f64::from(grid[i]).sqrt()).collect();
     Directed { d, w: from.weights.clone() }
 }
@@ -156,8 +163,10 @@ pub(crate) fn distance_metrics(
     rule: PercentileRule,
     tolerances: &[f64],
 ) -> DistanceMetrics {
-    let pr = directed(s.dims, spacing, &s.pred, &s.reference);
-    let rp = directed(s.dims, spacing, &s.reference, &s.pred);
+    let mut grid = Vec::new();
+    let pr = directed(&mut grid, s.dims, spacing, &s.pred, &s.reference);
+    let rp = directed(&mut grid, s.dims, spacing, &s.reference, &s.pred);
+    drop(grid);
     let (hpr, hrp) = (pr.max(), rp.max());
     let (ppr, prp) = (pr.percentile(percentile), rp.percentile(percentile));
     let phd = match rule {

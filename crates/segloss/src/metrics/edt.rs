@@ -53,10 +53,25 @@ pub(crate) fn squared_edt(
     features: &[usize],
     queries: Option<&[usize]>,
 ) -> Vec<f32> {
+    let mut grid = Vec::new();
+    squared_edt_into(&mut grid, dims, spacing, features, queries);
+    grid
+}
+
+/// [`squared_edt`] into `grid`, whose allocation is reused (the grid is refilled in parallel, so
+/// the first touch of its pages is spread over the cores too).
+pub(crate) fn squared_edt_into(
+    grid: &mut Vec<f32>,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    features: &[usize],
+    queries: Option<&[usize]>,
+) {
     let [nz, ny, nx] = dims;
-    let mut grid = vec![f32::INFINITY; nz * ny * nx];
+    grid.clear();
+    grid.par_extend((0..nz * ny * nx).into_par_iter().map(|_| f32::INFINITY));
     if features.is_empty() {
-        return grid;
+        return;
     }
     for &i in features {
         grid[i] = 0.0;
@@ -126,7 +141,6 @@ pub(crate) fn squared_edt(
             },
         );
     }
-    grid
 }
 
 /// A raw pointer into the grid for the axis-0 pass, whose tasks write disjoint strided elements.
