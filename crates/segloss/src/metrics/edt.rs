@@ -101,21 +101,15 @@ pub(crate) fn squared_edt_into(
     // Axis 0: for each y, copy the (z, x) block (nz rows of nx contiguous values) into a buffer,
     // transform its columns there, copy it back. Blocks of different y are disjoint.
     if nz > 1 {
-        // Which (y, x) lines hold a query point; None: all.
-        let needed: Option<Vec<bool>> = queries.map(|q| {
-            let mut need = vec![false; ny * nx];
-            for &i in q {
-                need[i % (ny * nx)] = true;
-            }
-            need
-        });
         let sz2 = spacing[0] * spacing[0];
+        // With queries: the z of the queries of each (y, x) line, by a counting sort.
+        let per_line = queries.map(|q| QueryLines::new(q, ny * nx));
         let shared = SharedGrid(grid.as_mut_ptr());
         (0..ny).into_par_iter().for_each_init(
             || (Lines::new(nz), vec![0f32; nz * nx]),
             |(lines, block), y| {
-                let row_needed = |x: usize| needed.as_ref().is_none_or(|n| n[y * nx + x]);
-                if !(0..nx).any(row_needed) {
+                let zs = |x: usize| per_line.as_ref().map(|p| p.of(y * nx + x));
+                if !(0..nx).any(|x| zs(x).is_none_or(|z| !z.is_empty())) {
                     return;
                 }
                 for z in 0..nz {
@@ -123,13 +117,35 @@ pub(crate) fn squared_edt_into(
                     // SAFETY: src + nx <= grid.len(); only this task touches rows with this y.
                     unsafe { shared.read_row(src, &mut block[z * nx..(z + 1) * nx]) };
                 }
-                for x in (0..nx).filter(|&x| row_needed(x)) {
+                for x in 0..nx {
+                    let wanted = zs(x);
+                    if wanted.is_some_and(|z| z.is_empty()) {
+                        continue;
+                    }
                     for z in 0..nz {
                         lines.f[z] = f64::from(block[z * nx + x]);
                     }
-                    if lines.envelope(sz2) {
-                        for z in 0..nz {
-                            block[z * nx + x] = lines.d[z] as f32;
+                    match wanted {
+                        // A few queries on the line: evaluate the minimum directly at them
+                        // (a branch-free scan that is cheaper than the envelope there).
+                        Some(wz) if wz.len() <= DIRECT_QUERIES => {
+                            for &zq in wz {
+                                let zq = zq as f64;
+                                let mut best = f64::INFINITY;
+                                for (zp, &fz) in lines.f.iter().enumerate() {
+                                    let dz = zq - zp as f64;
+                                    let c = sz2 * dz * dz + fz;
+                                    best = if c < best { c } else { best };
+                                }
+                                block[zq as usize * nx + x] = best as f32;
+                            }
+                        }
+                        _ => {
+                            if lines.envelope(sz2) {
+                                for z in 0..nz {
+                                    block[z * nx + x] = lines.d[z] as f32;
+                                }
+                            }
                         }
                     }
                 }
@@ -140,6 +156,41 @@ pub(crate) fn squared_edt_into(
                 }
             },
         );
+    }
+}
+
+/// Up to this many queries on a line of the last pass are evaluated directly (O(n) each) instead
+/// of through the lower envelope (O(n) per line with a larger constant).
+const DIRECT_QUERIES: usize = 16;
+
+/// The query points of the last pass grouped by line: `z[start[l]..start[l + 1]]` are the axis-0
+/// positions of the queries on line `l = y * nx + x`.
+struct QueryLines {
+    start: Vec<u32>,
+    z: Vec<u32>,
+}
+
+impl QueryLines {
+    fn new(queries: &[usize], lines: usize) -> Self {
+        let mut start = vec![0u32; lines + 1];
+        for &q in queries {
+            start[q % lines + 1] += 1;
+        }
+        for l in 0..lines {
+            start[l + 1] += start[l];
+        }
+        let mut fill = start.clone();
+        let mut z = vec![0u32; queries.len()];
+        for &q in queries {
+            let l = q % lines;
+            z[fill[l] as usize] = (q / lines) as u32;
+            fill[l] += 1;
+        }
+        Self { start, z }
+    }
+
+    fn of(&self, line: usize) -> &[u32] {
+        &self.z[self.start[line] as usize..self.start[line + 1] as usize]
     }
 }
 
@@ -354,10 +405,22 @@ mod tests {
     fn test_query_restricted_transform_is_exact_at_queries() {
         let (dims, spacing) = ([9, 8, 7], [1.5, 1.0, 0.5]);
         let features = [3, 100, 250, 400];
-        let queries = [0, 57, 199, 311, 503];
+        // A few queries (direct evaluation) and a whole dense block (the envelope path).
+        let sparse = vec![0, 57, 199, 311, 503];
+        let dense: Vec<usize> = (0..9 * 8 * 7).filter(|i| i % 7 < 5).collect();
         let full = squared_edt(dims, spacing, &features, None);
-        let part = squared_edt(dims, spacing, &features, Some(&queries));
-        for q in queries {
+        for queries in [sparse, dense] {
+            let part = squared_edt(dims, spacing, &features, Some(&queries));
+            for &q in &queries {
+                assert!((full[q] - part[q]).abs() <= 1e-6 * full[q].max(1.0), "query {q}");
+            }
+        }
+        // Lines with more than DIRECT_QUERIES queries go through the envelope.
+        let (dims, features) = ([40, 3, 4], [5, 200, 333]);
+        let all: Vec<usize> = (0..40 * 3 * 4).collect();
+        let full = squared_edt(dims, spacing, &features, None);
+        let part = squared_edt(dims, spacing, &features, Some(&all[..400]));
+        for q in 0..400 {
             assert_eq!(full[q], part[q], "query {q}");
         }
     }
