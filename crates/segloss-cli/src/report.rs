@@ -129,33 +129,30 @@ fn summary(cases: &[&(String, Vec<LabelMetrics>, f64)], cols: &[Column]) -> BTre
         .collect()
 }
 
-fn fmt_table(x: f64) -> String {
+/// The text of a value that is not a finite number: "nan", "inf" or "-inf".
+fn non_finite(x: f64) -> Option<&'static str> {
     if x.is_nan() {
-        "nan".into()
+        Some("nan")
     } else if x.is_infinite() {
-        if x > 0.0 { "inf".into() } else { "-inf".into() }
+        Some(if x > 0.0 { "inf" } else { "-inf" })
     } else {
-        format!("{x:.4}")
+        None
     }
+}
+
+fn fmt_table(x: f64) -> String {
+    non_finite(x).map_or_else(|| format!("{x:.4}"), str::to_string)
 }
 
 fn fmt_csv(x: f64) -> String {
-    if x.is_nan() {
-        "nan".into()
-    } else if x.is_infinite() {
-        if x > 0.0 { "inf".into() } else { "-inf".into() }
-    } else {
-        format!("{x}")
-    }
+    non_finite(x).map_or_else(|| format!("{x}"), str::to_string)
 }
 
 fn json_num(x: f64) -> Value {
-    if x.is_nan() {
-        Value::Null
-    } else if x.is_infinite() {
-        Value::String(if x > 0.0 { "inf" } else { "-inf" }.into())
-    } else {
-        json!(x)
+    match non_finite(x) {
+        Some("nan") => Value::Null,
+        Some(text) => Value::String(text.into()),
+        None => json!(x),
     }
 }
 
