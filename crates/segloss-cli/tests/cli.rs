@@ -153,7 +153,8 @@ fn test_folder_with_corrupt_file_and_missing_counterpart() {
     std::fs::write(pd.join("broken.nii.gz"), b"this is not a NIfTI file").unwrap();
     std::fs::copy(&r, rd.join("broken.nii.gz")).unwrap();
     std::fs::copy(&p, pd.join("lonely.nii.gz")).unwrap();
-    let out = segloss(&["eval", "--pred-dir", s(&pd), "--ref-dir", s(&rd), "--format", "json"]);
+    // Two cases at a time (--jobs) must give the same report order.
+    let out = segloss(&["eval", "--pred-dir", s(&pd), "--ref-dir", s(&rd), "--format", "json", "--jobs", "2"]);
     assert_eq!(out.status.code(), Some(1), "some cases failed: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("broken.nii.gz"), "the corrupt file is named: {err}");
