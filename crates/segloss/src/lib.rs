@@ -54,6 +54,7 @@ pub mod error;
 pub mod input;
 pub mod kernel;
 pub mod loss;
+pub mod metrics;
 pub mod stats;
 
 pub use error::ConfigError;

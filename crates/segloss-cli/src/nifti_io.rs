@@ -1,0 +1,224 @@
+//! Reading NIfTI-1 label volumes (`.nii`, `.nii.gz`) and their geometry.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use segloss::metrics::LabelVolume;
+
+/// Where the voxels of an image are in space, from its NIfTI header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    /// Voxels per axis, header order `[x, y, z]` (2 or 3 axes).
+    pub dims: Vec<usize>,
+    /// Voxel size per axis, header order (`pixdim[1..]`).
+    pub spacing: Vec<f64>,
+    /// World position of voxel 0 (the sform or qform offset; 0 without either).
+    pub origin: [f64; 3],
+    /// Unit direction of each voxel axis in world space (columns of the sform/qform rotation).
+    pub direction: [[f64; 3]; 3],
+}
+
+/// A label volume read from a file, axes reversed to `[z, y, x]` (row-major, x fastest, as
+/// stored on disk) so that the spacing of axis `i` is `spacing[i]` of the volume.
+pub struct LabelImage {
+    /// The labels with spacing from the header.
+    pub volume: LabelVolume,
+    /// The header geometry.
+    pub geometry: Geometry,
+}
+
+/// Reads a label image. Integer and float data types are accepted; every value must be an
+/// integer in `0..=65535` after the header's scaling.
+///
+/// # Errors
+/// When the file cannot be read or parsed, has not 2 or 3 spatial axes (a 4th axis of length 1
+/// is allowed), has a spacing that is not > 0, or holds a value that is not a valid label.
+pub fn read_label_image(path: &Path) -> Result<LabelImage> {
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
+    let header = obj.header().clone();
+    let ndim = usize::from(header.dim[0]);
+    if !(1..=7).contains(&ndim) {
+        bail!("{}: invalid number of dimensions {ndim} in the header", path.display());
+    }
+    let mut dims: Vec<usize> = header.dim[1..=ndim].iter().map(|&d| usize::from(d)).collect();
+    while dims.len() > 3 && dims.last() == Some(&1) {
+        dims.pop();
+    }
+    if !(2..=3).contains(&dims.len()) {
+        bail!(
+            "{}: a label image must have 2 or 3 axes, the header says {:?}",
+            path.display(),
+            &header.dim[1..=ndim]
+        );
+    }
+    let spacing: Vec<f64> = header.pixdim[1..=dims.len()].iter().map(|&s| f64::from(s)).collect();
+    let geometry = Geometry {
+        origin: origin(&header),
+        direction: direction(&header),
+        dims: dims.clone(),
+        spacing: spacing.clone(),
+    };
+    let labels = read_labels(obj.into_volume(), &header)
+        .with_context(|| format!("cannot read the labels of {}", path.display()))?;
+    // Disk order is x fastest: as a row-major array the axes are [z, y, x].
+    let shape: Vec<usize> = dims.iter().rev().copied().collect();
+    let rspacing: Vec<f64> = spacing.iter().rev().copied().collect();
+    let volume = LabelVolume::new(labels, &shape, &rspacing)
+        .with_context(|| format!("invalid label image {}", path.display()))?;
+    Ok(LabelImage { volume, geometry })
+}
+
+fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec<u16>> {
+    let scaled = header.scl_slope != 0.0 && (header.scl_slope != 1.0 || header.scl_inter != 0.0);
+    let dtype = header.data_type().context("unknown data type in the header")?;
+    let little = header.endianness == nifti::Endianness::Little;
+    let out_of_range = |v: i128| anyhow::anyhow!("value {v} is not a label in 0..=65535");
+    // Unscaled integers: straight from the raw bytes (disk order, x fastest), which avoids the
+    // per-element conversion of the generic path; `N` bytes per value.
+    fn ints<const N: usize>(
+        raw: &[u8],
+        little: bool,
+        decode: impl Fn([u8; N]) -> i128,
+        bad: impl Fn(i128) -> anyhow::Error,
+    ) -> Result<Vec<u16>> {
+        raw.chunks_exact(N)
+            .map(|c| {
+                let mut b: [u8; N] = c.try_into().expect("chunks of N bytes");
+                if !little {
+                    b.reverse();
+                }
+                let v = decode(b);
+                u16::try_from(v).map_err(|_| bad(v))
+            })
+            .collect()
+    }
+    if !scaled {
+        match dtype {
+            NiftiType::Uint8 => return Ok(vol.into_raw_data().into_iter().map(u16::from).collect()),
+            NiftiType::Int8 => return ints::<1>(vol.raw_data(), little, |b| i128::from(b[0] as i8), out_of_range),
+            NiftiType::Uint16 => return ints::<2>(vol.raw_data(), little, |b| i128::from(u16::from_le_bytes(b)), out_of_range),
+            NiftiType::Int16 => return ints::<2>(vol.raw_data(), little, |b| i128::from(i16::from_le_bytes(b)), out_of_range),
+            NiftiType::Uint32 => return ints::<4>(vol.raw_data(), little, |b| i128::from(u32::from_le_bytes(b)), out_of_range),
+            NiftiType::Int32 => return ints::<4>(vol.raw_data(), little, |b| i128::from(i32::from_le_bytes(b)), out_of_range),
+            NiftiType::Uint64 => return ints::<8>(vol.raw_data(), little, |b| i128::from(u64::from_le_bytes(b)), out_of_range),
+            NiftiType::Int64 => return ints::<8>(vol.raw_data(), little, |b| i128::from(i64::from_le_bytes(b)), out_of_range),
+            _ => {}
+        }
+    }
+    // Floats, or scaled values: through nifti's conversion (which applies the scaling), as f64.
+    let check_float = |v: f64| {
+        if v.fract() == 0.0 && (0.0..=65535.0).contains(&v) {
+            Ok(v as u16)
+        } else {
+            Err(anyhow::anyhow!("value {v} is not a label (an integer in 0..=65535)"))
+        }
+    };
+    match dtype {
+        NiftiType::Uint8
+        | NiftiType::Uint16
+        | NiftiType::Int8
+        | NiftiType::Int16
+        | NiftiType::Int32
+        | NiftiType::Uint32
+        | NiftiType::Int64
+        | NiftiType::Uint64
+        | NiftiType::Float32
+        | NiftiType::Float64 => {
+            let a = vol.into_ndarray::<f64>()?.reversed_axes();
+            a.iter().map(|&v| check_float(v)).collect()
+        }
+        other => bail!("data type {other:?} cannot hold labels"),
+    }
+}
+
+fn origin(h: &NiftiHeader) -> [f64; 3] {
+    if h.sform_code > 0 {
+        [h.srow_x[3], h.srow_y[3], h.srow_z[3]].map(f64::from)
+    } else if h.qform_code > 0 {
+        [h.quatern_x, h.quatern_y, h.quatern_z].map(f64::from)
+    } else {
+        [0.0; 3]
+    }
+}
+
+/// Direction cosines: columns of the sform divided by their length, or the qform rotation
+/// (quaternion b, c, d with qfac from `pixdim[0]`), or the identity (NIfTI method 1).
+fn direction(h: &NiftiHeader) -> [[f64; 3]; 3] {
+    let mut m = [[0.0; 3]; 3];
+    if h.sform_code > 0 {
+        let rows = [h.srow_x, h.srow_y, h.srow_z];
+        for j in 0..3 {
+            let col: [f64; 3] = [0, 1, 2].map(|i| f64::from(rows[i][j]));
+            let n = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+            for i in 0..3 {
+                m[i][j] = if n > 0.0 { col[i] / n } else { 0.0 };
+            }
+        }
+    } else if h.qform_code > 0 {
+        let (b, c, d) = (f64::from(h.quatern_b), f64::from(h.quatern_c), f64::from(h.quatern_d));
+        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+        m = [
+            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
+            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
+            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ];
+        for row in &mut m {
+            row[2] *= qfac;
+        }
+    } else {
+        for (i, row) in m.iter_mut().enumerate() {
+            row[i] = 1.0;
+        }
+    }
+    m
+}
+
+/// Which geometry differences are accepted between prediction and reference.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GeometryTolerance {
+    /// Accept a different spacing (the reference's is used).
+    pub ignore_spacing: bool,
+    /// Accept a different origin and orientation.
+    pub ignore_position: bool,
+}
+
+/// Checks that two images cover the same grid. Shapes must always agree; spacing, origin and
+/// direction must agree (relative 1e-4, header values are float32) unless ignored.
+///
+/// # Errors
+/// A message naming what differs and both values.
+pub fn check_geometry(pred: &Geometry, reference: &Geometry, tol: GeometryTolerance) -> Result<()> {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0);
+    if pred.dims != reference.dims {
+        bail!("shape differs: prediction {:?}, reference {:?}", pred.dims, reference.dims);
+    }
+    if !tol.ignore_spacing && !pred.spacing.iter().zip(&reference.spacing).all(|(a, b)| close(*a, *b)) {
+        bail!(
+            "spacing differs: prediction {:?}, reference {:?} (use --ignore-spacing to evaluate with the reference's)",
+            pred.spacing,
+            reference.spacing
+        );
+    }
+    if !tol.ignore_position {
+        if !pred.origin.iter().zip(&reference.origin).all(|(a, b)| close(*a, *b)) {
+            bail!(
+                "origin differs: prediction {:?}, reference {:?} (use --ignore-position to accept)",
+                pred.origin,
+                reference.origin
+            );
+        }
+        let same_dir = pred.direction.iter().flatten().zip(reference.direction.iter().flatten()).all(|(a, b)| (a - b).abs() <= 1e-4);
+        if !same_dir {
+            bail!(
+                "orientation differs: prediction {:?}, reference {:?} (use --ignore-position to accept)",
+                pred.direction,
+                reference.direction
+            );
+        }
+    }
+    Ok(())
+}
