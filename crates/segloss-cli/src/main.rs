@@ -1,7 +1,7 @@
 //! `segloss`: the command line of the segloss library.
 //!
 //! Subcommands live in their own modules; `eval` compares predicted label images with reference
-//! ones (see `segloss eval --help`).
+//! ones (see `segloss eval --help`); `train` trains a 3D U-Net on the built-in data.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod eval;
 mod nifti_io;
 mod report;
+mod train;
 
 /// Segmentation losses and metrics.
 #[derive(Parser, Debug)]
@@ -25,12 +26,16 @@ enum Command {
     /// NSD, ...), one pair or two folders matched by file name.
     #[command(after_long_help = eval::EXIT_CODES, after_help = eval::EXIT_CODES)]
     Eval(eval::EvalArgs),
+    /// Train a 3D U-Net with a segloss loss on the built-in procedural dataset (CPU), writing
+    /// metrics.csv, per-epoch checkpoints and the final model.
+    Train(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Eval(args) => eval::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     match result {
         Ok(code) => code,
