@@ -121,3 +121,33 @@ fn ignore_index_and_mask_are_the_same_mechanism() {
     let b = scalar(DiceLossConfig::new(Activation::Softmax).init().forward(kept, kept_y));
     assert!((a - b).abs() < TOL, "{a} vs {b}");
 }
+
+#[test]
+fn single_channel_binary_fused_and_composed_agree() {
+    let device = Device::flex().autodiff();
+    let logits = Tensor::<4>::from_data([[[[2.0, -1.0, 0.5], [3.0, -2.0, 0.0]]]], &device); // [1, 1, 2, 3]
+    let labels = Tensor::<4, Int>::from_data([[[[1, 0, 1], [1, 0, 0]]]], &device);
+    let dense = labels.clone().float();
+    for squared in [false, true] {
+        let loss = DiceLossConfig::new(Activation::Sigmoid).with_squared_pred(squared).init();
+        let run = |kernel: Kernel, target: Target| {
+            with_kernel(kernel, || {
+                let x = logits.clone().require_grad();
+                let v = loss.forward(x.clone(), target);
+                let g: Vec<f32> = x.grad(&v.backward()).unwrap().into_data().iter::<f32>().collect();
+                (v.into_scalar::<f32>(), g)
+            })
+        };
+        let reference = run(Kernel::Composed, Target::dense(dense.clone()));
+        for (name, r) in [
+            ("fused labels", run(Kernel::Auto, Target::labels(labels.clone()))),
+            ("fused dense", run(Kernel::Auto, Target::dense(dense.clone()))),
+            ("composed labels", run(Kernel::Composed, Target::labels(labels.clone()))),
+        ] {
+            assert!((r.0 - reference.0).abs() < 1e-6, "{name} squared={squared}: {} vs {}", r.0, reference.0);
+            for (a, b) in r.1.iter().zip(&reference.1) {
+                assert!((a - b).abs() < 1e-6, "{name} squared={squared}: gradient {:?} vs {:?}", r.1, reference.1);
+            }
+        }
+    }
+}
