@@ -5,6 +5,21 @@
 //!   generated deterministically from a seed: no download needed.
 //! - [`unet`]: a configurable 3D U-Net (Burn `Conv3d` / `ConvTranspose3d`, instance norm,
 //!   strided convolutions for downsampling).
+//! - [`losses`], [`train`], [`run`]: the named losses, the optimisation step and a whole run
+//!   (validation Dice, `metrics.csv`, checkpoints), used by `segloss train`.
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use segloss_train::data::{Split, SyntheticConfig};
+//! use segloss_train::unet::UNet3dConfig;
+//!
+//! let data = SyntheticConfig { size: 16, ..Default::default() };
+//! let device = Device::flex();
+//! let (images, labels) = data.batch(Split::Train, &[0, 1], &device); // [2, 1, 16, 16, 16] each
+//! let net = UNet3dConfig::new(data.classes).with_base_width(4).with_depth(2).init(&device);
+//! assert_eq!(net.forward(images).dims(), [2, 4, 16, 16, 16]);
+//! assert_eq!(labels.dims(), [2, 1, 16, 16, 16]);
+//! ```
 #![warn(missing_docs)]
 
 pub mod data;
