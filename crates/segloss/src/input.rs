@@ -131,6 +131,20 @@ pub(crate) struct PrepareOptions {
     pub validate_labels: bool,
 }
 
+impl PrepareOptions {
+    /// The statistics options of a Dice-family loss with these input options.
+    pub fn stats(self, activation: Activation, include_background: bool, squared: bool, difference: bool) -> crate::stats::StatsOptions {
+        crate::stats::StatsOptions {
+            activation,
+            include_background,
+            squared,
+            difference,
+            ignore_index: self.ignore_index,
+            validate_labels: self.validate_labels,
+        }
+    }
+}
+
 /// A prediction and its target, validated and flattened.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {

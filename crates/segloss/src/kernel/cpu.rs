@@ -40,6 +40,26 @@ pub enum Act {
     None,
 }
 
+impl Act {
+    /// The activation as the backend extension passes it: 0 softmax, 1 sigmoid, 2 none.
+    pub fn code(self) -> u8 {
+        match self {
+            Act::Softmax => 0,
+            Act::Sigmoid => 1,
+            Act::None => 2,
+        }
+    }
+
+    /// The inverse of [`code`](Act::code) (any other value is `None`).
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            0 => Act::Softmax,
+            1 => Act::Sigmoid,
+            _ => Act::None,
+        }
+    }
+}
+
 /// What to compute.
 #[derive(Debug, Clone, Copy)]
 pub struct Spec {

@@ -96,11 +96,7 @@ pub fn calls() -> usize {
 
 /// Fused statistics `[4, B, K]` of logits `[B, C, N]`.
 pub fn overlap_stats(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>, spec: super::cpu::Spec) -> Tensor<3> {
-    let act = match spec.act {
-        super::cpu::Act::Softmax => 0,
-        super::cpu::Act::Sigmoid => 1,
-        super::cpu::Act::None => 2,
-    };
+    let act = spec.act.code();
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = logits.device();
     let mask = mask.unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device)).into_dispatch();
@@ -133,17 +129,8 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::tensor::{DType, TensorData};
 
-    use super::super::cpu::{self, Act, Dims, Spec, TargetRef};
+    use super::super::cpu::{self, Act, Dims, Label, Spec, TargetRef};
     use super::FusedStatsOps;
-
-    fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
-        let act = match activation {
-            0 => Act::Softmax,
-            1 => Act::Sigmoid,
-            _ => Act::None,
-        };
-        Spec { act, include_background, squared, difference }
-    }
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         assert_eq!(t.dtype(), DType::F32, "segloss's fused kernel computes in f32, got {:?}", t.dtype());
@@ -153,98 +140,102 @@ mod flex {
         }
     }
 
-    /// The mask's values, or `None` for the empty "no mask" tensor.
-    fn optional(mask: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-        (mask.shape().num_elements() > 0).then(|| floats(mask))
+    /// The target of one call: a label map or dense values.
+    enum Target<'a> {
+        Labels(&'a FlexTensor),
+        Dense(&'a FlexTensor),
     }
 
-    /// Runs `f` on the label map as `i64` or `i32` (other integer types are converted).
-    fn with_labels<R>(labels: &FlexTensor, f: impl FnOnce(TargetRef<'_, i64>, Option<TargetRef<'_, i32>>) -> R) -> R {
-        let labels = labels.to_contiguous();
-        match labels.dtype() {
-            DType::I64 => f(TargetRef::Labels(labels.as_slice::<i64>().expect("i64 labels")), None),
-            DType::I32 => f(TargetRef::Dense(&[]), Some(TargetRef::Labels(labels.as_slice::<i32>().expect("i32 labels")))),
-            _ => {
-                let data = labels.into_data().convert::<i64>();
-                let v: Vec<i64> = data.try_to_vec().expect("labels as i64");
-                f(TargetRef::Labels(&v), None)
+    /// The statistics `[4, B, K]` (no `grad`) or the gradient `[B, C, N]` (given the statistics'
+    /// gradient). A mask with no elements means no mask; labels run as `i64` or `i32` (other
+    /// integer types are converted).
+    fn run(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: Option<&FlexTensor>, s: Spec) -> FlexTensor {
+        fn go<L: Label>(x: &[f32], t: TargetRef<'_, L>, m: Option<&[f32]>, g: Option<&[f32]>, d: Dims, s: Spec) -> Vec<f32> {
+            match g {
+                None => cpu::forward(x, t, m, d, s),
+                Some(g) => cpu::backward(x, t, m, g, d, s),
             }
         }
-    }
-
-    fn dims(logits: &FlexTensor) -> Dims {
         let [b, c, n] = logits.shape().dims::<3>();
-        Dims { b, c, n }
+        let d = Dims { b, c, n };
+        let x = floats(logits);
+        let m = (mask.shape().num_elements() > 0).then(|| floats(mask));
+        let (m, g) = (m.as_deref(), grad.map(floats));
+        let g = g.as_deref();
+        let out = match target {
+            Target::Dense(t) => go::<i64>(&x, TargetRef::Dense(&floats(t)), m, g, d, s),
+            Target::Labels(l) => {
+                let l = l.to_contiguous();
+                match l.dtype() {
+                    DType::I64 => go(&x, TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")), m, g, d, s),
+                    DType::I32 => go(&x, TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")), m, g, d, s),
+                    _ => {
+                        let v: Vec<i64> = l.into_data().convert::<i64>().try_to_vec().expect("labels as i64");
+                        go(&x, TargetRef::Labels(&v), m, g, d, s)
+                    }
+                }
+            }
+        };
+        let shape = if grad.is_some() { vec![b, c, n] } else { vec![4, b, d.k(&s)] };
+        FlexTensor::from_data(TensorData::new(out, shape))
     }
 
-    fn stats_tensor(v: Vec<f32>, d: Dims, s: &Spec) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(v, [4, d.b, d.k(s)]))
-    }
-
-    fn grad_tensor(v: Vec<f32>, d: Dims) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(v, [d.b, d.c, d.n]))
+    fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
+        Spec { act: Act::from_code(activation), include_background, squared, difference }
     }
 
     impl FusedStatsOps for Flex {
         fn overlap_stats_labels(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            let s = spec(activation, include_background, squared, difference);
-            let d = dims(&logits);
-            let x = floats(&logits);
-            let m = optional(&mask);
-            let m = m.as_deref();
-            let out = with_labels(&labels, |l64, l32| match l32 {
-                Some(l32) => cpu::forward(&x, l32, m, d, s),
-                None => cpu::forward(&x, l64, m, d, s),
-            });
-            stats_tensor(out, d, &s)
+            run(&logits, Target::Labels(&labels), &mask, None, spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_labels_backward(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            let s = spec(activation, include_background, squared, difference);
-            let d = dims(&logits);
-            let x = floats(&logits);
-            let g = floats(&grad);
-            let m = optional(&mask);
-            let m = m.as_deref();
-            let out = with_labels(&labels, |l64, l32| match l32 {
-                Some(l32) => cpu::backward(&x, l32, m, &g, d, s),
-                None => cpu::backward(&x, l64, m, &g, d, s),
-            });
-            grad_tensor(out, d)
+            run(&logits, Target::Labels(&labels), &mask, Some(&grad), spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_dense(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            let s = spec(activation, include_background, squared, difference);
-            let d = dims(&logits);
-            let x = floats(&logits);
-            let t = floats(&target);
-            let m = optional(&mask);
-            let out = cpu::forward::<i64>(&x, TargetRef::Dense(&t), m.as_deref(), d, s);
-            stats_tensor(out, d, &s)
+            run(&logits, Target::Dense(&target), &mask, None, spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_dense_backward(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            let s = spec(activation, include_background, squared, difference);
-            let d = dims(&logits);
-            let x = floats(&logits);
-            let t = floats(&target);
-            let g = floats(&grad);
-            let m = optional(&mask);
-            let out = cpu::backward::<i64>(&x, TargetRef::Dense(&t), m.as_deref(), &g, d, s);
-            grad_tensor(out, d)
+            run(&logits, Target::Dense(&target), &mask, Some(&grad), spec(activation, include_background, squared, difference))
         }
     }
 }
 
-/// What the backward step keeps: the inputs (the target and mask as plain primitives, never
-/// differentiated) and the options.
+/// The target the backward step keeps (never differentiated).
+#[derive(Debug, Clone)]
+enum SavedTarget<B: Backend> {
+    Labels(IntTensor<B>),
+    Dense(FloatTensor<B>),
+}
+
+/// The options of one call: activation code, include background, squared, difference.
+type Options = (u8, bool, bool, bool);
+
+impl<B: FusedStatsOps> SavedTarget<B> {
+    fn forward(self, x: FloatTensor<B>, mask: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::overlap_stats_labels(x, l, mask, a, bg, sq, diff),
+            SavedTarget::Dense(t) => B::overlap_stats_dense(x, t, mask, a, bg, sq, diff),
+        }
+    }
+
+    fn backward(self, x: FloatTensor<B>, mask: FloatTensor<B>, grad: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::overlap_stats_labels_backward(x, l, mask, grad, a, bg, sq, diff),
+            SavedTarget::Dense(t) => B::overlap_stats_dense_backward(x, t, mask, grad, a, bg, sq, diff),
+        }
+    }
+}
+
+/// What the backward step keeps: the inputs (the target and mask as plain primitives) and the options.
 #[derive(Debug, Clone)]
 struct SavedInputs<B: Backend> {
     logits: FloatTensor<B>,
-    labels: Option<IntTensor<B>>,
-    dense: Option<FloatTensor<B>>,
+    target: SavedTarget<B>,
     mask: FloatTensor<B>,
-    options: (u8, bool, bool, bool),
+    options: Options,
 }
 
 #[derive(Debug)]
@@ -257,37 +248,34 @@ impl<B: FusedStatsOps> Backward<B, 1> for FusedStatsBackward {
         let [node] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
-        let (a, bg, sq, diff) = s.options;
         if let Some(node) = node {
-            let dx = match (s.labels, s.dense) {
-                (Some(l), _) => B::overlap_stats_labels_backward(s.logits, l, s.mask, grad, a, bg, sq, diff),
-                (None, Some(t)) => B::overlap_stats_dense_backward(s.logits, t, s.mask, grad, a, bg, sq, diff),
-                (None, None) => unreachable!("a target is labels or dense"),
-            };
-            grads.register::<B>(node.id, dx);
+            grads.register::<B>(node.id, s.target.backward(s.logits, s.mask, grad, s.options));
         }
+    }
+}
+
+/// Runs the forward on the inner backend and records the backward step when the logits are tracked.
+fn record<B: FusedStatsOps, C: CheckpointStrategy>(
+    logits: FloatTensor<Autodiff<B, C>>,
+    target: SavedTarget<B>,
+    mask: FloatTensor<Autodiff<B, C>>,
+    options: Options,
+) -> FloatTensor<Autodiff<B, C>> {
+    let node = logits.node();
+    let mask = mask.into_primitive();
+    let x = logits.into_primitive();
+    match FusedStatsBackward.prepare::<C>([node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let state = SavedInputs::<B> { logits: x.clone(), target: target.clone(), mask: mask.clone(), options };
+            prep.finish(state, target.forward(x, mask, options))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(target.forward(x, mask, options)),
     }
 }
 
 impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
     fn overlap_stats_labels(logits: FloatTensor<Self>, labels: IntTensor<Self>, mask: FloatTensor<Self>, activation: u8, include_background: bool, squared: bool, difference: bool) -> FloatTensor<Self> {
-        let node = logits.node();
-        let mask = mask.into_primitive();
-        let x = logits.into_primitive();
-        let forward = |x, labels, mask| B::overlap_stats_labels(x, labels, mask, activation, include_background, squared, difference);
-        match FusedStatsBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let state = SavedInputs::<B> {
-                    logits: x.clone(),
-                    labels: Some(labels.clone()),
-                    dense: None,
-                    mask: mask.clone(),
-                    options: (activation, include_background, squared, difference),
-                };
-                prep.finish(state, forward(x, labels, mask))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x, labels, mask)),
-        }
+        record::<B, C>(logits, SavedTarget::Labels(labels), mask, (activation, include_background, squared, difference))
     }
 
     fn overlap_stats_labels_backward(_: FloatTensor<Self>, _: IntTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: u8, _: bool, _: bool, _: bool) -> FloatTensor<Self> {
@@ -295,24 +283,7 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
     }
 
     fn overlap_stats_dense(logits: FloatTensor<Self>, target: FloatTensor<Self>, mask: FloatTensor<Self>, activation: u8, include_background: bool, squared: bool, difference: bool) -> FloatTensor<Self> {
-        let node = logits.node();
-        let mask = mask.into_primitive();
-        let target = target.into_primitive();
-        let x = logits.into_primitive();
-        let forward = |x, t, mask| B::overlap_stats_dense(x, t, mask, activation, include_background, squared, difference);
-        match FusedStatsBackward.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let state = SavedInputs::<B> {
-                    logits: x.clone(),
-                    labels: None,
-                    dense: Some(target.clone()),
-                    mask: mask.clone(),
-                    options: (activation, include_background, squared, difference),
-                };
-                prep.finish(state, forward(x, target, mask))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x, target, mask)),
-        }
+        record::<B, C>(logits, SavedTarget::Dense(target.into_primitive()), mask, (activation, include_background, squared, difference))
     }
 
     fn overlap_stats_dense_backward(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: u8, _: bool, _: bool, _: bool) -> FloatTensor<Self> {

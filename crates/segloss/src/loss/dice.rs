@@ -8,7 +8,7 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{StatsOptions, prepared_stats};
+use crate::stats::prepared_stats;
 
 const NAME: &str = "DiceLoss";
 
@@ -159,14 +159,7 @@ impl DiceLoss {
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
-        let options = StatsOptions {
-            activation: cfg.activation,
-            include_background: cfg.include_background,
-            squared: cfg.squared_pred,
-            difference: cfg.soft_label,
-            ignore_index: cfg.ignore_index,
-            validate_labels: cfg.validate_labels,
-        };
+        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, cfg.squared_pred, cfg.soft_label);
         let mut stats = prepared_stats(NAME, prepared, &options);
         if cfg.batch {
             stats = stats.sum_batch();

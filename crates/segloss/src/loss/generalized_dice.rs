@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{StatsOptions, prepared_stats};
+use crate::stats::prepared_stats;
 
 const NAME: &str = "GeneralizedDiceLoss";
 
@@ -149,14 +149,7 @@ impl GeneralizedDiceLoss {
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
-        let options = StatsOptions {
-            activation: cfg.activation,
-            include_background: cfg.include_background,
-            squared: false,
-            difference: cfg.soft_label,
-            ignore_index: cfg.ignore_index,
-            validate_labels: cfg.validate_labels,
-        };
+        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label);
         let mut stats = prepared_stats(NAME, prepared, &options);
         if cfg.batch {
             stats = stats.sum_batch();

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{StatsOptions, prepared_stats};
+use crate::stats::prepared_stats;
 
 const NAME: &str = "TverskyLoss";
 
@@ -120,26 +120,17 @@ impl TverskyLoss {
 
     /// The loss per (sample, class) `[B, C']`, or `[1, C']` with `batch`.
     pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<2> {
-        let cfg = &self.config;
-        let prepared = prepare(
-            NAME,
-            prediction,
-            target.into(),
-            PrepareOptions { ignore_index: cfg.ignore_index, validate_labels: cfg.validate_labels },
-        );
+        let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
+    }
+
+    fn prepare_options(&self) -> PrepareOptions {
+        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
     }
 
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
-        let options = StatsOptions {
-            activation: cfg.activation,
-            include_background: cfg.include_background,
-            squared: false,
-            difference: cfg.soft_label,
-            ignore_index: cfg.ignore_index,
-            validate_labels: cfg.validate_labels,
-        };
+        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label);
         let mut stats = prepared_stats(NAME, prepared, &options);
         if cfg.batch {
             stats = stats.sum_batch();
