@@ -5,7 +5,7 @@
 //! a [`Target`]. Internally both are flattened to `[B, C, N]` with `N` the number of voxels.
 
 use burn::config::Config;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 /// The activation a loss applies to the raw prediction before comparing it with the target.
 ///
@@ -148,7 +148,7 @@ impl PrepareOptions {
 /// A prediction and its target, validated and flattened.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
-    /// The raw prediction `[B, C, N]`.
+    /// The raw prediction `[B, C, N]`, in f32.
     pub logits: Tensor<3>,
     /// Label maps `[B, N]` with ignored voxels set to class 0 (they are masked out).
     pub labels: Option<Tensor<2, Int>>,
@@ -164,21 +164,23 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// The target as per-class values `[B, C, N]`, masked voxels included (not yet multiplied by
-    /// the mask). A label map becomes one-hot; with `C = 1` the label values are the target.
+    /// The target as per-class values `[B, C, N]` in f32, masked voxels included (not yet
+    /// multiplied by the mask). A label map becomes one-hot; with `C = 1` the label values are the
+    /// target.
     pub fn dense_target(&self) -> Tensor<3> {
+        let dtype = DType::F32;
         if let Some(d) = &self.dense {
             return d.clone();
         }
         let labels = self.labels.clone().expect("a target is either labels or dense");
         let [b, c, n] = [self.batch, self.channels, self.voxels];
         if c == 1 {
-            return labels.float().reshape([b, 1, n]);
+            return in_dtype(labels.float().reshape([b, 1, n]), dtype);
         }
         let device = labels.device();
         let classes = Tensor::<1, Int>::arange(0..c as i64, &device).reshape([1, c, 1]).expand([b, c, n]);
         let labels = labels.reshape([b, 1, n]).expand([b, c, n]);
-        labels.equal(classes).float()
+        in_dtype(labels.equal(classes).float(), dtype)
     }
 
     /// The prediction's shape `[B, C, spatial...]`.
@@ -187,6 +189,11 @@ impl Prepared {
         s.extend_from_slice(&self.spatial);
         s
     }
+}
+
+/// `t` in the float type `dtype` (no copy when it already is).
+fn in_dtype<const D: usize>(t: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }
 
 /// Validates `prediction` against `target` and flattens both to `[B, C, N]`.
@@ -212,7 +219,10 @@ pub(crate) fn prepare<const D: usize>(
     let (b, c) = (pshape[0], pshape[1]);
     let spatial = pshape[2..].to_vec();
     let n: usize = spatial.iter().product();
-    let logits = prediction.reshape([b, c, n]);
+    // Every loss computes in f32 whatever the prediction's float type (f16 and bf16 sums would
+    // overflow or lose mass; f64 gains nothing at these tolerances); the gradient flows back
+    // through the cast in the prediction's own type.
+    let logits = in_dtype(prediction, DType::F32).reshape([b, c, n]);
     let tshape = target.shape.clone();
 
     let (labels, dense, ignore_mask) = match target.kind {
@@ -252,7 +262,7 @@ pub(crate) fn prepare<const D: usize>(
                     ""
                 }
             );
-            let dense = flat.reshape([b, c, n]);
+            let dense = in_dtype(flat, DType::F32).reshape([b, c, n]);
             // MONAI's `create_ignore_mask` for one-hot targets: an index inside [0, C) excludes the
             // voxels of that class; any other value excludes voxels whose channels are all zero.
             let ignore_mask = opts.ignore_index.map(|ii| {
@@ -284,6 +294,7 @@ pub(crate) fn prepare<const D: usize>(
         (None, None) => None,
     };
 
+    let mask = mask.map(|m| in_dtype(m, DType::F32));
     Prepared { logits, labels, dense, mask, batch: b, channels: c, voxels: n, spatial }
 }
 

@@ -130,6 +130,7 @@ pub fn overlap_stats<const D: usize>(
 pub(crate) fn prepared_stats(loss: &str, prepared: &Prepared, options: &StatsOptions) -> OverlapStats {
     check_channels(loss, prepared.channels, options.activation, options.include_background);
     use crate::kernel::{Kernel, cpu, current_kernel, fused};
+    // `prepare` hands every input over in f32, the fused kernel's type.
     if current_kernel() == Kernel::Composed || !fused::supports(&prepared.logits.device()) {
         return crate::kernel::composed::overlap_stats(prepared, options);
     }

@@ -151,3 +151,41 @@ fn single_channel_binary_fused_and_composed_agree() {
         }
     }
 }
+
+#[test]
+fn non_f32_predictions_are_computed_in_f32() {
+    let device = Device::flex();
+    let logits = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &device).cast(burn::tensor::DType::F64);
+    assert_eq!(logits.dtype(), burn::tensor::DType::F64);
+    let labels = Tensor::<2, Int>::from_data([[0, 1, 1]], &device);
+    let reference = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &device);
+    let pairs = [
+        (
+            "dice",
+            DiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
+            DiceLossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+        ),
+        (
+            "gdl",
+            GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
+            GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+        ),
+        (
+            "dice-ce",
+            DiceCELossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
+            DiceCELossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+        ),
+    ];
+    for (name, a, b) in pairs {
+        let (a, b) = (a.into_scalar::<f64>(), b.into_scalar::<f64>());
+        assert!((a - b).abs() < 1e-6, "{name}: {a} vs {b}");
+    }
+    // The gradient comes back in the prediction's own type.
+    let ad = Device::flex().autodiff();
+    let x = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &ad).cast(burn::tensor::DType::F64).require_grad();
+    let y = Tensor::<2, Int>::from_data([[0, 1, 1]], &ad);
+    let grads = DiceLossConfig::new(Activation::Softmax).init().forward(x.clone(), y).backward();
+    let g = x.grad(&grads).unwrap();
+    assert_eq!(g.dtype(), burn::tensor::DType::F64);
+    assert!(g.into_data().iter::<f64>().all(|v| v.is_finite() && v != 0.0));
+}
