@@ -13,7 +13,7 @@ use segloss::metrics::{
     Boundary, CaseMetrics, EmptyPolicy, MetricOptions, PercentileRule, WorstDistance, evaluate,
 };
 
-use crate::nifti_io::{GeometryTolerance, check_geometry, read_label_image};
+use segloss_train::nifti::{GeometryTolerance, check_geometry, read_label_image};
 use crate::report::{self, Format};
 
 /// Exit status when every case was evaluated.

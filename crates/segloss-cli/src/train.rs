@@ -1,16 +1,123 @@
-//! `segloss train`: train a 3D U-Net with a segloss loss on the built-in procedural dataset.
+//! `segloss train`: train a 3D U-Net with a segloss loss on the built-in procedural dataset or
+//! on NIfTI folders. The options shared with `segloss compare` live in [`TrainOpts`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
-use burn::tensor::Device;
+use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use segloss_train::data::SyntheticConfig;
+use segloss_train::dataset::DataSource;
+use segloss_train::device::parse_device;
 use segloss_train::losses::LossKind;
-use segloss_train::run::{Event, TrainConfig, train};
+use segloss_train::run::{EpochSummary, Event, TrainConfig, train};
+
+/// The defaults, from the library's [`TrainConfig::default`] (one source of truth).
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+fn default_size() -> usize {
+    SyntheticConfig::default().size
+}
+
+/// Options of a training run (shared by `train` and `compare`).
+#[derive(Args, Debug, Clone)]
+pub struct TrainOpts {
+    /// Number of epochs.
+    #[arg(long, default_value_t = defaults().epochs)]
+    pub epochs: usize,
+    /// Optimisation steps per epoch.
+    #[arg(long, default_value_t = defaults().steps_per_epoch)]
+    pub steps_per_epoch: usize,
+    /// Volumes (or patches) per step.
+    #[arg(long, default_value_t = defaults().batch_size)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = defaults().learning_rate)]
+    pub lr: f64,
+    /// Edge length of the built-in volumes, or of the training patches cut from NIfTI images, in
+    /// voxels (a multiple of 2^(depth - 1)).
+    #[arg(long, default_value_t = default_size())]
+    pub size: usize,
+    /// Feature channels of the U-Net's first level (doubled at each level down).
+    #[arg(long, default_value_t = defaults().base_width)]
+    pub width: usize,
+    /// Resolution levels of the U-Net.
+    #[arg(long, default_value_t = defaults().depth)]
+    pub depth: usize,
+    /// Seed of the weights and the batch order.
+    #[arg(long, default_value_t = defaults().seed)]
+    pub seed: u64,
+    /// Folder of NIfTI training images (.nii / .nii.gz); needs --labels. Without it, the
+    /// built-in procedural data is used.
+    #[arg(long, requires = "labels")]
+    pub images: Option<PathBuf>,
+    /// Folder of NIfTI label maps, one per image, same file names (`case_0000.nii.gz` images
+    /// pair with `case.nii.gz` labels too).
+    #[arg(long, requires = "images")]
+    pub labels: Option<PathBuf>,
+    /// Fraction of the NIfTI cases kept for validation (the last ones by name; at least one).
+    #[arg(long, default_value_t = 0.2)]
+    pub valid_fraction: f64,
+    /// Where to train: cpu (default), wgpu, wgpu-cpu (software Vulkan) or cuda[:N]; the GPU
+    /// backends need a build with `--features wgpu` or `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl TrainOpts {
+    /// The library's run settings for these options (loss and output folder set by the caller).
+    pub fn config(&self, loss: LossKind, out: PathBuf) -> TrainConfig {
+        let data = match (&self.images, &self.labels) {
+            (Some(images), Some(labels)) => {
+                DataSource::Nifti { images: images.clone(), labels: labels.clone(), valid_fraction: self.valid_fraction, patch: self.size }
+            }
+            _ => match DataSource::default() {
+                DataSource::Synthetic { config, train_volumes, valid_volumes } => DataSource::Synthetic {
+                    config: SyntheticConfig { size: self.size, ..config },
+                    train_volumes,
+                    valid_volumes,
+                },
+                other => other,
+            },
+        };
+        TrainConfig {
+            data,
+            base_width: self.width,
+            depth: self.depth,
+            loss,
+            epochs: self.epochs,
+            steps_per_epoch: self.steps_per_epoch,
+            batch_size: self.batch_size,
+            learning_rate: self.lr,
+            seed: self.seed,
+            out_dir: out,
+        }
+    }
+
+    /// A one-line description of the run for the terminal.
+    pub fn describe(&self, cfg: &TrainConfig) -> String {
+        let data = match &cfg.data {
+            DataSource::Synthetic { config, .. } => {
+                format!("the built-in data ({}^3 volumes, {} classes)", config.size, config.classes)
+            }
+            DataSource::Nifti { images, patch, .. } => format!("NIfTI images from {} ({patch}^3 patches)", images.display()),
+        };
+        format!(
+            "a 3D U-Net (width {}, depth {}) with {} on {data}, {} epochs x {} steps of {} on {}",
+            cfg.base_width,
+            cfg.depth,
+            cfg.loss.name(),
+            cfg.epochs,
+            cfg.steps_per_epoch,
+            cfg.batch_size,
+            self.device
+        )
+    }
+}
 
 /// Options of `segloss train`.
 #[derive(Args, Debug)]
@@ -18,95 +125,107 @@ pub struct TrainArgs {
     /// The loss: dice, gdl, dice-ce, dice-focal, tversky, focal or ce.
     #[arg(long, default_value = "dice-ce")]
     pub loss: String,
-    /// Number of epochs.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    /// Optimisation steps per epoch.
-    #[arg(long, default_value_t = 16)]
-    pub steps_per_epoch: usize,
-    /// Volumes per step.
-    #[arg(long, default_value_t = 2)]
-    pub batch_size: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Edge length of the built-in volumes, in voxels.
-    #[arg(long, default_value_t = 32)]
-    pub size: usize,
-    /// Feature channels of the U-Net's first level.
-    #[arg(long, default_value_t = 8)]
-    pub width: usize,
-    /// Resolution levels of the U-Net.
-    #[arg(long, default_value_t = 3)]
-    pub depth: usize,
-    /// Seed of the data, the weights and the batch order.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Output folder: metrics.csv, checkpoints/epoch-N.bpk and model.bpk.
+    /// Output folder: model.json, metrics.csv, checkpoints/epoch-N.bpk and model.bpk.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub opts: TrainOpts,
+}
+
+/// The line printed after each epoch.
+pub fn epoch_line(s: &EpochSummary) -> String {
+    let dice: Vec<String> = s.valid_dice.iter().enumerate().map(|(c, d)| format!("{}: {d:.3}", c + 1)).collect();
+    format!(
+        "epoch {:>3}  train loss {:.4}  validation Dice [{}]  mean {:.3}  ({:.1} s)",
+        s.epoch,
+        s.train_loss,
+        dice.join(", "),
+        s.mean_foreground_dice(),
+        s.seconds
+    )
+}
+
+/// Progress display: a bar on a terminal, plain lines per epoch otherwise.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    prefix: String,
+}
+
+impl Progress {
+    /// A display for `steps` optimisation steps; `prefix` starts each epoch line.
+    pub fn new(steps: usize, prefix: String) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {elapsed} (eta {eta}) {msg}").expect("a valid template"));
+            bar
+        });
+        Self { bar, prefix }
+    }
+
+    /// Sets the text that starts each epoch line.
+    pub fn set_prefix(&mut self, prefix: String) {
+        self.prefix = prefix;
+    }
+
+    /// Shows one event.
+    pub fn event(&self, event: &Event) {
+        match event {
+            Event::Step { epoch, loss, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                    bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
+                }
+            }
+            Event::Epoch(s) => {
+                let line = format!("{}{}", self.prefix, epoch_line(s));
+                match &self.bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
+            }
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Checks the options that the library would only find after loading data.
+pub fn check_opts(opts: &TrainOpts) -> Result<()> {
+    for (flag, dir) in [("--images", &opts.images), ("--labels", &opts.labels)] {
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            bail!("{flag}: {} is not a folder", dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// Runs `segloss train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    let loss = LossKind::parse(&args.loss).map_err(|e| anyhow!(e))?;
-    let cfg = TrainConfig {
-        data: SyntheticConfig { size: args.size, seed: args.seed, ..Default::default() },
-        base_width: args.width,
-        depth: args.depth,
-        loss,
-        epochs: args.epochs,
-        steps_per_epoch: args.steps_per_epoch,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        seed: args.seed,
-        out_dir: args.out.clone(),
-        ..Default::default()
-    };
-    println!(
-        "training a 3D U-Net (width {}, depth {}) with {} on the built-in data ({}^3 volumes, {} classes), {} epochs x {} steps, CPU (Flex)",
-        cfg.base_width, cfg.depth, loss.name(), cfg.data.size, cfg.data.classes, cfg.epochs, cfg.steps_per_epoch
-    );
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = ProgressBar::new((cfg.epochs * cfg.steps_per_epoch) as u64);
-        bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {elapsed} {msg}").expect("a valid template"));
-        bar
-    });
-    let device = Device::flex().autodiff();
-    let outcome = train(&cfg, &device, |event| match event {
-        Event::Step { epoch, loss, .. } => {
-            if let Some(bar) = &bar {
-                bar.inc(1);
-                bar.set_message(format!("epoch {epoch}, loss {loss:.4}"));
-            }
-        }
-        Event::Epoch(s) => {
-            let dice: Vec<String> = s.valid_dice.iter().enumerate().map(|(c, d)| format!("{}: {d:.3}", c + 1)).collect();
-            let line = format!(
-                "epoch {:>3}  train loss {:.4}  validation Dice [{}]  mean {:.3}  ({:.1} s)",
-                s.epoch,
-                s.train_loss,
-                dice.join(", "),
-                s.mean_foreground_dice(),
-                s.seconds
-            );
-            match &bar {
-                Some(bar) => bar.println(line),
-                None => println!("{line}"),
-            }
-        }
-    })
-    .map_err(|e| anyhow!(e))?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let loss = LossKind::parse(&args.loss).map_err(anyhow::Error::msg)?;
+    check_opts(&args.opts)?;
+    let device = parse_device(&args.opts.device)?;
+    let cfg = args.opts.config(loss, args.out.clone());
+    println!("training {}", args.opts.describe(&cfg));
+    let progress = Progress::new(cfg.epochs * cfg.steps_per_epoch, String::new());
+    let start = std::time::Instant::now();
+    let outcome = train(&cfg, &device.autodiff(), |e| progress.event(e))?;
+    progress.finish();
     let last = outcome.epochs.last().expect("at least one epoch");
     println!(
-        "done: mean foreground validation Dice {:.3}; wrote {}, {} and {}",
+        "done in {:.0} s: mean foreground validation Dice {:.3}; wrote {} (curves), {} and {}",
+        start.elapsed().as_secs_f64(),
         last.mean_foreground_dice(),
         cfg.out_dir.join("metrics.csv").display(),
         cfg.out_dir.join("checkpoints").display(),
         cfg.out_dir.join("model.bpk").display()
     );
+    println!("next: segloss predict --model {} --out {}", cfg.out_dir.display(), cfg.out_dir.join("predict").display());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@
 //! | 0 | background | most of the volume |
 //! | 1 | one large ellipsoid blob | ~4,000 voxels |
 //! | 2 | two medium ellipsoids | ~150 voxels each |
-//! | 3 | three to five small spheres | ~7-30 voxels each |
+//! | 3 | three to five small spheres (radius 1.5-2.5 voxels) | ~10-65 voxels each |
 //!
 //! (with more classes, further classes are smaller spheres again). The image is a per-class mean
 //! intensity plus Gaussian noise, so the task needs context but is learnable. Everything derives
@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Settings of the procedural dataset.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SyntheticConfig {
     /// Edge length of the cubic volumes, in voxels (`>= 8`).
     pub size: usize,
@@ -28,11 +28,13 @@ pub struct SyntheticConfig {
     pub noise: f32,
     /// Seed of everything.
     pub seed: u64,
+    /// Radius range `[min, max)` of the small spheres, in voxels.
+    pub sphere_radius: [f32; 2],
 }
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { size: 32, classes: 4, noise: 0.5, seed: 42 }
+        Self { size: 32, classes: 4, noise: 0.5, seed: 42, sphere_radius: [1.5, 2.5] }
     }
 }
 
@@ -65,10 +67,28 @@ impl SyntheticConfig {
         if !(2..=8).contains(&self.classes) {
             return Err(format!("synthetic data: `classes` must be in 2..=8, got {}", self.classes));
         }
+        let [lo, hi] = self.sphere_radius;
+        if !(lo.is_finite() && hi.is_finite() && 0.5 <= lo && lo < hi && hi <= self.size as f32 / 4.0) {
+            return Err(format!(
+                "synthetic data: `sphere_radius` must be a range [min, max) with 0.5 <= min < max <= size / 4, got [{lo}, {hi})"
+            ));
+        }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
             return Err(format!("synthetic data: `noise` must be finite and >= 0, got {}", self.noise));
         }
         Ok(())
+    }
+
+    /// A short name of class `class` for reports: `background`, `large blob`, `medium
+    /// ellipsoids`, `small spheres` (numbered from class 4 on: `small spheres 2`, ...).
+    pub fn class_name(&self, class: usize) -> String {
+        match class {
+            0 => "background".into(),
+            1 => "large blob".into(),
+            2 => "medium ellipsoids".into(),
+            3 => "small spheres".into(),
+            c => format!("small spheres {}", c - 2),
+        }
     }
 
     /// The volume number `index` of `split`.
@@ -116,7 +136,7 @@ impl SyntheticConfig {
             let count = rng.random_range(3..=5);
             for _ in 0..count {
                 let centre = [0; 3].map(|_| s * rng.random_range(0.1..0.9));
-                let r = rng.random_range(1.0..2.0f32);
+                let r = rng.random_range(self.sphere_radius[0]..self.sphere_radius[1]);
                 paint(&mut labels, class as u8, centre, [r; 3]);
             }
         }
@@ -176,7 +196,9 @@ mod tests {
         }
         // Every class is present, and each is much smaller than the one before.
         assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
-        assert!(counts[1] > 5 * counts[2] && counts[2] > 3 * counts[3], "{counts:?}");
+        assert!(counts[1] > 5 * counts[2] && counts[2] > counts[3] && counts[0] > 5 * counts[1], "{counts:?}");
+        // The small spheres are well under 1% of the volume.
+        assert!((counts[3] as f64) < 0.01 * counts.iter().sum::<usize>() as f64, "{counts:?}");
     }
 
     #[test]
@@ -185,5 +207,7 @@ mod tests {
         assert_eq!(e, "synthetic data: `size` must be at least 8, got 4");
         let e = SyntheticConfig { classes: 9, ..Default::default() }.validate().unwrap_err();
         assert!(e.contains("`classes` must be in 2..=8"), "{e}");
+        let e = SyntheticConfig { sphere_radius: [2.0, 1.0], ..Default::default() }.validate().unwrap_err();
+        assert!(e.contains("`sphere_radius` must be a range"), "{e}");
     }
 }

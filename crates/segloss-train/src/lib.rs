@@ -23,7 +23,12 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod dataset;
+pub mod device;
+pub mod nifti;
 pub mod unet;
 pub mod losses;
 pub mod train;
 pub mod run;
+pub mod predict;
+pub mod compare;

@@ -1,27 +1,27 @@
-//! A training run on the built-in dataset: epochs of optimisation steps, per-class validation
-//! Dice after each epoch, `metrics.csv`, checkpoints and the final model.
+//! A training run: epochs of optimisation steps, per-class validation Dice after each epoch,
+//! `metrics.csv`, checkpoints, the final model and its description `model.json`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 
-use crate::data::{Split, SyntheticConfig};
+use crate::data::SyntheticConfig;
+use crate::dataset::{DataSource, Dataset};
 use crate::losses::LossKind;
+use crate::predict::predict_labels;
 use crate::train::adam_trainer;
 use crate::unet::{UNet3d, UNet3dConfig};
 
 /// Settings of a training run.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// The procedural dataset.
-    pub data: SyntheticConfig,
-    /// Training volumes (indices `0..train_volumes` of the training split).
-    pub train_volumes: usize,
-    /// Validation volumes (indices `0..valid_volumes` of the validation split).
-    pub valid_volumes: usize,
+    /// The training data.
+    pub data: DataSource,
     /// Feature channels of the U-Net's first level.
     pub base_width: usize,
     /// Levels of the U-Net.
@@ -32,32 +32,69 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Optimisation steps per epoch.
     pub steps_per_epoch: usize,
-    /// Volumes per step.
+    /// Volumes (or patches) per step.
     pub batch_size: usize,
     /// Adam learning rate.
     pub learning_rate: f64,
-    /// Seed of the weights and of the batch order.
+    /// Seed of the weights and of the batch order (the built-in data has its own seed).
     pub seed: u64,
-    /// Where `metrics.csv`, `checkpoints/` and `model.bpk` go.
+    /// Where `metrics.csv`, `checkpoints/`, `model.bpk` and `model.json` go.
     pub out_dir: PathBuf,
 }
 
 impl Default for TrainConfig {
+    /// The defaults of `segloss train`: on 2 CPU cores they reach a mean foreground validation
+    /// Dice above 0.9 on the built-in data in about 4 minutes (see the README).
     fn default() -> Self {
         Self {
-            data: SyntheticConfig::default(),
-            train_volumes: 32,
-            valid_volumes: 8,
-            base_width: 8,
+            data: DataSource::default(),
+            base_width: 4,
             depth: 3,
             loss: LossKind::DiceCe,
-            epochs: 10,
+            epochs: 20,
             steps_per_epoch: 16,
             batch_size: 2,
-            learning_rate: 3e-3,
+            learning_rate: 1e-2,
             seed: 1,
-            out_dir: PathBuf::from("runs/default"),
+            out_dir: PathBuf::from("runs/train"),
         }
+    }
+}
+
+/// What a trained model is, written next to it as `model.json` so that `segloss predict` can
+/// rebuild the network and prepare its input the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Classes, background included (the network's output channels).
+    pub classes: usize,
+    /// Feature channels of the first level.
+    pub base_width: usize,
+    /// Levels.
+    pub depth: usize,
+    /// Input normalisation: `"none"` (built-in data) or `"zscore"` (per volume, NIfTI data).
+    pub normalization: String,
+    /// The loss it was trained with.
+    pub loss: String,
+    /// The built-in dataset it was trained on, if any (with its number of validation volumes),
+    /// so that `segloss predict` can regenerate the validation set.
+    pub synthetic: Option<(SyntheticConfig, usize)>,
+}
+
+impl ModelCard {
+    /// Reads `model.json` from a run folder.
+    ///
+    /// # Errors
+    /// A missing or malformed file (named).
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("model.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} (is {} a folder written by `segloss train`?)", path.display(), run_dir.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a valid model description", path.display()))
+    }
+
+    /// The network architecture.
+    pub fn unet(&self) -> UNet3dConfig {
+        UNet3dConfig::new(self.classes).with_base_width(self.base_width).with_depth(self.depth)
     }
 }
 
@@ -99,13 +136,13 @@ impl EpochSummary {
     }
 }
 
-/// The model's hard prediction (argmax over classes) for images `[B, 1, D, H, W]`: `[B, 1, D, H, W]`.
-pub fn predict(model: &UNet3d, images: Tensor<5>) -> Tensor<5, Int> {
-    model.forward(images).argmax(1)
-}
-
-/// Pooled per-class Dice of predictions against references (both label maps), classes 1..C.
-pub fn foreground_dice(pred: &[i64], reference: &[i64], classes: usize) -> Vec<f64> {
+/// Pooled per-class Dice of predictions against references (both label maps), classes 1..C:
+/// `2 |P_c ∩ R_c| / (|P_c| + |R_c|)` over all voxels of all volumes; NaN when both are empty.
+///
+/// # Panics
+/// If a label is `>= classes` or the slices differ in length.
+pub fn foreground_dice(pred: &[u8], reference: &[u8], classes: usize) -> Vec<f64> {
+    assert_eq!(pred.len(), reference.len(), "prediction and reference differ in length");
     let mut inter = vec![0u64; classes];
     let mut sizes = vec![0u64; classes];
     for (&p, &r) in pred.iter().zip(reference) {
@@ -120,16 +157,16 @@ pub fn foreground_dice(pred: &[i64], reference: &[i64], classes: usize) -> Vec<f
         .collect()
 }
 
-/// Validation Dice of `model` on the first `volumes` validation volumes.
-pub fn validate(model: &UNet3d, data: &SyntheticConfig, volumes: usize, device: &Device) -> Vec<f64> {
+/// Validation Dice (pooled per foreground class) of `model` on every validation volume of `data`.
+pub fn validate(model: &UNet3d, data: &Dataset, device: &Device) -> Vec<f64> {
     let mut pred = Vec::new();
     let mut reference = Vec::new();
-    for i in 0..volumes {
-        let (x, y) = data.batch(Split::Valid, &[i], device);
-        pred.extend(predict(model, x).into_data().iter::<i64>());
-        reference.extend(y.into_data().iter::<i64>());
+    for i in 0..data.valid_len() {
+        let v = data.valid_volume(i, device);
+        pred.extend(predict_labels(model, v.image));
+        reference.extend(v.labels);
     }
-    foreground_dice(&pred, &reference, data.classes)
+    foreground_dice(&pred, &reference, data.classes())
 }
 
 /// The header of `metrics.csv` for `classes` classes.
@@ -151,8 +188,25 @@ fn csv_row(e: &EpochSummary) -> String {
     r
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", path.display())
+/// Reads a `metrics.csv` written by [`train`] back into epoch summaries.
+///
+/// # Errors
+/// A missing file or a line that does not parse (named with its line number).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochSummary>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let v: Vec<f64> = line
+            .split(',')
+            .map(|f| f.parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| format!("{}: line {} does not parse: {line}", path.display(), n + 1))?;
+        if v.len() < 5 {
+            bail!("{}: line {} has {} fields, expected at least 5", path.display(), n + 1, v.len());
+        }
+        out.push(EpochSummary { epoch: v[0] as usize, train_loss: v[1], valid_dice: v[2..v.len() - 2].to_vec(), seconds: v[v.len() - 1] });
+    }
+    Ok(out)
 }
 
 /// What a run produced.
@@ -162,73 +216,91 @@ pub struct TrainOutcome {
     pub model: UNet3d,
     /// One summary per epoch.
     pub epochs: Vec<EpochSummary>,
+    /// The description written as `model.json`.
+    pub card: ModelCard,
 }
 
-/// Trains a U-Net on the built-in dataset on `device` (an autodiff device), reporting progress
-/// through `on_event`, and returns the trained model and the epochs' summaries. Writes `metrics.csv`,
-/// `checkpoints/epoch-N.bpk` and `model.bpk` into `out_dir`.
+/// Trains a U-Net on `cfg.data` on `device` (an autodiff device), reporting progress through
+/// `on_event`, and returns the trained model and the epochs' summaries. Writes `model.json`,
+/// `metrics.csv` (rewritten after every epoch), `checkpoints/epoch-N.bpk` and `model.bpk` into
+/// `out_dir`.
 ///
 /// # Errors
-/// Invalid settings, or a file that cannot be written (named in the message).
-pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event)) -> Result<TrainOutcome, String> {
-    cfg.data.validate()?;
-    if cfg.train_volumes == 0 || cfg.valid_volumes == 0 || cfg.batch_size == 0 || cfg.epochs == 0 || cfg.steps_per_epoch == 0 {
-        return Err("training: volumes, batch size, epochs and steps per epoch must all be at least 1".into());
+/// Invalid settings, data that cannot be loaded, or a file that cannot be written (named in the
+/// message).
+pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event)) -> Result<TrainOutcome> {
+    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.steps_per_epoch == 0 || cfg.base_width == 0 || cfg.depth == 0 {
+        bail!("training: batch size, epochs, steps per epoch, width and depth must all be at least 1");
     }
-    let factor = 1usize << (cfg.depth.max(1) - 1);
-    if !cfg.data.size.is_multiple_of(factor) {
-        return Err(format!("training: the volume size {} must be divisible by 2^(depth - 1) = {factor}", cfg.data.size));
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        bail!("training: the learning rate must be > 0, got {}", cfg.learning_rate);
     }
+    let data = cfg.data.load()?;
+    let factor = 1usize << (cfg.depth - 1);
+    if !data.patch().is_multiple_of(factor) {
+        bail!("training: the volume or patch size {} must be divisible by 2^(depth - 1) = {factor}", data.patch());
+    }
+    let card = ModelCard {
+        classes: data.classes(),
+        base_width: cfg.base_width,
+        depth: cfg.depth,
+        normalization: match data {
+            Dataset::Synthetic { .. } => "none",
+            Dataset::Nifti { .. } => "zscore",
+        }
+        .into(),
+        loss: cfg.loss.name().into(),
+        synthetic: match &data {
+            Dataset::Synthetic { config, valid_volumes, .. } => Some((config.clone(), *valid_volumes)),
+            Dataset::Nifti { .. } => None,
+        },
+    };
     let checkpoints = cfg.out_dir.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints).map_err(|e| io_error(&checkpoints, e))?;
+    std::fs::create_dir_all(&checkpoints).with_context(|| format!("cannot create {}", checkpoints.display()))?;
+    let card_path = cfg.out_dir.join("model.json");
+    std::fs::write(&card_path, serde_json::to_string_pretty(&card).expect("serialisable"))
+        .with_context(|| format!("cannot write {}", card_path.display()))?;
     let metrics_path = cfg.out_dir.join("metrics.csv");
-    let mut csv = csv_header(cfg.data.classes);
-    std::fs::write(&metrics_path, &csv).map_err(|e| io_error(&metrics_path, e))?;
+    let mut csv = csv_header(data.classes());
+    std::fs::write(&metrics_path, &csv).with_context(|| format!("cannot write {}", metrics_path.display()))?;
 
     device.seed(cfg.seed);
-    let model = UNet3dConfig::new(cfg.data.classes).with_base_width(cfg.base_width).with_depth(cfg.depth).init(device);
+    let model = card.unet().init(device);
     let mut trainer = adam_trainer(model, cfg.loss, cfg.learning_rate);
     let valid_device = device.clone().inner();
     let mut summaries = Vec::new();
-    let mut cursor = 0usize;
     for epoch in 1..=cfg.epochs {
         let start = Instant::now();
         let mut total = 0.0f64;
         for step in 1..=cfg.steps_per_epoch {
-            let idx: Vec<usize> = (0..cfg.batch_size).map(|j| (cursor + j) % cfg.train_volumes).collect();
-            cursor = (cursor + cfg.batch_size) % cfg.train_volumes;
-            let (x, y) = cfg.data.batch(Split::Train, &idx, device);
+            let global = (epoch - 1) * cfg.steps_per_epoch + step - 1;
+            let (x, y) = data.train_batch(global, cfg.batch_size, cfg.seed, device);
             let loss = trainer.step(x, y);
             total += loss as f64;
             on_event(&Event::Step { epoch, step, loss });
         }
         let valid_model = trainer.valid_model();
-        let valid_dice = validate(&valid_model, &cfg.data, cfg.valid_volumes, &valid_device);
+        let valid_dice = validate(&valid_model, &data, &valid_device);
         let ckpt = checkpoints.join(format!("epoch-{epoch}.bpk"));
-        valid_model.save_file(&ckpt).map_err(|e| io_error(&ckpt, format!("{e:?}")))?;
+        valid_model.save_file(&ckpt).map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", ckpt.display()))?;
         let summary = EpochSummary { epoch, train_loss: total / cfg.steps_per_epoch as f64, valid_dice, seconds: start.elapsed().as_secs_f64() };
         csv.push_str(&csv_row(&summary));
-        std::fs::write(&metrics_path, &csv).map_err(|e| io_error(&metrics_path, e))?;
+        std::fs::write(&metrics_path, &csv).with_context(|| format!("cannot write {}", metrics_path.display()))?;
         on_event(&Event::Epoch(summary.clone()));
         summaries.push(summary);
     }
     let final_path = cfg.out_dir.join("model.bpk");
     let model = trainer.valid_model();
-    model.clone().save_file(&final_path).map_err(|e| io_error(&final_path, format!("{e:?}")))?;
-    Ok(TrainOutcome { model, epochs: summaries })
+    model.clone().save_file(&final_path).map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", final_path.display()))?;
+    Ok(TrainOutcome { model, epochs: summaries, card })
 }
 
-/// Loads a model saved by [`train`] (`model.bpk` or a checkpoint) for the given architecture.
+/// Loads a trained model: `weights` (`model.bpk` or a checkpoint) for the architecture of `card`.
 ///
 /// # Errors
-/// A missing or unreadable file, or one for another architecture.
-pub fn load_model(path: &Path, classes: usize, base_width: usize, depth: usize, device: &Device) -> Result<UNet3d, String> {
-    UNet3dConfig::new(classes)
-        .with_base_width(base_width)
-        .with_depth(depth)
-        .init(device)
-        .try_load_file(path)
-        .map_err(|e| io_error(path, format!("{e:?}")))
+/// A missing or unreadable file, or one for another architecture (named).
+pub fn load_model(weights: &Path, card: &ModelCard, device: &Device) -> Result<UNet3d> {
+    card.unet().init(device).try_load_file(weights).map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", weights.display()))
 }
 
 #[cfg(test)]
@@ -239,9 +311,7 @@ mod tests {
     fn a_short_run_writes_metrics_and_checkpoints_that_load_back_identically() {
         let dir = std::env::temp_dir().join(format!("segloss-train-test-{}", std::process::id()));
         let cfg = TrainConfig {
-            data: SyntheticConfig { size: 16, ..Default::default() },
-            train_volumes: 4,
-            valid_volumes: 2,
+            data: DataSource::Synthetic { config: SyntheticConfig { size: 16, ..Default::default() }, train_volumes: 4, valid_volumes: 2 },
             base_width: 4,
             depth: 2,
             epochs: 2,
@@ -268,26 +338,34 @@ mod tests {
         // The trained model, the saved final model and the last checkpoint give identical
         // predictions (and identical logits).
         let plain = Device::flex();
-        let (x, _) = cfg.data.batch(Split::Valid, &[0], &plain);
+        let card = ModelCard::read(&dir).unwrap();
+        assert_eq!(card, outcome.card);
+        assert_eq!((card.classes, card.base_width, card.depth, card.normalization.as_str()), (4, 4, 2, "none"));
+        let (x, _) = SyntheticConfig { size: 16, ..Default::default() }.batch(crate::data::Split::Valid, &[0], &plain);
         let trained = outcome.model.to_device(&plain);
-        let a = load_model(&dir.join("model.bpk"), 4, 4, 2, &plain).unwrap();
-        let b = load_model(&dir.join("checkpoints/epoch-2.bpk"), 4, 4, 2, &plain).unwrap();
+        let a = load_model(&dir.join("model.bpk"), &card, &plain).unwrap();
+        let b = load_model(&dir.join("checkpoints/epoch-2.bpk"), &card, &plain).unwrap();
         let logits = |m: &UNet3d| -> Vec<f32> { m.forward(x.clone()).into_data().iter::<f32>().collect() };
         assert_eq!(logits(&trained), logits(&a));
         assert_eq!(logits(&a), logits(&b));
-        let pa: Vec<i64> = predict(&a, x.clone()).into_data().iter::<i64>().collect();
-        let pt: Vec<i64> = predict(&trained, x).into_data().iter::<i64>().collect();
-        assert_eq!(pa, pt);
+        assert_eq!(predict_labels(&a, x.clone()), predict_labels(&trained, x));
+        // The metrics read back as written.
+        let read = read_metrics(&dir.join("metrics.csv")).unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[1].valid_dice.len(), 3);
+        assert!((read[1].train_loss - outcome.epochs[1].train_loss).abs() < 1e-5);
         // A missing file is an error that names it.
-        let e = load_model(&dir.join("nope.bpk"), 4, 4, 2, &plain).unwrap_err();
+        let e = load_model(&dir.join("nope.bpk"), &card, &plain).unwrap_err().to_string();
         assert!(e.contains("nope.bpk"), "{e}");
+        let e = ModelCard::read(&dir.join("nowhere")).unwrap_err().to_string();
+        assert!(e.contains("model.json"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn dice_is_pooled_per_class() {
-        let pred = [0, 1, 1, 2, 2, 0];
-        let reference = [0, 1, 2, 2, 2, 0];
+        let pred = [0u8, 1, 1, 2, 2, 0];
+        let reference = [0u8, 1, 2, 2, 2, 0];
         let d = foreground_dice(&pred, &reference, 4);
         assert!((d[0] - 2.0 / 3.0).abs() < 1e-12 && (d[1] - 0.8).abs() < 1e-12 && d[2].is_nan(), "{d:?}");
     }

@@ -98,12 +98,17 @@ impl UNet3dConfig {
 }
 
 impl UNet3d {
+    /// Spatial sizes must be multiples of this: `2^(depth - 1)`.
+    pub fn size_factor(&self) -> usize {
+        1usize << (self.encoders.len() - 1)
+    }
+
     /// Logits `[B, num_classes, D, H, W]` of images `[B, in_channels, D, H, W]`.
     ///
     /// # Panics
     /// If a spatial size is not divisible by `2^(depth - 1)`.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let factor = 1usize << (self.encoders.len() - 1);
+        let factor = self.size_factor();
         let dims = x.dims();
         assert!(
             dims[2..].iter().all(|d| d % factor == 0),

@@ -1,8 +1,14 @@
-//! Reading NIfTI-1 label volumes (`.nii`, `.nii.gz`) and their geometry.
+//! NIfTI-1 input and output (`.nii`, `.nii.gz`): label volumes with their geometry (for
+//! evaluation and training), intensity images (for training and prediction), and writing a
+//! predicted label map with the geometry of the image it was predicted from.
+//!
+//! Arrays are row-major `[z, y, x]` (x fastest, the order on disk); header lists (`dims`,
+//! `spacing`) are in header order `[x, y, z]`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use nifti::writer::WriterOptions;
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 use segloss::metrics::LabelVolume;
 
@@ -26,6 +32,8 @@ pub struct LabelImage {
     pub volume: LabelVolume,
     /// The header geometry.
     pub geometry: Geometry,
+    /// The file's header.
+    pub header: NiftiHeader,
 }
 
 /// Reads a label image. Integer and float data types are accepted; every value must be an
@@ -39,6 +47,26 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
         .read_file(path)
         .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
     let header = obj.header().clone();
+    let (dims, spacing) = spatial_dims(&header, path)?;
+    let geometry = Geometry {
+        origin: origin(&header),
+        direction: direction(&header),
+        dims: dims.clone(),
+        spacing: spacing.clone(),
+    };
+    let labels = read_labels(obj.into_volume(), &header)
+        .with_context(|| format!("cannot read the labels of {}", path.display()))?;
+    // Disk order is x fastest: as a row-major array the axes are [z, y, x].
+    let shape: Vec<usize> = dims.iter().rev().copied().collect();
+    let rspacing: Vec<f64> = spacing.iter().rev().copied().collect();
+    let volume = LabelVolume::new(labels, &shape, &rspacing)
+        .with_context(|| format!("invalid label image {}", path.display()))?;
+    Ok(LabelImage { volume, geometry, header })
+}
+
+/// The spatial axes (2 or 3, header order) and their spacing; a 4th and later axes of length 1
+/// are dropped.
+fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let ndim = usize::from(header.dim[0]);
     if !(1..=7).contains(&ndim) {
         bail!("{}: invalid number of dimensions {ndim} in the header", path.display());
@@ -55,20 +83,101 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
         );
     }
     let spacing: Vec<f64> = header.pixdim[1..=dims.len()].iter().map(|&s| f64::from(s)).collect();
-    let geometry = Geometry {
-        origin: origin(&header),
-        direction: direction(&header),
-        dims: dims.clone(),
-        spacing: spacing.clone(),
+    if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        bail!("{}: the voxel spacing must be > 0, the header says {s} ({spacing:?})", path.display());
+    }
+    Ok((dims, spacing))
+}
+
+/// An intensity image read from a file: values as `f32` after the header's scaling, row-major
+/// `[z, y, x]` (x fastest).
+pub struct Image {
+    /// Voxel values, `dims` product of them.
+    pub data: Vec<f32>,
+    /// The header geometry.
+    pub geometry: Geometry,
+    /// The file's header, kept so that a label map predicted from this image can be written
+    /// with the same geometry ([`write_label_map`]).
+    pub header: NiftiHeader,
+}
+
+impl Image {
+    /// The array shape `[z, y, x]` (a 2D image has `z = 1`).
+    pub fn shape_zyx(&self) -> [usize; 3] {
+        zyx(&self.geometry.dims)
+    }
+}
+
+/// `[z, y, x]` of header-order dims (2D images get `z = 1`).
+fn zyx(dims: &[usize]) -> [usize; 3] {
+    match *dims {
+        [x, y] => [1, y, x],
+        [x, y, z] => [z, y, x],
+        _ => unreachable!("2 or 3 spatial axes are checked when reading"),
+    }
+}
+
+impl LabelImage {
+    /// The array shape `[z, y, x]` (a 2D image has `z = 1`).
+    pub fn shape_zyx(&self) -> [usize; 3] {
+        zyx(&self.geometry.dims)
+    }
+}
+
+/// Reads an intensity image (any numeric data type; the header's scaling is applied).
+///
+/// # Errors
+/// When the file cannot be read or parsed, has not 2 or 3 spatial axes (further axes of length
+/// 1 are allowed: one channel only), has a spacing that is not > 0, or holds a non-finite value.
+pub fn read_image(path: &Path) -> Result<Image> {
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
+    let header = obj.header().clone();
+    let (dims, spacing) = spatial_dims(&header, path)?;
+    let geometry = Geometry { origin: origin(&header), direction: direction(&header), dims, spacing };
+    let a = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .with_context(|| format!("cannot read the voxels of {}", path.display()))?
+        .reversed_axes();
+    let data: Vec<f32> = a.iter().copied().collect();
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        bail!("{}: voxel {i} (in z, y, x order) is {}, not a finite intensity", path.display(), data[i]);
+    }
+    Ok(Image { data, geometry, header })
+}
+
+/// Writes a label map (row-major `[z, y, x]`, one value per voxel of `like`) as a `uint8`
+/// NIfTI file (`.nii` or `.nii.gz` by the name) with the geometry of `like`'s header: same
+/// dimensions, spacing, qform and sform, so that `segloss eval` compares it with the
+/// reference without geometry complaints. The scaling is reset to none.
+///
+/// # Errors
+/// A length that does not match the header's dimensions, or a file that cannot be written.
+pub fn write_label_map(path: &Path, labels: &[u8], like: &NiftiHeader) -> Result<()> {
+    let (dims, _) = spatial_dims(like, path)?;
+    let [z, y, x] = zyx(&dims);
+    if labels.len() != z * y * x {
+        bail!("{}: {} labels do not fill a {dims:?} image", path.display(), labels.len());
+    }
+    let mut header = like.clone();
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
+    header.cal_min = 0.0;
+    header.cal_max = labels.iter().copied().max().unwrap_or(0) as f32;
+    let array = ndarray::Array::from_shape_vec((z, y, x), labels.to_vec()).expect("length checked").reversed_axes();
+    let write = |array: ndarray::ArrayViewD<'_, u8>| {
+        WriterOptions::new(path)
+            .reference_header(&header)
+            .write_nifti(&array)
+            .with_context(|| format!("cannot write {}", path.display()))
     };
-    let labels = read_labels(obj.into_volume(), &header)
-        .with_context(|| format!("cannot read the labels of {}", path.display()))?;
-    // Disk order is x fastest: as a row-major array the axes are [z, y, x].
-    let shape: Vec<usize> = dims.iter().rev().copied().collect();
-    let rspacing: Vec<f64> = spacing.iter().rev().copied().collect();
-    let volume = LabelVolume::new(labels, &shape, &rspacing)
-        .with_context(|| format!("invalid label image {}", path.display()))?;
-    Ok(LabelImage { volume, geometry })
+    if dims.len() == 2 {
+        write(array.index_axis(ndarray::Axis(2), 0).into_dyn())
+    } else {
+        write(array.view().into_dyn())
+    }
 }
 
 fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec<u16>> {
