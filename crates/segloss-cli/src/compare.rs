@@ -31,7 +31,8 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     check_opts(&args.opts)?;
     let device = parse_device(&args.opts.device)?;
     let base = args.opts.config(losses[0], args.out.clone());
-    println!("comparing {} losses: each trains {}", losses.len(), args.opts.describe(&base));
+    let names: Vec<&str> = losses.iter().map(|l| l.name()).collect();
+    println!("comparing {} losses ({}): each trains {}", losses.len(), names.join(", "), args.opts.describe(&base));
     let mut progress = Progress::new(losses.len() * base.epochs * base.steps_per_epoch, String::new());
     let runs = compare(&base, &losses, &device.autodiff(), |loss, e| {
         progress.set_prefix(format!("{:>10}  ", loss.name()));

@@ -98,7 +98,7 @@ impl TrainOpts {
         }
     }
 
-    /// A one-line description of the run for the terminal.
+    /// A one-line description of the run for the terminal (without the loss).
     pub fn describe(&self, cfg: &TrainConfig) -> String {
         let data = match &cfg.data {
             DataSource::Synthetic { config, .. } => {
@@ -107,10 +107,9 @@ impl TrainOpts {
             DataSource::Nifti { images, patch, .. } => format!("NIfTI images from {} ({patch}^3 patches)", images.display()),
         };
         format!(
-            "a 3D U-Net (width {}, depth {}) with {} on {data}, {} epochs x {} steps of {} on {}",
+            "a 3D U-Net (width {}, depth {}) on {data}, {} epochs x {} steps of {} on {}",
             cfg.base_width,
             cfg.depth,
-            cfg.loss.name(),
             cfg.epochs,
             cfg.steps_per_epoch,
             cfg.batch_size,
@@ -212,7 +211,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     check_opts(&args.opts)?;
     let device = parse_device(&args.opts.device)?;
     let cfg = args.opts.config(loss, args.out.clone());
-    println!("training {}", args.opts.describe(&cfg));
+    println!("training {} with {}", args.opts.describe(&cfg), loss.name());
     let progress = Progress::new(cfg.epochs * cfg.steps_per_epoch, String::new());
     let start = std::time::Instant::now();
     let outcome = train(&cfg, &device.autodiff(), |e| progress.event(e))?;
