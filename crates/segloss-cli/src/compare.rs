@@ -21,6 +21,10 @@ pub struct CompareArgs {
     /// loss.
     #[arg(long, default_value = "runs/compare")]
     pub out: PathBuf,
+    /// Do not train: rebuild report.md and the plots from the runs already in --out (the same
+    /// options as the comparison that wrote them).
+    #[arg(long)]
+    pub report_only: bool,
     #[command(flatten)]
     pub opts: TrainOpts,
 }
@@ -29,6 +33,12 @@ pub struct CompareArgs {
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     let losses: Vec<LossKind> = args.losses.iter().map(|l| LossKind::parse(l.trim())).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
     check_opts(&args.opts)?;
+    if args.report_only {
+        let base = args.opts.config(losses[0], args.out.clone());
+        segloss_train::compare::report_only(&base, &losses)?;
+        println!("rebuilt {} from the runs in {}", args.out.join("report.md").display(), args.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let device = parse_device(&args.opts.device)?;
     let base = args.opts.config(losses[0], args.out.clone());
     let names: Vec<&str> = losses.iter().map(|l| l.name()).collect();

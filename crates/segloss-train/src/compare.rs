@@ -12,7 +12,7 @@ use plotters::prelude::*;
 
 use crate::dataset::DataSource;
 use crate::losses::LossKind;
-use crate::run::{EpochSummary, Event, TrainConfig, train};
+use crate::run::{EpochSummary, Event, TrainConfig, read_metrics, train};
 
 /// One loss's run in a comparison.
 #[derive(Debug, Clone)]
@@ -52,6 +52,25 @@ pub fn compare(
         let outcome = train(&cfg, device, |e| on_event(loss, e)).with_context(|| format!("training with {}", loss.name()))?;
         runs.push(LossRun { loss, epochs: outcome.epochs, dir });
     }
+    write_report(&base.out_dir, &runs, &class_names(&base.data), &describe(base))?;
+    Ok(runs)
+}
+
+/// Rebuilds the report of a comparison already run into `base.out_dir` (one `<loss>/metrics.csv`
+/// per loss) without training: after changing the report, or from an interrupted comparison's
+/// finished runs.
+///
+/// # Errors
+/// A missing or malformed `metrics.csv` (named), or a report that cannot be written.
+pub fn report_only(base: &TrainConfig, losses: &[LossKind]) -> Result<Vec<LossRun>> {
+    let runs = losses
+        .iter()
+        .map(|&loss| {
+            let dir = base.out_dir.join(loss.name());
+            let epochs = read_metrics(&dir.join("metrics.csv"))?;
+            Ok(LossRun { loss, epochs, dir })
+        })
+        .collect::<Result<Vec<_>>>()?;
     write_report(&base.out_dir, &runs, &class_names(&base.data), &describe(base))?;
     Ok(runs)
 }
@@ -127,9 +146,10 @@ pub fn write_report(out: &Path, runs: &[LossRun], class_names: &[String], descri
         writeln!(md, "{row}").unwrap();
     }
     writeln!(md, "\n## First epoch with validation Dice >= 0.8\n").unwrap();
-    writeln!(md, "{header}\n{rule}").unwrap();
+    let short = header.trim_end_matches(" seconds per epoch |");
+    let short_rule = &rule[..rule.len() - 4];
+    writeln!(md, "{short}\n{short_rule}").unwrap();
     for r in runs {
-        let last = r.epochs.last().expect("checked");
         let mut row = format!("| {} |", r.loss.name());
         for c in 0..classes {
             match first_epoch_at(&r.epochs, c, 0.8) {
@@ -138,8 +158,7 @@ pub fn write_report(out: &Path, runs: &[LossRun], class_names: &[String], descri
             }
         }
         let mean_at = r.epochs.iter().find(|e| e.mean_foreground_dice() >= 0.8).map_or("never".to_string(), |e| e.epoch.to_string());
-        let _ = last;
-        write!(row, " {mean_at} | |").unwrap();
+        write!(row, " {mean_at} |").unwrap();
         writeln!(md, "{row}").unwrap();
     }
     writeln!(
@@ -200,7 +219,13 @@ fn plot_training_loss(path: &Path, runs: &[LossRun]) -> Result<()> {
         .y_label_area_size(55)
         .build_cartesian_2d(1f64..epochs.max(2) as f64, 0f64..top)
         .map_err(|e| plot_err(path, e))?;
-    chart.configure_mesh().x_desc("epoch").y_desc("loss / loss at epoch 1").draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss / loss at epoch 1")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     for (i, r) in runs.iter().enumerate() {
         let c = colour(i);
         chart
@@ -230,6 +255,7 @@ fn plot_validation_dice(path: &Path, runs: &[LossRun], classes: usize, name: &dy
         chart
             .configure_mesh()
             .x_desc("epoch")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(if c == 0 { "validation Dice" } else { "" })
             .draw()
             .map_err(|e| plot_err(path, e))?;
@@ -288,8 +314,8 @@ mod tests {
         assert!(md.contains("| loss | large | small | mean | seconds per epoch |"), "{md}");
         assert!(md.contains("| dice | 0.900 | 0.200 | 0.550 | 2.0 |"), "{md}");
         // dice reaches 0.8 on the large class at epoch 2 and never on the small one.
-        assert!(md.contains("| dice | 2 | never | never | |"), "{md}");
-        assert!(md.contains("| dice-ce | 2 | 2 | 2 | |"), "{md}");
+        assert!(md.contains("| loss | large | small | mean |\n|---|---|---|---|\n| dice | 2 | never | never |\n"), "{md}");
+        assert!(md.contains("| dice-ce | 2 | 2 | 2 |\n"), "{md}");
         for png in ["training_loss.png", "validation_dice.png"] {
             let bytes = std::fs::read(dir.join(png)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{png} is a PNG file");

@@ -5,8 +5,13 @@
 //!   generated deterministically from a seed: no download needed.
 //! - [`unet`]: a configurable 3D U-Net (Burn `Conv3d` / `ConvTranspose3d`, instance norm,
 //!   strided convolutions for downsampling).
+//! - [`dataset`]: where a run's data comes from (the built-in volumes, or folders of NIfTI images
+//!   and label maps read by [`nifti`]), training batches and validation volumes.
 //! - [`losses`], [`train`], [`run`]: the named losses, the optimisation step and a whole run
-//!   (validation Dice, `metrics.csv`, checkpoints), used by `segloss train`.
+//!   (validation Dice, `metrics.csv`, checkpoints, `model.json`), used by `segloss train`.
+//! - [`predict`]: label maps of whole volumes (NIfTI in and out, or the built-in validation set).
+//! - [`compare`]: one run per loss and a report with plots (`segloss compare`).
+//! - [`device`]: `cpu`, `wgpu`, `cuda` devices by name (GPU backends behind features).
 //!
 //! ```
 //! use burn::tensor::Device;
