@@ -81,9 +81,11 @@ const LARGE_LIMIT: f64 = 1e-5;
 /// logits, on `device` (with autodiff), for one option combination.
 fn stats_and_grad(device: &burn::tensor::Device, spec: Spec, dense: bool, mask: bool) -> (Vec<f64>, Vec<f64>) {
     let (b, c, n) = (2usize, 5usize, 3089usize);
-    // Deterministic inputs from fixed formulas: logits in [-6, 6), labels in [0, C), a mask with
-    // zeros and fractions, a soft dense target.
-    let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919 + 13) % 1201) as f32 / 100.0 - 6.0).collect();
+    // Deterministic inputs from fixed formulas: logits in [-6, 6) (probabilities in [0, 1]
+    // without an activation, as the losses expect), labels in [0, C), a mask with zeros and
+    // fractions, a soft dense target.
+    let (scale, shift) = if spec.act == Act::None { (1200.0, 0.0) } else { (100.0, 6.0) };
+    let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919 + 13) % 1201) as f32 / scale - shift).collect();
     let l: Vec<i64> = (0..b * n).map(|i| ((i * 31 + i / 7) % c) as i64).collect();
     let m: Vec<f32> = (0..b * n).map(|i| [1.0, 0.0, 0.25, 1.0, 0.5][i % 5]).collect();
     let t: Vec<f32> = (0..b * c * n).map(|i| ((i * 4099) % 101) as f32 / 100.0).collect();
