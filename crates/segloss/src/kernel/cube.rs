@@ -51,6 +51,9 @@ pub const ITEMS: usize = 4;
 /// Units per cube (fewer where the device allows fewer; always a power of two).
 pub const UNITS: usize = 256;
 
+// The helpers read an optional input with `#[comptime] let x = match .. ; x`: the attribute on
+// the binding resolves the option when the kernel is expanded, so the binding cannot go.
+#[allow(clippy::let_and_return)]
 mod kernels {
     use cubecl::prelude::*;
 
@@ -100,7 +103,7 @@ mod kernels {
 
     /// The target of class `c` at voxel `n` of sample `b`: the dense value, or the one-hot of the
     /// label `lab` (the label value itself for a single channel).
-    #[cube]
+#[cube]
     fn target_value(
         dense: &ComptimeOption<&Tensor<f32>>,
         lab: f32,
@@ -125,7 +128,7 @@ mod kernels {
     }
 
     /// The label of voxel `n` of sample `b` as a float (through i32, as the CPU kernel converts).
-    #[cube]
+#[cube]
     fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize, n_count: usize) -> f32 {
         #[comptime]
         let l = match labels {
@@ -136,7 +139,7 @@ mod kernels {
     }
 
     /// The mask weight of voxel `n` of sample `b` (1 without a mask).
-    #[cube]
+#[cube]
     fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize, n_count: usize) -> f32 {
         #[comptime]
         let w = match mask {
