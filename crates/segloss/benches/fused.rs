@@ -1,6 +1,10 @@
 //! Forward + backward of the Dice-family losses, fused kernel against the composed path, on the
 //! named shapes (`cargo bench -p segloss --bench fused`). Each sample is one forward and one
 //! backward on Flex with autodiff, gradient with respect to the logits.
+//!
+//! On a GPU: `SEGLOSS_BENCH_DEVICE=wgpu cargo bench -p segloss --features wgpu --bench fused`
+//! (`wgpu`, `wgpu-cpu`, `wgpu-gpu`; `cuda` with `--features cuda`). There each sample ends with
+//! reading back the sum of the gradient, so that it covers the queued GPU work.
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use divan::Bencher;
@@ -32,10 +36,31 @@ struct Inputs {
     multi_label: Tensor<3>,
 }
 
+/// `SEGLOSS_BENCH_DEVICE`, `flex` by default.
+fn device_name() -> String {
+    std::env::var("SEGLOSS_BENCH_DEVICE").unwrap_or_else(|_| "flex".to_string())
+}
+
+/// The device of `SEGLOSS_BENCH_DEVICE`.
+fn device() -> Device {
+    match device_name().as_str() {
+        "flex" => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "wgpu")]
+        "wgpu-cpu" => Device::wgpu(burn::tensor::DeviceKind::Cpu),
+        #[cfg(feature = "wgpu")]
+        "wgpu-gpu" => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        other => panic!("SEGLOSS_BENCH_DEVICE: unknown device {other:?}, or its feature (wgpu, cuda) is not compiled in"),
+    }
+}
+
 fn inputs(name: &str) -> Inputs {
     let &(_, b, c, spatial) = SHAPES.iter().find(|s| s.0 == name).expect("a named shape");
     let n: usize = spatial.iter().product();
-    let device = Device::flex().autodiff();
+    let device = device().autodiff();
     device.seed(7);
     Inputs {
         logits: Tensor::random([b, c, n], Distribution::Normal(0.0, 1.0), &device),
@@ -61,7 +86,12 @@ fn step(loss: Dice, x: &Inputs) {
             .forward(logits.clone(), Target::labels(x.labels.clone())),
     };
     let grads = value.backward();
-    divan::black_box(logits.grad(&grads).expect("gradient"));
+    let grad = logits.grad(&grads).expect("gradient");
+    if device_name() == "flex" {
+        divan::black_box(grad);
+    } else {
+        divan::black_box(grad.sum().into_scalar::<f32>());
+    }
 }
 
 fn run(bencher: Bencher, shape: &str, loss: Dice, kernel: Kernel) {

@@ -1,16 +1,20 @@
 //! Times forward + backward of one loss on one shape, for `bench/compare_monai.py`.
 //!
 //! ```text
-//! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N]
-//!   LOSS  dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
-//!   SHAPE BxCxS1xS2[xS3], e.g. 3x9x64x64x64
+//! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D]
+//!   LOSS   dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
+//!   SHAPE  BxCxS1xS2[xS3], e.g. 3x9x64x64x64
+//!   D      flex (default) | wgpu | wgpu-cpu | wgpu-gpu (feature wgpu) | cuda (feature cuda)
 //! ```
 //!
 //! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
 //! memory-traffic floor measured in the same process (reading the logits and labels twice and
 //! writing a gradient-sized buffer once, with plain copies and sums), and the peak resident
 //! memory added by the first forward + backward beyond the inputs (the OS's peak-resident counter,
-//! reset just before it).
+//! reset just before it). On a GPU device (wgpu, CUDA) a step ends with reading back the sum of
+//! the gradient (so the time covers all the queued work), two untimed steps come first (kernel
+//! compilation, autotuning), and the floor and peak memory, which are host measurements, are
+//! `null`.
 
 use std::time::Instant;
 
@@ -40,6 +44,7 @@ fn main() {
     let shape: Vec<usize> = args.get(1).expect(usage).split('x').map(|v| v.parse().expect("shape: BxCxS...")).collect();
     let mut kernel = Kernel::Auto;
     let mut iters = 10usize;
+    let mut device_name = "flex".to_string();
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
@@ -54,12 +59,17 @@ fn main() {
                 iters = args[i + 1].parse().expect("--iters N");
                 i += 2;
             }
+            "--device" => {
+                device_name = args[i + 1].clone();
+                i += 2;
+            }
             other => panic!("unknown argument {other}; {usage}"),
         }
     }
     let (b, c) = (shape[0], shape[1]);
     let n: usize = shape[2..].iter().product();
-    let device = Device::flex().autodiff();
+    let device = device_named(&device_name).autodiff();
+    let on_host = device_name == "flex";
     device.seed(1);
     let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
     let labels = Tensor::<2, Int>::random([b, n], Distribution::Uniform(0.0, c as f64), &device);
@@ -76,7 +86,12 @@ fn main() {
         };
         let grads = value.backward();
         let g = x.grad(&grads).expect("gradient");
-        std::hint::black_box(g);
+        if on_host {
+            std::hint::black_box(g);
+        } else {
+            // Waits for every queued kernel of the step.
+            std::hint::black_box(g.sum().into_scalar::<f32>());
+        }
     };
 
     // Peak memory of one forward + backward beyond what is resident before it (the inputs).
@@ -84,6 +99,9 @@ fn main() {
     let before = status_kib("VmRSS:");
     with_kernel(kernel, step);
     let peak_extra_mib = status_kib("VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    if !on_host {
+        with_kernel(kernel, step);
+    }
     let mut times = Vec::new();
     for _ in 0..iters {
         let t = Instant::now();
@@ -92,12 +110,15 @@ fn main() {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
-    // The memory-traffic floor: read logits and labels twice, write a gradient once.
-    let xs: Vec<f32> = logits.to_data().try_to_vec().unwrap();
-    let ls: Vec<i64> = labels.to_data().iter::<i64>().collect();
-    let mut floor = Vec::new();
+    // The memory-traffic floor: read logits and labels twice, write a gradient once (on the host).
+    let mut floor = vec![0.0];
+    if on_host {
+        floor.clear();
+    }
+    let xs: Vec<f32> = if on_host { logits.to_data().try_to_vec().unwrap() } else { Vec::new() };
+    let ls: Vec<i64> = if on_host { labels.to_data().iter::<i64>().collect() } else { Vec::new() };
     let mut out = vec![0.0f32; xs.len()];
-    for _ in 0..iters.max(5) {
+    for _ in 0..if on_host { iters.max(5) } else { 0 } {
         let t = Instant::now();
         let s1: f32 = xs.iter().sum::<f32>() + ls.iter().sum::<i64>() as f32;
         out.copy_from_slice(&xs);
@@ -106,13 +127,30 @@ fn main() {
         floor.push(t.elapsed().as_secs_f64() * 1e3);
     }
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let host = |v: f64| if on_host { format!("{v:.3}") } else { "null".to_string() };
     println!(
-        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {:.3}, \"peak_extra_mib\": {:.1}, \"gradient_mib\": {:.1}}}",
+        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"device\": \"{device_name}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {}, \"peak_extra_mib\": {}, \"gradient_mib\": {:.1}}}",
         args[1],
         times[times.len() / 2],
         times[0],
-        floor[floor.len() / 2],
-        peak_extra_mib,
+        host(floor[floor.len() / 2]),
+        host(peak_extra_mib),
         (b * c * n * 4) as f64 / (1024.0 * 1024.0)
     );
+}
+
+/// The device named on the command line.
+fn device_named(name: &str) -> Device {
+    match name {
+        "flex" => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "wgpu")]
+        "wgpu-cpu" => Device::wgpu(burn::tensor::DeviceKind::Cpu),
+        #[cfg(feature = "wgpu")]
+        "wgpu-gpu" => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0)),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        other => panic!("unknown device {other:?}, or its feature (wgpu, cuda) is not compiled in"),
+    }
 }

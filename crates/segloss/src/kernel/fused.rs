@@ -2,8 +2,10 @@
 //! statistics `[4, B, K]` straight from the logits and the target, and a hand-written backward
 //! that writes the gradient with respect to the logits in one more pass (see [`super::cpu`]).
 //!
-//! Implemented for Flex (Burn's pure-Rust CPU backend) and its autodiff decorator. Other backends
-//! keep the composed path; [`supports`] tells which applies to a device.
+//! Implemented for Flex (Burn's pure-Rust CPU backend, kernel in [`super::cpu`]), for Burn's CubeCL
+//! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in [`super::cube`]) and
+//! for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
+//! applies to a device.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -11,14 +13,20 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, backend_extension};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Shape, Tensor};
 
 /// The fused statistics. `activation`: 0 softmax, 1 sigmoid, 2 none; a `mask` with no elements
 /// means no mask. Outputs `[4, B, K]`.
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait FusedStatsOps: Backend {
     /// Statistics against a label map `[B, N]`.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = logits, shape = stats_shape(logits, include_background))]
     fn overlap_stats_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -31,6 +39,7 @@ pub trait FusedStatsOps: Backend {
 
     /// Gradient of [`overlap_stats_labels`](FusedStatsOps::overlap_stats_labels) with respect to the logits.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = logits, shape = logits)]
     fn overlap_stats_labels_backward(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -44,6 +53,7 @@ pub trait FusedStatsOps: Backend {
 
     /// Statistics against a dense target `[B, C, N]`.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = logits, shape = stats_shape(logits, include_background))]
     fn overlap_stats_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -56,6 +66,7 @@ pub trait FusedStatsOps: Backend {
 
     /// Gradient of [`overlap_stats_dense`](FusedStatsOps::overlap_stats_dense) with respect to the logits.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = logits, shape = logits)]
     fn overlap_stats_dense_backward(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -68,12 +79,22 @@ pub trait FusedStatsOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Whether the fused operation runs on `device` (Flex, with or without autodiff).
+/// The shape of the statistics of logits `[B, C, N]`: `[4, B, K]`, `K = C` or `C - 1` without
+/// the background (the output shape Burn's fusion records before the kernel runs).
+pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
+    let k = logits[1] - usize::from(!*include_background);
+    Shape::new([4, logits[0], k])
+}
+
+/// Whether the fused operation runs on `device`, with or without autodiff: Flex (feature
+/// `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`, `cuda`).
 pub fn supports(device: &Device) -> bool {
     let inner = if device.is_autodiff() { device.clone().inner() } else { device.clone() };
     match inner.as_dispatch() {
         #[cfg(feature = "flex")]
         DispatchDevice::Flex(_) => true,
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        DispatchDevice::Cube(_) => true,
         _ => false,
     }
 }

@@ -3,12 +3,15 @@
 //! - [`composed`] builds them from Burn tensor operations: it runs on every backend, Burn's
 //!   autodiff differentiates it, and it is the reference the fused kernels are tested against.
 //! - [`fused`] is a Burn backend extension with a hand-written backward, running the CPU kernel
-//!   of [`cpu`] on Flex: no probability, one-hot or product tensor is built.
+//!   of [`cpu`] on Flex and the CubeCL kernel of `cube` on wgpu and CUDA (features `wgpu`,
+//!   `cuda`): no probability, one-hot or product tensor is built.
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod composed;
 pub mod cpu;
 pub mod fused;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 
 use std::cell::Cell;
 

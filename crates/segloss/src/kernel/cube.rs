@@ -1,0 +1,510 @@
+//! The fused overlap-statistics kernel for Burn's CubeCL backends (wgpu, CUDA): the same contract
+//! as the CPU kernel of [`super::cpu`], written with CubeCL so that one source compiles to WGSL /
+//! SPIR-V (wgpu, including Mesa's software Vulkan driver lavapipe) and to CUDA.
+//!
+//! **Forward** (statistics `[4, B, K]`), two launches:
+//!
+//! 1. `stats_kernel`: a grid of `(chunks, B)` cubes of `UNITS` units (256, or the device's
+//!    limit). A cube covers `UNITS * ITEMS` consecutive voxels of one sample; unit `u` takes
+//!    voxels `u, u + UNITS, ...` of it (neighbouring units read neighbouring voxels, so the loads
+//!    coalesce). Per voxel it computes the softmax maximum and normaliser once, then, class by
+//!    class, recomputes `p` from the logit, reads the target (a label map compared with the
+//!    class, or the dense value) and the mask, and accumulates `I`, `P`, `G`, `E` in f32
+//!    registers. The cube then adds its units' sums in shared memory (a fixed binary tree,
+//!    no atomics) and writes one partial per (statistic, sample, class) to a buffer
+//!    `[4 B K, chunks]`.
+//! 2. `sum_rows_kernel`: one cube per row of that buffer adds its `chunks` partials (each unit a
+//!    strided sequential sum, then the same tree), giving `[4, B, K]`.
+//!
+//! Nothing of the prediction's size is allocated: the partial buffer holds `4 B K` floats per
+//! `UNITS * ITEMS` voxels.
+//!
+//! **Backward** (`grad_kernel`): one unit per voxel `(b, n)` recomputes the activations of its
+//! `C` channels and writes all `C` gradient values, with the formulas of [`super::cpu`].
+//!
+//! **Numerics**: everything is f32 (WGSL has no f64). A statistic of one (sample, class) is a
+//! sequential sum of `ITEMS` values per unit, a binary tree of depth `log2 UNITS` per cube, a
+//! sequential sum of `chunks / UNITS` cube partials per unit and a second tree: a summation depth
+//! of `ITEMS + 2 log2 UNITS + N / (ITEMS UNITS^2)` for `N` voxels per sample, so a worst-case
+//! relative error (non-negative terms) of that many units of roundoff, `2^-24` each: about
+//! 1.3e-6 at 64^3 voxels, 2.4e-5 at 10^8 (typical errors are much smaller; the CPU kernel adds
+//! its blocks in f64). The order of every addition is fixed by the launch geometry, so results
+//! are deterministic for a given device. `exp` is the backend's, with its argument clamped to
+//! `[-87.34, 88]` as in the CPU kernel (so logits of +-1e4 saturate; WGSL leaves an overflowing
+//! `exp` undefined). No plane (subgroup) operations are used: software adapters
+//! such as lavapipe run them disabled.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use super::cpu::{Act, Spec};
+use super::fused::FusedStatsOps;
+
+/// Voxels per unit in the forward kernel.
+pub const ITEMS: usize = 4;
+/// Units per cube (fewer where the device allows fewer; always a power of two).
+pub const UNITS: usize = 256;
+
+// The helpers read an optional input with `#[comptime] let x = match .. ; x`: the attribute on
+// the binding resolves the option when the kernel is expanded, so the binding cannot go.
+#[allow(clippy::let_and_return)]
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// Comptime description of one forward or backward launch.
+    #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+    pub struct Flags {
+        /// 0 softmax, 1 sigmoid, 2 none.
+        pub act: u32,
+        /// First class of the statistics (1 when the background is dropped).
+        pub first: u32,
+        pub squared: bool,
+        pub difference: bool,
+    }
+
+    /// `exp` with the argument clamped to the f32 range, as the CPU kernel does.
+    #[cube]
+    fn exp_clamped(v: f32) -> f32 {
+        v.clamp(-87.336_55f32, 88.0f32).exp()
+    }
+
+    /// The activation of logit `v` (with the voxel's softmax maximum `mx` and normaliser `inv`).
+    #[cube]
+    fn activate(v: f32, mx: f32, inv: f32, #[comptime] act: u32) -> f32 {
+        let mut p = v;
+        if act == 0 {
+            p = exp_clamped(v - mx) * inv;
+        } else if act == 1 {
+            p = 1.0f32 / (1.0f32 + exp_clamped(-v));
+        }
+        p
+    }
+
+    /// The softmax maximum and the reciprocal of the normaliser of voxel `n` of sample `b`.
+    #[cube]
+    fn softmax_norm(x: &Tensor<f32>, b: usize, n: usize, c_count: usize, n_count: usize) -> (f32, f32) {
+        let base = b * c_count * n_count + n;
+        let mut mx = x[base];
+        for c in 1..c_count {
+            mx = mx.max(x[base + c * n_count]);
+        }
+        let mut sum = 0.0f32;
+        for c in 0..c_count {
+            sum += exp_clamped(x[base + c * n_count] - mx);
+        }
+        (mx, 1.0f32 / sum)
+    }
+
+    /// The target of class `c` at voxel `n` of sample `b`: the dense value, or the one-hot of the
+    /// label `lab` (the label value itself for a single channel).
+#[cube]
+    fn target_value(
+        dense: &ComptimeOption<&Tensor<f32>>,
+        lab: f32,
+        b: usize,
+        c: usize,
+        n: usize,
+        c_count: usize,
+        n_count: usize,
+    ) -> f32 {
+        #[comptime]
+        let g = match dense {
+            ComptimeOption::Some(d) => d[(b * c_count + c) * n_count + n],
+            ComptimeOption::None => {
+                let mut one_hot = lab;
+                if c_count > 1 {
+                    one_hot = select(lab == f32::cast_from(c as u32), 1.0f32, 0.0f32);
+                }
+                one_hot
+            }
+        };
+        g
+    }
+
+    /// The label of voxel `n` of sample `b` as a float (through i32, as the CPU kernel converts).
+#[cube]
+    fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize, n_count: usize) -> f32 {
+        #[comptime]
+        let l = match labels {
+            ComptimeOption::Some(l) => f32::cast_from(i32::cast_from(l[b * n_count + n])),
+            ComptimeOption::None => 0.0f32,
+        };
+        l
+    }
+
+    /// The mask weight of voxel `n` of sample `b` (1 without a mask).
+#[cube]
+    fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize, n_count: usize) -> f32 {
+        #[comptime]
+        let w = match mask {
+            ComptimeOption::Some(m) => m[b * n_count + n],
+            ComptimeOption::None => 1.0f32,
+        };
+        w
+    }
+
+    /// Partial statistics of one cube: `partial[((q B + b) K + j), chunk]`.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn stats_kernel<I: Int>(
+        x: &Tensor<f32>,
+        labels: ComptimeOption<&Tensor<I>>,
+        dense: ComptimeOption<&Tensor<f32>>,
+        mask: ComptimeOption<&Tensor<f32>>,
+        partial: &mut Tensor<f32>,
+        #[comptime] flags: Flags,
+        #[comptime] units: usize,
+        #[comptime] items: usize,
+        #[define(I)] _label_type: ElemType,
+    ) {
+        let b_count = x.shape(0);
+        let c_count = x.shape(1);
+        let n_count = x.shape(2);
+        let k_count = c_count - flags.first as usize;
+        let chunks = partial.shape(1);
+        let chunk = CUBE_POS_X as usize;
+        let b = CUBE_POS_Y as usize;
+        let unit = UNIT_POS_X as usize;
+        let start = chunk * units * items + unit;
+
+        // Per voxel of this unit: softmax maximum and normaliser, label, mask (0 past the end).
+        let mut mx = Array::<f32>::new(items);
+        let mut inv = Array::<f32>::new(items);
+        let mut lab = Array::<f32>::new(items);
+        let mut w = Array::<f32>::new(items);
+        #[unroll]
+        for i in 0..items {
+            let n = start + i * units;
+            mx[i] = 0.0f32;
+            inv[i] = 1.0f32;
+            lab[i] = 0.0f32;
+            w[i] = 0.0f32;
+            if n < n_count {
+                w[i] = mask_value(&mask, b, n, n_count);
+                lab[i] = label_value::<I>(&labels, b, n, n_count);
+                if flags.act == 0 {
+                    let (m, s) = softmax_norm(x, b, n, c_count, n_count);
+                    mx[i] = m;
+                    inv[i] = s;
+                }
+            }
+        }
+
+        let mut sh = Shared::<[f32]>::new_slice(4 * units);
+        for j in 0..k_count {
+            let c = j + flags.first as usize;
+            let mut si = 0.0f32;
+            let mut sp = 0.0f32;
+            let mut sg = 0.0f32;
+            let mut se = 0.0f32;
+            #[unroll]
+            for i in 0..items {
+                let n = start + i * units;
+                if n < n_count {
+                    let p = activate(x[(b * c_count + c) * n_count + n], mx[i], inv[i], flags.act);
+                    let g = target_value(&dense, lab[i], b, c, n, c_count, n_count);
+                    let mp = w[i] * p;
+                    let mg = w[i] * g;
+                    si += mp * mg;
+                    if flags.squared {
+                        sp += mp * mp;
+                        sg += mg * mg;
+                    } else {
+                        sp += mp;
+                        sg += mg;
+                    }
+                    if flags.difference {
+                        let d = mp - mg;
+                        if flags.squared {
+                            se += d * d;
+                        } else {
+                            se += d.abs();
+                        }
+                    }
+                }
+            }
+            sh[unit] = si;
+            sh[units + unit] = sp;
+            sh[2 * units + unit] = sg;
+            sh[3 * units + unit] = se;
+            sync_cube();
+            // A fixed binary tree over the cube's units (`runtime()`: a comptime value would be
+            // unrolled, not looped over).
+            let mut stride = (units / 2).runtime();
+            while stride > 0 {
+                if unit < stride {
+                    #[unroll]
+                    for q in 0..4usize {
+                        sh[q * units + unit] += sh[q * units + unit + stride];
+                    }
+                }
+                sync_cube();
+                stride /= 2;
+            }
+            if unit == 0 {
+                #[unroll]
+                for q in 0..4usize {
+                    partial[((q * b_count + b) * k_count + j) * chunks + chunk] = sh[q * units];
+                }
+            }
+            sync_cube();
+        }
+    }
+
+    /// `out[r] = sum_t partial[r, t]`, one cube per row.
+    #[cube(launch)]
+    pub fn sum_rows_kernel(partial: &Tensor<f32>, out: &mut Tensor<f32>, #[comptime] units: usize) {
+        let rows = partial.shape(0);
+        let chunks = partial.shape(1);
+        let row = CUBE_POS;
+        if row >= rows {
+            terminate!();
+        }
+        let unit = UNIT_POS_X as usize;
+        let mut s = 0.0f32;
+        let mut t = unit;
+        while t < chunks {
+            s += partial[row * chunks + t];
+            t += units;
+        }
+        let mut sh = Shared::<[f32]>::new_slice(units);
+        sh[unit] = s;
+        sync_cube();
+        let mut stride = (units / 2).runtime();
+        while stride > 0 {
+            if unit < stride {
+                sh[unit] += sh[unit + stride];
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        if unit == 0 {
+            out[row] = sh[0];
+        }
+    }
+
+    /// `u_c = d loss / d p_c` at one voxel (0 for a dropped background channel).
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn upstream(
+        grad: &Tensor<f32>,
+        p: f32,
+        g: f32,
+        w: f32,
+        b: usize,
+        c: usize,
+        b_count: usize,
+        k_count: usize,
+        #[comptime] flags: Flags,
+    ) -> f32 {
+        let mut u = 0.0f32;
+        if c >= flags.first as usize {
+            let j = c - flags.first as usize;
+            let gi = grad[b * k_count + j];
+            let gp = grad[(b_count + b) * k_count + j];
+            let mut ge = 0.0f32;
+            if flags.difference {
+                ge = grad[(3 * b_count + b) * k_count + j];
+            }
+            let mp = w * p;
+            let mg = w * g;
+            let d = mp - mg;
+            let sign = select(d > 0.0f32, 1.0f32, select(d < 0.0f32, -1.0f32, 0.0f32));
+            let mut v = gi * mg + gp + ge * sign;
+            if flags.squared {
+                v = gi * mg + gp * 2.0f32 * mp + ge * 2.0f32 * d;
+            }
+            u = w * v;
+        }
+        u
+    }
+
+    /// The gradient with respect to the logits, one unit per voxel.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn grad_kernel<I: Int>(
+        x: &Tensor<f32>,
+        labels: ComptimeOption<&Tensor<I>>,
+        dense: ComptimeOption<&Tensor<f32>>,
+        mask: ComptimeOption<&Tensor<f32>>,
+        grad: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        #[comptime] flags: Flags,
+        #[define(I)] _label_type: ElemType,
+    ) {
+        let b_count = x.shape(0);
+        let c_count = x.shape(1);
+        let n_count = x.shape(2);
+        let k_count = c_count - flags.first as usize;
+        let pos = ABSOLUTE_POS;
+        if pos >= b_count * n_count {
+            terminate!();
+        }
+        let b = pos / n_count;
+        let n = pos % n_count;
+        let base = b * c_count * n_count + n;
+        let w = mask_value(&mask, b, n, n_count);
+        let lab = label_value::<I>(&labels, b, n, n_count);
+        if flags.act == 0 {
+            let (mx, inv) = softmax_norm(x, b, n, c_count, n_count);
+            let mut dot = 0.0f32;
+            for c in 0..c_count {
+                let p = activate(x[base + c * n_count], mx, inv, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
+                dot += p * upstream(grad, p, g, w, b, c, b_count, k_count, flags);
+            }
+            for c in 0..c_count {
+                let p = activate(x[base + c * n_count], mx, inv, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
+                let u = upstream(grad, p, g, w, b, c, b_count, k_count, flags);
+                out[base + c * n_count] = p * (u - dot);
+            }
+        } else {
+            for c in 0..c_count {
+                let p = activate(x[base + c * n_count], 0.0f32, 1.0f32, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
+                let u = upstream(grad, p, g, w, b, c, b_count, k_count, flags);
+                let mut d = u;
+                if flags.act == 1 {
+                    d = u * p * (1.0f32 - p);
+                }
+                out[base + c * n_count] = d;
+            }
+        }
+    }
+}
+
+/// The target of one call.
+enum Target {
+    Labels(CubeTensor),
+    Dense(CubeTensor),
+}
+
+fn f32_input(t: CubeTensor, what: &str) -> CubeTensor {
+    assert_eq!(t.dtype, DType::F32, "segloss's fused CubeCL kernel computes in f32, got {:?} for the {what}", t.dtype);
+    into_contiguous(t)
+}
+
+fn flags(s: &Spec) -> kernels::Flags {
+    kernels::Flags { act: s.act.code() as u32, first: u32::from(!s.include_background), squared: s.squared, difference: s.difference }
+}
+
+/// The largest power of two `<= min(UNITS, the device's units per cube)`.
+fn units(t: &CubeTensor) -> usize {
+    let max = (t.client.properties().hardware.max_units_per_cube as usize).clamp(1, UNITS);
+    1 << max.ilog2()
+}
+
+/// The statistics `[4, B, K]` (no `grad`) or the gradient `[B, C, N]` (given the statistics'
+/// gradient), as [`super::cpu::forward`] / [`super::cpu::backward`] define them.
+fn run(x: CubeTensor, target: Target, mask: CubeTensor, grad: Option<CubeTensor>, s: Spec) -> CubeTensor {
+    let x = f32_input(x, "prediction");
+    let [b, c, n] = x.shape().dims::<3>();
+    let k = c - usize::from(!s.include_background);
+    assert!(
+        b * c * n <= u32::MAX as usize,
+        "segloss: the fused CubeCL kernel indexes with 32 bits; a prediction of {b} x {c} x {n} values is too large"
+    );
+    let mask = (mask.shape().num_elements() > 0).then(|| f32_input(mask, "mask"));
+    let (labels, dense) = match target {
+        Target::Labels(l) => (Some(into_contiguous(l)), None),
+        Target::Dense(d) => (None, Some(f32_input(d, "target"))),
+    };
+    let label_type = dtype_to_storage_type(labels.as_ref().map_or(DType::I32, |l| l.dtype));
+    let client = x.client.clone();
+    let device = x.device.clone();
+    let f = flags(&s);
+    let labels_arg = labels.map(|l| l.into_tensor_arg());
+    let dense_arg = dense.map(|d| d.into_tensor_arg());
+    let mask_arg = mask.map(|m| m.into_tensor_arg());
+    match grad {
+        Some(grad) => {
+            let grad = f32_input(grad, "statistics' gradient");
+            assert_eq!(grad.shape().dims::<3>(), [4, b, k], "segloss: the statistics' gradient must be [4, B, K]");
+            let out = empty_device_dtype(client.clone(), device, Shape::new([b, c, n]), DType::F32);
+            let cube_dim = CubeDim::new(&client, b * n);
+            let cube_count = cubecl::calculate_cube_count_elemwise(&client, b * n, cube_dim);
+            kernels::grad_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                x.into_tensor_arg(),
+                labels_arg.into(),
+                dense_arg.into(),
+                mask_arg.into(),
+                grad.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                f,
+                label_type,
+            );
+            out
+        }
+        None => {
+            let units = units(&x);
+            let chunks = n.div_ceil(units * ITEMS);
+            let max = client.properties().hardware.max_cube_count;
+            assert!(
+                chunks <= max.0 as usize && b <= max.1 as usize,
+                "segloss: {b} samples of {n} voxels exceed this device's grid ({max:?} cubes of {} voxels)",
+                units * ITEMS
+            );
+            let rows = 4 * b * k;
+            let partial = empty_device_dtype(client.clone(), device.clone(), Shape::new([rows, chunks]), DType::F32);
+            kernels::stats_kernel::launch(
+                &client,
+                CubeCount::Static(chunks as u32, b as u32, 1),
+                CubeDim::new_1d(units as u32),
+                x.into_tensor_arg(),
+                labels_arg.into(),
+                dense_arg.into(),
+                mask_arg.into(),
+                partial.clone().into_tensor_arg(),
+                f,
+                units,
+                ITEMS,
+                label_type,
+            );
+            let out = empty_device_dtype(client.clone(), device, Shape::new([4, b, k]), DType::F32);
+            let cube_dim = CubeDim::new_1d(units as u32);
+            // One cube per row (spread over the grid's dimensions where there are many).
+            let cube_count = cubecl::calculate_cube_count_elemwise(&client, rows * units, cube_dim);
+            kernels::sum_rows_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                partial.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                units,
+            );
+            out
+        }
+    }
+}
+
+fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
+    Spec { act: Act::from_code(activation), include_background, squared, difference }
+}
+
+impl FusedStatsOps for CubeBackend {
+    fn overlap_stats_labels(logits: CubeTensor, labels: CubeTensor, mask: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
+        run(logits, Target::Labels(labels), mask, None, spec(activation, include_background, squared, difference))
+    }
+
+    fn overlap_stats_labels_backward(logits: CubeTensor, labels: CubeTensor, mask: CubeTensor, grad: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
+        run(logits, Target::Labels(labels), mask, Some(grad), spec(activation, include_background, squared, difference))
+    }
+
+    fn overlap_stats_dense(logits: CubeTensor, target: CubeTensor, mask: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
+        run(logits, Target::Dense(target), mask, None, spec(activation, include_background, squared, difference))
+    }
+
+    fn overlap_stats_dense_backward(logits: CubeTensor, target: CubeTensor, mask: CubeTensor, grad: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
+        run(logits, Target::Dense(target), mask, Some(grad), spec(activation, include_background, squared, difference))
+    }
+}
