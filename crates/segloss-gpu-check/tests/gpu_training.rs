@@ -1,6 +1,7 @@
 //! Training on a GPU backend: the 3D U-Net of `segloss-train` with a segloss loss on the wgpu
 //! device (`SEGLOSS_GPU_DEVICE`, default `wgpu`; lavapipe in CI). The same weights give the same
-//! loss on wgpu as on Flex (to 1e-3 relative: convolutions sum in another order), and a few Adam
+//! loss on wgpu as on Flex (to 1e-3 relative: convolutions sum in another order; the weights go
+//! through a saved record, as a checkpoint would), and a few Adam
 //! steps on wgpu decrease it. Skipped, with the reason printed, where no adapter opens, unless
 //! `SEGLOSS_REQUIRE_WGPU=1`.
 
@@ -27,27 +28,37 @@ fn main() {
     };
     let (gpu, adapter) = device;
     let gpu = gpu.autodiff();
-    let cpu = Device::flex().autodiff();
+    let cpu = Device::flex();
     let data = SyntheticConfig { size: 16, ..Default::default() };
     cpu.seed(3);
     let model = UNet3dConfig::new(data.classes).with_base_width(4).with_depth(2).init(&cpu);
 
-    // The same weights and batch: the same loss on both devices.
+    // The loss of these weights on Flex; then the same weights, through a saved record, on the GPU.
     let (x, y) = data.batch(Split::Train, &[0, 1], &cpu);
     let on_cpu: f32 = LossKind::DiceCe.compute(model.forward(x), y).into_scalar();
-    let model = model.to_device(&gpu);
-    let (x, y) = data.batch(Split::Train, &[0, 1], &gpu);
-    let on_gpu: f32 = LossKind::DiceCe.compute(model.forward(x.clone()), y.clone()).into_scalar();
-    let rel = (on_gpu - on_cpu).abs() / on_cpu.abs();
-    assert!(rel < 1e-3, "dice-ce of the same network: {on_gpu} on {name}, {on_cpu} on Flex");
+    let path = std::env::temp_dir().join(format!("segloss-gpu-training-{}.bpk", std::process::id()));
+    model.save_file(&path).expect("the record is written");
+    let model = UNet3dConfig::new(data.classes)
+        .with_base_width(4)
+        .with_depth(2)
+        .init(&gpu)
+        .try_load_file(&path)
+        .expect("the record loads on the GPU device");
 
-    // Adam steps on the GPU decrease it.
+    // The first step reports the loss before it, with the same weights: the same loss as on
+    // Flex; then Adam steps on the GPU decrease it.
+    let (x, y) = data.batch(Split::Train, &[0, 1], &gpu);
     let mut trainer = adam_trainer(model, LossKind::DiceCe, 1e-2);
     let first = trainer.step(x.clone(), y.clone());
+    let rel = (first - on_cpu).abs() / on_cpu.abs();
+    assert!(rel < 1e-3, "dice-ce of the same network: {first} on {name}, {on_cpu} on Flex");
+    let on_gpu = first;
     let mut last = first;
     for _ in 0..4 {
         last = trainer.step(x.clone(), y.clone());
     }
+    // The record is read lazily: removed only once training is done.
+    std::fs::remove_file(&path).ok();
     assert!(last < first, "the loss went from {first} to {last} in 5 steps on {name}");
     println!("gpu training: {name} ({adapter}): dice-ce {on_gpu:.6} (Flex {on_cpu:.6}, relative difference {rel:.1e}); 5 Adam steps: {first:.4} -> {last:.4}");
 }
