@@ -11,19 +11,14 @@
 
 use burn::tensor::Device;
 
+#[path = "../../segloss/examples/support/device.rs"]
+mod device;
+
 /// The device named by `name` (see the crate docs), or why there is none in this build.
 pub fn device_named(name: &str) -> Result<Device, String> {
-    match name {
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "wgpu")]
-        "wgpu-cpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
-        #[cfg(feature = "wgpu")]
-        "wgpu-gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0))),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        other => Err(format!(
-            "unknown or not compiled in: {other:?} (this build knows: {})",
+    device::by_name(name).filter(|_| name != "flex").ok_or_else(|| {
+        format!(
+            "unknown or not compiled in: {name:?} (this build knows: {})",
             [
                 #[cfg(feature = "wgpu")]
                 "wgpu, wgpu-cpu, wgpu-gpu",
@@ -31,8 +26,8 @@ pub fn device_named(name: &str) -> Result<Device, String> {
                 "cuda",
             ]
             .join(", ")
-        )),
-    }
+        )
+    })
 }
 
 /// Opens `device` and runs one small operation on it: `Ok` with the device's own name (the

@@ -68,6 +68,8 @@ pub struct Case {
     pub labels: Vec<u8>,
     /// `[z, y, x]`.
     pub shape: [usize; 3],
+    /// Indices of the foreground (label > 0) voxels, for foreground-centred patches.
+    pub foreground: Vec<usize>,
     /// The image header (geometry of predictions written for this case).
     pub header: NiftiHeader,
 }
@@ -194,7 +196,8 @@ fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -
             .map(|&l| u8::try_from(l).map_err(|_| anyhow::anyhow!("{}: label {l} is above 255", label_path.display())))
             .collect::<Result<_>>()?;
         let shape = image.shape_zyx();
-        cases.push(Case { name, image: zscore(&image.data), labels, shape, header: image.header });
+        let foreground = labels.iter().enumerate().filter(|(_, l)| **l > 0).map(|(i, _)| i).collect();
+        cases.push(Case { name, image: zscore(&image.data), labels, shape, foreground, header: image.header });
     }
     let classes = cases.iter().flat_map(|c| c.labels.iter()).copied().max().unwrap_or(0) as usize + 1;
     if classes < 2 {
@@ -296,15 +299,7 @@ impl Dataset {
 fn random_patch(case: &Case, p: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u8>) {
     let [d, h, w] = case.shape;
     let centre_on_fg = rng.random_range(0..3) == 0;
-    let fg: Option<usize> = centre_on_fg
-        .then(|| {
-            let count = case.labels.iter().filter(|&&l| l > 0).count();
-            (count > 0).then(|| {
-                let k = rng.random_range(0..count);
-                case.labels.iter().enumerate().filter(|(_, l)| **l > 0).nth(k).map(|(i, _)| i).expect("k < count")
-            })
-        })
-        .flatten();
+    let fg = (centre_on_fg && !case.foreground.is_empty()).then(|| case.foreground[rng.random_range(0..case.foreground.len())]);
     // Start of the patch along each axis (may be negative or past the end: padded).
     let start: [isize; 3] = match fg {
         Some(i) => {
@@ -350,6 +345,7 @@ mod tests {
             image: (0..n).map(|i| i as f32).collect(),
             labels: (0..n).map(|i| u8::from(i == n / 2)).collect(),
             shape,
+            foreground: vec![n / 2],
             header: NiftiHeader::default(),
         }
     }

@@ -6,6 +6,9 @@
 //! (`wgpu`, `wgpu-cpu`, `wgpu-gpu`; `cuda` with `--features cuda`). There each sample ends with
 //! reading back the sum of the gradient, so that it covers the queued GPU work.
 
+#[path = "../examples/support/device.rs"]
+mod device;
+
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use divan::Bencher;
 use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, Kernel, Target, with_kernel};
@@ -43,18 +46,9 @@ fn device_name() -> String {
 
 /// The device of `SEGLOSS_BENCH_DEVICE`.
 fn device() -> Device {
-    match device_name().as_str() {
-        "flex" => Device::flex(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "wgpu")]
-        "wgpu-cpu" => Device::wgpu(burn::tensor::DeviceKind::Cpu),
-        #[cfg(feature = "wgpu")]
-        "wgpu-gpu" => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0)),
-        #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
-        other => panic!("SEGLOSS_BENCH_DEVICE: unknown device {other:?}, or its feature (wgpu, cuda) is not compiled in"),
-    }
+    let name = device_name();
+    device::by_name(&name)
+        .unwrap_or_else(|| panic!("SEGLOSS_BENCH_DEVICE: unknown device {name:?}, or its feature (wgpu, cuda) is not compiled in"))
 }
 
 fn inputs(name: &str) -> Inputs {

@@ -16,9 +16,12 @@
 //! compilation, autotuning), and the floor and peak memory, which are host measurements, are
 //! `null`.
 
+#[path = "support/device.rs"]
+mod device;
+
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, Kernel, Target, with_kernel};
 
 /// A `/proc/self/status` field in KiB (`VmRSS`: resident now, `VmHWM`: peak resident).
@@ -68,7 +71,9 @@ fn main() {
     }
     let (b, c) = (shape[0], shape[1]);
     let n: usize = shape[2..].iter().product();
-    let device = device_named(&device_name).autodiff();
+    let device = device::by_name(&device_name)
+        .unwrap_or_else(|| panic!("unknown device {device_name:?}, or its feature (wgpu, cuda) is not compiled in"))
+        .autodiff();
     let on_host = device_name == "flex";
     device.seed(1);
     let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
@@ -139,18 +144,3 @@ fn main() {
     );
 }
 
-/// The device named on the command line.
-fn device_named(name: &str) -> Device {
-    match name {
-        "flex" => Device::flex(),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        #[cfg(feature = "wgpu")]
-        "wgpu-cpu" => Device::wgpu(burn::tensor::DeviceKind::Cpu),
-        #[cfg(feature = "wgpu")]
-        "wgpu-gpu" => Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(0)),
-        #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
-        other => panic!("unknown device {other:?}, or its feature (wgpu, cuda) is not compiled in"),
-    }
-}
