@@ -16,18 +16,25 @@
 //!
 //! **Numerics**: sums run over blocks of [`BLOCK`] voxels with 8 independent f32 accumulators per
 //! statistic, block totals are added in f64, in block order: the result does not depend on the
-//! number of threads. `exp` is a Cephes-style polynomial (relative error about 2e-7) clamped to
+//! number of threads. `exp` is a degree-5 minimax polynomial after Cody-Waite range reduction
+//! (relative error below 3e-7) clamped to
 //! the float32 range, so logits of +-1e4 saturate instead of overflowing.
 
 // The block functions take the problem (slices, sizes, options) and the block position as plain
 // arguments so that they inline into the SIMD-specialised entry points.
 #![allow(clippy::too_many_arguments)]
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Voxels per block (the unit of parallel work and of f64 accumulation).
 pub const BLOCK: usize = 1024;
+/// Voxels per tile: the softmax of a tile (`C x TILE` floats) stays in the L1 cache between the
+/// passes over it.
+const TILE: usize = 256;
 const LANES: usize = 8;
+const _: () = assert!(BLOCK.is_multiple_of(TILE) && TILE.is_multiple_of(LANES));
 
 /// The activation, as the kernels encode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,16 +150,17 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.336_55, 88.0);
-    let t = x * LOG2E + ROUND;
+    let t = madd::<FMA>(x, LOG2E, ROUND);
     let fx = t - ROUND;
-    let r = x - fx * C1 - fx * C2;
-    let mut y = 1.987_569_1e-4;
-    y = madd::<FMA>(y, r, 1.398_199_9e-3);
-    y = madd::<FMA>(y, r, 8.333_452e-3);
-    y = madd::<FMA>(y, r, 4.166_579_6e-2);
-    y = madd::<FMA>(y, r, 0.166_666_65);
-    y = madd::<FMA>(y, r, 0.5);
-    y = madd::<FMA>(y * r, r, r + 1.0);
+    let r = madd::<FMA>(fx, -C2, madd::<FMA>(fx, -C1, x));
+    // exp(r) on |r| <= ln(2) / 2 as 1 + r + r^2 q(r), q of degree 3: minimax coefficients for the
+    // relative error (1.0e-7 in exact arithmetic, 2e-7 evaluated in f32).
+    let mut y = 8.314_719e-3;
+    y = madd::<FMA>(y, r, 4.189_020_8e-2);
+    y = madd::<FMA>(y, r, 0.166_670_9);
+    y = madd::<FMA>(y, r, 0.499_992_3);
+    y = madd::<FMA>(y, r, 1.0);
+    y = madd::<FMA>(y, r, 1.0);
     // t = 1.5 * 2^23 + n exactly, so n sits in the low mantissa bits (integer ops vectorise,
     // unlike a saturating float-to-int cast).
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
@@ -160,263 +168,492 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     y * pow2
 }
 
-/// Activations of one block: `p[c * BLOCK + i]` for the `len` voxels starting at `n0` of sample `b`.
+// ---------------------------------------------------------------------------------------------
+// Per-voxel formulas. Every loop below is a plain loop over slices of one tile whose body is one
+// of these inlined functions, specialised by const parameters so that it vectorises:
+// `ACT` the activation code (0 softmax: `src` holds exp(x - max) and `r` 1 / sum; 1 sigmoid,
+// 2 none: `src` holds the logits), `LAB` the target is a label map compared with the class index
+// (otherwise `t` holds the target values), `SQ` squared sums, `MASK` a voxel mask, `DIFF` the
+// difference statistic `E` is wanted, `FMA` fused multiply-adds in the exp polynomial.
+// ---------------------------------------------------------------------------------------------
+
+/// The activations of 8 voxels of one class. The sigmoid's division is a reciprocal estimate
+/// refined by one Newton step where the CPU has FMA (relative error about 2e-7, like `exp`): an
+/// AVX division costs as much as the whole `exp` on some CPUs.
 #[inline(always)]
-fn activate<const FMA: bool>(x: &[f32], d: Dims, spec: &Spec, b: usize, n0: usize, len: usize, p: &mut [f32], scratch: &mut [f32]) {
-    let base = b * d.c * d.n + n0;
-    match spec.act {
-        Act::None => {
-            for c in 0..d.c {
-                p[c * BLOCK..c * BLOCK + len].copy_from_slice(&x[base + c * d.n..base + c * d.n + len]);
-            }
-        }
-        Act::Sigmoid => {
-            for c in 0..d.c {
-                let src = &x[base + c * d.n..base + c * d.n + len];
-                for (o, &v) in p[c * BLOCK..c * BLOCK + len].iter_mut().zip(src) {
-                    *o = 1.0 / (1.0 + exp_poly::<FMA>(-v));
-                }
-            }
-        }
-        Act::Softmax => {
-            let (mx, sum) = scratch.split_at_mut(BLOCK);
-            let (mx, sum) = (&mut mx[..len], &mut sum[..len]);
-            mx.copy_from_slice(&x[base..base + len]);
-            for c in 1..d.c {
-                let src = &x[base + c * d.n..base + c * d.n + len];
-                for (m, &v) in mx.iter_mut().zip(src) {
-                    *m = m.max(v);
-                }
-            }
-            sum.fill(0.0);
-            for c in 0..d.c {
-                let src = &x[base + c * d.n..base + c * d.n + len];
-                let out = &mut p[c * BLOCK..c * BLOCK + len];
-                for i in 0..len {
-                    let e = exp_poly::<FMA>(src[i] - mx[i]);
-                    out[i] = e;
-                    sum[i] += e;
-                }
-            }
-            for s in sum.iter_mut() {
-                *s = 1.0 / *s;
-            }
-            for c in 0..d.c {
-                for (o, &r) in p[c * BLOCK..c * BLOCK + len].iter_mut().zip(sum.iter()) {
-                    *o *= r;
-                }
-            }
-        }
+fn act8<const ACT: u8, const FMA: bool>(src: &[f32; LANES], r: &[f32; LANES]) -> [f32; LANES] {
+    match ACT {
+        0 => std::array::from_fn(|l| src[l] * r[l]),
+        1 => recip8::<FMA>(&std::array::from_fn(|l| 1.0 + exp_poly::<FMA>(-src[l]))),
+        _ => *src,
     }
 }
 
-/// The target of channel `c` over one block, into `g`.
+/// `1 / v` for 8 values: with FMA, `rcp` refined by one Newton step, else a division.
 #[inline(always)]
-fn target_block<L: Label>(t: TargetRef<'_, L>, d: Dims, b: usize, c: usize, n0: usize, len: usize, labels: &[f32], g: &mut [f32]) {
+fn recip8<const FMA: bool>(v: &[f32; LANES]) -> [f32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        use std::arch::x86_64::*;
+        let mut out = [0.0f32; LANES];
+        // SAFETY: `FMA` is true only in code compiled for AVX2 + FMA and run after checking the
+        // CPU has them (`run_block_avx2`); the loads and stores cover 8 floats.
+        unsafe {
+            let d = _mm256_loadu_ps(v.as_ptr());
+            let y = _mm256_rcp_ps(d);
+            // y + y (1 - d y): the relative error of the estimate (below 1.5 * 2^-12) squared.
+            let e = _mm256_fnmadd_ps(d, y, _mm256_set1_ps(1.0));
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_fmadd_ps(y, e, y));
+        }
+        return out;
+    }
+    v.map(|v| 1.0 / v)
+}
+
+/// Up to 8 values of `s` from `i`, padded with zeros (the tail of a tile goes through the same
+/// 8-lane code as the rest, so every voxel's activation is computed the same way).
+#[inline(always)]
+fn lanes(s: &[f32], i: usize) -> [f32; LANES] {
+    std::array::from_fn(|l| s.get(i + l).copied().unwrap_or(0.0))
+}
+
+/// The target of one voxel and class: one-hot from a label, or the given value.
+#[inline(always)]
+fn target_at<const LAB: bool>(t: f32, class: f32) -> f32 {
+    if LAB {
+        if t == class { 1.0 } else { 0.0 }
+    } else {
+        t
+    }
+}
+
+/// One voxel's contributions `[m p m g, m p or (m p)^2, m g or (m g)^2, |m p - m g| or its square]`.
+#[inline(always)]
+fn contributions<const SQ: bool, const MASK: bool, const DIFF: bool>(p: f32, g: f32, w: f32) -> [f32; 4] {
+    let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
+    let (pp, gg) = if SQ { (mp * mp, mg * mg) } else { (mp, mg) };
+    let e = if DIFF {
+        let diff = mp - mg;
+        if SQ { diff * diff } else { diff.abs() }
+    } else {
+        0.0
+    };
+    [mp * mg, pp, gg, e]
+}
+
+/// `u = d loss / d p` at one voxel from the gradients `[dI, dP, dE]` of its class's statistics.
+#[inline(always)]
+fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(p: f32, g: f32, w: f32, [gi, gp, ge]: [f32; 3]) -> f32 {
+    let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
+    let v = if SQ {
+        let v = gi * mg + 2.0 * gp * mp;
+        if DIFF { v + 2.0 * ge * (mp - mg) } else { v }
+    } else {
+        let v = gi * mg + gp;
+        if DIFF {
+            let diff = mp - mg;
+            let sign = if diff > 0.0 { 1.0 } else if diff < 0.0 { -1.0 } else { 0.0 };
+            v + ge * sign
+        } else {
+            v
+        }
+    };
+    if MASK { w * v } else { v }
+}
+
+/// Writes 8 floats that will not be read again soon: with non-temporal stores where the
+/// destination is 16-byte aligned (x86-64), so the cache lines are not read first.
+#[inline(always)]
+fn store_streaming(out: &mut [MaybeUninit<f32>], v: &[f32; LANES]) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len() == LANES && (out.as_ptr() as usize).is_multiple_of(16) {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        // SAFETY: `out` holds 8 writable floats at a 16-byte aligned address; SSE is part of
+        // x86-64. The stores are ordered before the task ends by `store_fence`.
+        unsafe {
+            let dst = out.as_mut_ptr().cast::<f32>();
+            _mm_stream_ps(dst, _mm_loadu_ps(v.as_ptr()));
+            _mm_stream_ps(dst.add(4), _mm_loadu_ps(v.as_ptr().add(4)));
+        }
+        return;
+    }
+    for (o, &p) in out.iter_mut().zip(v) {
+        o.write(p);
+    }
+}
+
+/// Orders this thread's non-temporal stores before anything it does next (the end of its task).
+#[inline(always)]
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Adds one tile of one class to the lane accumulators `acc[statistic][lane]`; with `SAVE`, also
+/// writes the activations to `out`.
+#[inline(always)]
+fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool, const SAVE: bool>(
+    src: &[f32],
+    r: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    acc: &mut [[f32; LANES]; 4],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let len = src.len();
+    let (r, t, m, out) = (&r[..len], &t[..len], &m[..len], &mut out[..len]);
+    // Four separate lane arrays, each a vector register.
+    let [mut ai, mut ap, mut ag, mut ae] = *acc;
+    let add = |p: f32, g: f32, w: f32, lane: usize, ai: &mut [f32; LANES], ap: &mut [f32; LANES], ag: &mut [f32; LANES], ae: &mut [f32; LANES]| {
+        let v = contributions::<SQ, MASK, DIFF>(p, g, w);
+        ai[lane] += v[0];
+        ap[lane] += v[1];
+        ag[lane] += v[2];
+        if DIFF {
+            ae[lane] += v[3];
+        }
+    };
+    let chunks = src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
+    for ((((sc, rc), tc), mc), oc) in chunks {
+        let p = act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap());
+        if SAVE {
+            store_streaming(oc, &p);
+        }
+        for lane in 0..LANES {
+            add(p[lane], target_at::<LAB>(tc[lane], class), mc[lane], lane, &mut ai, &mut ap, &mut ag, &mut ae);
+        }
+    }
+    let full = len - len % LANES;
+    let p = act8::<ACT, FMA>(&lanes(src, full), &lanes(r, full));
+    for i in full..len {
+        if SAVE {
+            out[i].write(p[i - full]);
+        }
+        add(p[i - full], target_at::<LAB>(t[i], class), m[i], i - full, &mut ai, &mut ap, &mut ag, &mut ae);
+    }
+    *acc = [ai, ap, ag, ae];
+}
+
+/// Writes the activations of one tile of one class to `out` (for a channel outside the sums).
+#[inline(always)]
+fn class_activations<const ACT: u8, const FMA: bool>(src: &[f32], r: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let len = src.len();
+    let (r, out) = (&r[..len], &mut out[..len]);
+    for ((sc, rc), oc) in src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES)) {
+        store_streaming(oc, &act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap()));
+    }
+    let full = len - len % LANES;
+    let p = act8::<ACT, FMA>(&lanes(src, full), &lanes(r, full));
+    for i in full..len {
+        out[i].write(p[i - full]);
+    }
+}
+
+/// Softmax backward, first pass over one class of a tile: turns `e` (exp(x - max)) into `p`
+/// and adds `p u` to `dot`.
+#[inline(always)]
+fn class_upstream_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(
+    e: &mut [f32],
+    r: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    dot: &mut [f32],
+) {
+    let len = e.len();
+    let (r, t, m, dot) = (&r[..len], &t[..len], &m[..len], &mut dot[..len]);
+    for i in 0..len {
+        let p = e[i] * r[i];
+        let u = upstream_at::<SQ, MASK, DIFF>(p, target_at::<LAB>(t[i], class), m[i], coef);
+        dot[i] += p * u;
+        e[i] = p;
+    }
+}
+
+/// Softmax backward, second pass over one class of a tile: `dx = p (u - dot)`.
+#[inline(always)]
+fn class_softmax_grad<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(
+    p: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    dot: &[f32],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let len = p.len();
+    let (t, m, dot, out) = (&t[..len], &m[..len], &dot[..len], &mut out[..len]);
+    for i in 0..len {
+        let u = upstream_at::<SQ, MASK, DIFF>(p[i], target_at::<LAB>(t[i], class), m[i], coef);
+        out[i].write(p[i] * (u - dot[i]));
+    }
+}
+
+/// Sigmoid or identity backward over one class of a tile: `dx = u p (1 - p)` or `u`.
+#[inline(always)]
+fn class_elementwise_grad<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(
+    x: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    out: &mut [MaybeUninit<f32>],
+) {
+    let len = x.len();
+    let (t, m, out) = (&t[..len], &m[..len], &mut out[..len]);
+    let grad = |p: f32, t: f32, w: f32| {
+        let u = upstream_at::<SQ, MASK, DIFF>(p, target_at::<LAB>(t, class), w, coef);
+        if ACT == 1 { u * p * (1.0 - p) } else { u }
+    };
+    let chunks = x.chunks_exact(LANES).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
+    for (((xc, tc), mc), oc) in chunks {
+        let p = act8::<ACT, FMA>(xc.try_into().unwrap(), &[1.0; LANES]);
+        for l in 0..LANES {
+            oc[l].write(grad(p[l], tc[l], mc[l]));
+        }
+    }
+    let full = len - len % LANES;
+    let p = act8::<ACT, FMA>(&lanes(x, full), &[1.0; LANES]);
+    for i in full..len {
+        out[i].write(grad(p[i - full], t[i], m[i]));
+    }
+}
+
+/// Softmax backward from saved probabilities, first pass over one class of a tile: adds `p u` to `dot`.
+#[inline(always)]
+fn class_probs_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &[f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &mut [f32]) {
+    let len = p.len();
+    let (t, m, dot) = (&t[..len], &m[..len], &mut dot[..len]);
+    for i in 0..len {
+        dot[i] += p[i] * upstream_at::<SQ, MASK, DIFF>(p[i], target_at::<LAB>(t[i], class), m[i], coef);
+    }
+}
+
+/// Backward from saved probabilities, in place over one class of a tile: `p` becomes
+/// `p (u - dot)` (softmax, `ACT = 0`) or `u p (1 - p)` (sigmoid).
+#[inline(always)]
+fn class_grad_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &mut [f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &[f32]) {
+    let len = p.len();
+    let (t, m, dot) = (&t[..len], &m[..len], &dot[..len]);
+    for i in 0..len {
+        let pi = p[i];
+        let u = upstream_at::<SQ, MASK, DIFF>(pi, target_at::<LAB>(t[i], class), m[i], coef);
+        p[i] = if ACT == 0 { pi * (u - dot[i]) } else { u * pi * (1.0 - pi) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiles and blocks.
+// ---------------------------------------------------------------------------------------------
+
+/// Per-thread scratch space: the exponentials (then probabilities) of a tile, and per-voxel rows.
+struct Scratch {
+    e: Vec<f32>,
+    max: Vec<f32>,
+    r: Vec<f32>,
+    dot: Vec<f32>,
+    labels: Vec<f32>,
+    ones: Vec<f32>,
+    sink: Vec<MaybeUninit<f32>>,
+    acc: Vec<[[f32; LANES]; 4]>,
+}
+
+impl Scratch {
+    fn new(d: Dims) -> Self {
+        let row = || vec![0.0; TILE];
+        Self { e: vec![0.0; d.c * TILE], max: row(), r: row(), dot: row(), labels: row(), ones: vec![1.0; TILE], sink: vec![MaybeUninit::uninit(); TILE], acc: vec![[[0.0; LANES]; 4]; d.c] }
+    }
+}
+
+/// Softmax of one tile (`len` voxels from voxel `v0` of sample `b`): `e[c * TILE + i] = exp(x -
+/// max)` and `r[i] = 1 / sum_c e`.
+#[inline(always)]
+fn softmax_tile<const FMA: bool>(x: &[f32], d: Dims, b: usize, v0: usize, len: usize, e: &mut [f32], max: &mut [f32], r: &mut [f32]) {
+    let row = |c: usize| &x[(b * d.c + c) * d.n + v0..][..len];
+    let (max, r) = (&mut max[..len], &mut r[..len]);
+    max.copy_from_slice(row(0));
+    for c in 1..d.c {
+        for (m, &v) in max.iter_mut().zip(row(c)) {
+            *m = m.max(v);
+        }
+    }
+    r.fill(0.0);
+    for c in 0..d.c {
+        let e = &mut e[c * TILE..c * TILE + len];
+        for (((e, sum), &v), &m) in e.iter_mut().zip(r.iter_mut()).zip(row(c)).zip(max.iter()) {
+            *e = exp_poly::<FMA>(v - m);
+            *sum += *e;
+        }
+    }
+    for v in r.iter_mut() {
+        *v = 1.0 / *v;
+    }
+}
+
+/// The target values of channel `c` over one tile (`t`, compared with `class` when `LAB`), given
+/// the tile's labels as floats in `labels`.
+#[inline(always)]
+fn tile_target<'a, L: Label, const LAB: bool>(t: TargetRef<'a, L>, d: Dims, b: usize, c: usize, v0: usize, len: usize, labels: &'a [f32]) -> &'a [f32] {
     match t {
-        TargetRef::Dense(v) => {
-            let base = (b * d.c + c) * d.n + n0;
-            g[..len].copy_from_slice(&v[base..base + len]);
-        }
-        TargetRef::Labels(_) if d.c == 1 => g[..len].copy_from_slice(&labels[..len]),
-        TargetRef::Labels(_) => {
-            let cf = c as f32;
-            for (o, &l) in g[..len].iter_mut().zip(&labels[..len]) {
-                *o = if l == cf { 1.0 } else { 0.0 };
-            }
-        }
+        TargetRef::Dense(v) if !LAB => &v[(b * d.c + c) * d.n + v0..][..len],
+        _ => &labels[..len],
     }
 }
 
+/// Converts the labels of one tile to floats (nothing for a dense target).
 #[inline(always)]
-fn labels_block<L: Label>(t: TargetRef<'_, L>, d: Dims, b: usize, n0: usize, len: usize, out: &mut [f32]) {
+fn tile_labels<L: Label>(t: TargetRef<'_, L>, d: Dims, b: usize, v0: usize, len: usize, out: &mut [f32]) {
     if let TargetRef::Labels(l) = t {
-        for (o, &v) in out[..len].iter_mut().zip(&l[b * d.n + n0..b * d.n + n0 + len]) {
+        for (o, &v) in out[..len].iter_mut().zip(&l[b * d.n + v0..][..len]) {
             *o = v.to_f32();
         }
     }
 }
 
-/// Per-block scratch space.
-struct Scratch {
-    p: Vec<f32>,
-    g: Vec<f32>,
-    labels: Vec<f32>,
-    aux: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(c: usize) -> Self {
-        Self { p: vec![0.0; c * BLOCK], g: vec![0.0; BLOCK], labels: vec![0.0; BLOCK], aux: vec![0.0; 2 * BLOCK] }
-    }
-}
-
-/// `[sum m p m g, sum m p, sum m g, sum |m p - m g|]` (squared with `SQ`) over one block, with
-/// `LANES` independent f32 accumulators per statistic (vectorised), returned in f64.
-#[inline(always)]
-fn accumulate<const SQ: bool, const MASK: bool>(p: &[f32], g: &[f32], m: &[f32], mp: &mut [f32], mg: &mut [f32], diff: bool) -> [f64; 4] {
-    let (p, g) = if MASK {
-        let len = p.len();
-        for ((o, &a), &w) in mp[..len].iter_mut().zip(p).zip(m) {
-            *o = a * w;
-        }
-        for ((o, &a), &w) in mg[..len].iter_mut().zip(g).zip(m) {
-            *o = a * w;
-        }
-        (&mp[..len], &mg[..len])
-    } else {
-        (p, g)
-    };
-    let i = lane_sum(p, g, |a, b| a * b);
-    let (pp, gg) = if SQ { (lane_sum(p, p, |a, b| a * b), lane_sum(g, g, |a, b| a * b)) } else { (lane_sum(p, p, |a, _| a), lane_sum(g, g, |a, _| a)) };
-    let e = match (diff, SQ) {
-        (false, _) => 0.0,
-        (true, true) => lane_sum(p, g, |a, b| (a - b) * (a - b)),
-        (true, false) => lane_sum(p, g, |a, b| (a - b).abs()),
-    };
-    [i, pp, gg, e]
-}
-
-/// `sum_i f(a_i, b_i)` with `LANES` independent f32 accumulators (vectorised), returned in f64.
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l]);
-        }
-    }
-    for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
-        acc[l] += f(x, y);
-    }
-    acc.iter().map(|&v| v as f64).sum()
-}
-
-/// Sums of one block: `[4][K]` in f64.
-#[inline(always)]
-fn forward_block<L: Label, const FMA: bool>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: &Spec, b: usize, blk: usize, s: &mut Scratch) -> Vec<f64> {
-    let n0 = blk * BLOCK;
-    let len = BLOCK.min(d.n - n0);
-    let k = d.k(spec);
-    let first = d.first(spec);
-    activate::<FMA>(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
-    labels_block(t, d, b, n0, len, &mut s.labels);
-    let m = mask.map(|m| &m[b * d.n + n0..b * d.n + n0 + len]);
-    let mut out = vec![0.0f64; 4 * k];
-    for (j, c) in (first..d.c).enumerate() {
-        target_block(t, d, b, c, n0, len, &s.labels, &mut s.g);
-        let p = &s.p[c * BLOCK..c * BLOCK + len];
-        let g = &s.g[..len];
-        let (mp, mg) = s.aux.split_at_mut(BLOCK);
-        let sums = match (spec.squared, m) {
-            (false, None) => accumulate::<false, false>(p, g, p, mp, mg, spec.difference),
-            (false, Some(m)) => accumulate::<false, true>(p, g, m, mp, mg, spec.difference),
-            (true, None) => accumulate::<true, false>(p, g, p, mp, mg, spec.difference),
-            (true, Some(m)) => accumulate::<true, true>(p, g, m, mp, mg, spec.difference),
-        };
-        for (q, v) in sums.into_iter().enumerate() {
-            out[q * k + j] = v;
-        }
-    }
-    if !spec.difference {
-        out[3 * k..].fill(0.0);
-    }
-    out
-}
-
-/// `u = d loss / d p` over one block from the gradients `[dI, dP, dE]` of one class's statistics.
-#[inline(always)]
-fn upstream<const SQ: bool, const MASK: bool>(p: &[f32], g: &[f32], m: &[f32], [gi, gp, ge]: [f32; 3], u: &mut [f32]) {
-    for i in 0..p.len() {
-        let w = if MASK { m[i] } else { 1.0 };
-        let (mp, mg) = (w * p[i], w * g[i]);
-        let diff = mp - mg;
-        let v = if SQ {
-            gi * mg + gp * 2.0 * mp + ge * 2.0 * diff
-        } else {
-            let sign = if diff > 0.0 { 1.0 } else if diff < 0.0 { -1.0 } else { 0.0 };
-            gi * mg + gp + ge * sign
-        };
-        u[i] = if MASK { w * v } else { v };
-    }
-}
-
-/// Gradient of one block, written into `dx` (the `[C, len]` block of sample `b`, rows strided by `N`).
-#[inline(always)]
-fn backward_block<L: Label, const FMA: bool>(
-    x: &[f32],
-    t: TargetRef<'_, L>,
-    mask: Option<&[f32]>,
-    grad: &[f32],
+/// One block of work, specialised at run time into the const-parameter variants.
+struct Block<'a, L> {
+    x: &'a [f32],
+    t: TargetRef<'a, L>,
+    mask: Option<&'a [f32]>,
+    grad: &'a [f32],
     d: Dims,
-    spec: &Spec,
+    spec: Spec,
     b: usize,
     blk: usize,
-    s: &mut Scratch,
-    u: &mut [f32],
-    dx: DxPtr,
-) {
-    let n0 = blk * BLOCK;
-    let len = BLOCK.min(d.n - n0);
-    let k = d.k(spec);
-    let first = d.first(spec);
-    activate::<FMA>(x, d, spec, b, n0, len, &mut s.p, &mut s.aux);
-    labels_block(t, d, b, n0, len, &mut s.labels);
-    let m = mask.map(|m| &m[b * d.n + n0..b * d.n + n0 + len]);
-    if first == 1 {
-        u[..len].fill(0.0);
+}
+
+impl<L: Label> Block<'_, L> {
+    /// The (start, length) of the block's voxels and its tiles.
+    fn tiles(&self) -> impl Iterator<Item = (usize, usize)> {
+        let n0 = self.blk * BLOCK;
+        let end = (n0 + BLOCK).min(self.d.n);
+        (n0..end).step_by(TILE).map(move |v0| (v0, TILE.min(end - v0)))
     }
-    for (j, c) in (first..d.c).enumerate() {
-        target_block(t, d, b, c, n0, len, &s.labels, &mut s.g);
-        let gi = grad[b * k + j];
-        let gp = grad[(d.b + b) * k + j];
-        let ge = if spec.difference { grad[(3 * d.b + b) * k + j] } else { 0.0 };
-        let p = &s.p[c * BLOCK..c * BLOCK + len];
-        let g = &s.g[..len];
-        let uc = &mut u[c * BLOCK..c * BLOCK + len];
-        let coef = [gi, gp, ge];
-        match (spec.squared, m) {
-            (false, None) => upstream::<false, false>(p, g, p, coef, uc),
-            (false, Some(m)) => upstream::<false, true>(p, g, m, coef, uc),
-            (true, None) => upstream::<true, false>(p, g, p, coef, uc),
-            (true, Some(m)) => upstream::<true, true>(p, g, m, coef, uc),
+
+    /// The mask of one tile (a row of ones without a mask: the `MASK = false` loops ignore it).
+    fn tile_mask<'s>(&'s self, v0: usize, len: usize, ones: &'s [f32]) -> &'s [f32] {
+        match self.mask {
+            Some(m) => &m[self.b * self.d.n + v0..][..len],
+            None => &ones[..len],
         }
     }
-    match spec.act {
-        Act::None => {
+
+    /// `[dI, dP, dE]` of channel `c` (zero for the background when it is not a class).
+    fn coef(&self, c: usize) -> [f32; 3] {
+        let (d, first) = (self.d, self.d.first(&self.spec));
+        if c < first {
+            return [0.0; 3];
+        }
+        let (k, j) = (d.k(&self.spec), c - first);
+        let at = |q: usize| self.grad[(q * d.b + self.b) * k + j];
+        [at(0), at(1), if self.spec.difference { at(3) } else { 0.0 }]
+    }
+
+    /// The block's sums `[4][K]` in f64 (lanes added in f64 at the end of the block).
+    #[inline(always)]
+    fn forward<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(&self, s: &mut Scratch, save: Option<DxPtr>) -> Vec<f64> {
+        let (d, b, x) = (self.d, self.b, self.x);
+        let (first, k) = (d.first(&self.spec), d.k(&self.spec));
+        s.acc[..k].fill([[0.0; LANES]; 4]);
+        for (v0, len) in self.tiles() {
+            tile_labels(self.t, d, b, v0, len, &mut s.labels);
+            if ACT == 0 {
+                softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
+            }
+            let m = self.tile_mask(v0, len, &s.ones);
             for c in 0..d.c {
-                dx.write(b, c, n0, &u[c * BLOCK..c * BLOCK + len], d);
+                let (src, r) = if ACT == 0 { (&s.e[c * TILE..][..len], &s.r[..len]) } else { (&x[(b * d.c + c) * d.n + v0..][..len], &s.ones[..len]) };
+                let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                match save {
+                    Some(save) => {
+                        // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
+                        let out = unsafe { save.row(b, c, v0, len, d) };
+                        match c.checked_sub(first) {
+                            Some(j) => class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, true>(src, r, t, c as f32, m, &mut s.acc[j], out),
+                            None => class_activations::<ACT, FMA>(src, r, out),
+                        }
+                    }
+                    None => {
+                        if let Some(j) = c.checked_sub(first) {
+                            class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, false>(src, r, t, c as f32, m, &mut s.acc[j], &mut s.sink);
+                        }
+                    }
+                }
             }
         }
-        Act::Sigmoid => {
-            for c in 0..d.c {
-                let p = &s.p[c * BLOCK..c * BLOCK + len];
-                let uc = &mut u[c * BLOCK..c * BLOCK + len];
-                for (v, &pi) in uc.iter_mut().zip(p) {
-                    *v *= pi * (1.0 - pi);
-                }
-                dx.write(b, c, n0, uc, d);
+        if save.is_some() {
+            store_fence();
+        }
+        let mut out = vec![0.0f64; 4 * k];
+        for (j, acc) in s.acc[..k].iter().enumerate() {
+            for q in 0..4 {
+                out[q * k + j] = acc[q].iter().map(|&v| v as f64).sum();
             }
         }
-        Act::Softmax => {
-            let dot = &mut s.aux[..len];
-            dot.fill(0.0);
-            for c in 0..d.c {
-                let p = &s.p[c * BLOCK..c * BLOCK + len];
-                let uc = &u[c * BLOCK..c * BLOCK + len];
-                for i in 0..len {
-                    dot[i] += p[i] * uc[i];
+        out
+    }
+
+    /// Writes the block's gradient into `dx`.
+    #[inline(always)]
+    fn backward<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(&self, s: &mut Scratch, dx: DxPtr) {
+        let (d, b, x) = (self.d, self.b, self.x);
+        for (v0, len) in self.tiles() {
+            tile_labels(self.t, d, b, v0, len, &mut s.labels);
+            let m = self.tile_mask(v0, len, &s.ones);
+            if ACT == 0 {
+                softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
+                s.dot[..len].fill(0.0);
+                for c in 0..d.c {
+                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                    class_upstream_dot::<LAB, SQ, MASK, DIFF>(&mut s.e[c * TILE..][..len], &s.r, t, c as f32, m, self.coef(c), &mut s.dot);
+                }
+                for c in 0..d.c {
+                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                    // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
+                    let out = unsafe { dx.row(b, c, v0, len, d) };
+                    class_softmax_grad::<LAB, SQ, MASK, DIFF>(&s.e[c * TILE..][..len], t, c as f32, m, self.coef(c), &s.dot, out);
+                }
+            } else {
+                for c in 0..d.c {
+                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                    // SAFETY: as above.
+                    let out = unsafe { dx.row(b, c, v0, len, d) };
+                    let xr = &x[(b * d.c + c) * d.n + v0..][..len];
+                    class_elementwise_grad::<ACT, LAB, SQ, MASK, DIFF, FMA>(xr, t, c as f32, m, self.coef(c), out);
+                }
+            }
+        }
+    }
+}
+
+impl<L: Label> Block<'_, L> {
+    /// Turns the saved probabilities of the block (in `p`) into the gradient, in place.
+    #[inline(always)]
+    fn backward_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr) {
+        let (d, b) = (self.d, self.b);
+        for (v0, len) in self.tiles() {
+            tile_labels(self.t, d, b, v0, len, &mut s.labels);
+            let m = self.tile_mask(v0, len, &s.ones);
+            if ACT == 0 {
+                s.dot[..len].fill(0.0);
+                for c in 0..d.c {
+                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                    // SAFETY: this task alone reads and writes row (b, c) over voxels v0..v0 + len,
+                    // which the forward initialised.
+                    let row = unsafe { p.row_init(b, c, v0, len, d) };
+                    class_probs_dot::<LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &mut s.dot);
                 }
             }
             for c in 0..d.c {
-                let p = &s.p[c * BLOCK..c * BLOCK + len];
-                let uc = &mut u[c * BLOCK..c * BLOCK + len];
-                for i in 0..len {
-                    uc[i] = p[i] * (uc[i] - dot[i]);
-                }
-                dx.write(b, c, n0, uc, d);
+                let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                // SAFETY: as above.
+                let row = unsafe { p.row_init(b, c, v0, len, d) };
+                class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &s.dot);
             }
         }
     }
@@ -424,51 +661,129 @@ fn backward_block<L: Label, const FMA: bool>(
 
 /// A raw pointer to the gradient output; blocks write disjoint ranges.
 #[derive(Clone, Copy)]
-struct DxPtr(*mut f32);
+struct DxPtr(*mut MaybeUninit<f32>);
 unsafe impl Send for DxPtr {}
 unsafe impl Sync for DxPtr {}
 
 impl DxPtr {
+    /// Row `(b, c)` of the output over voxels `v0..v0 + len`.
+    ///
+    /// # Safety
+    /// No other live reference may cover the same elements; the output has `B * C * N` elements.
     #[inline(always)]
-    fn write(self, b: usize, c: usize, n0: usize, src: &[f32], d: Dims) {
-        let offset = (b * d.c + c) * d.n + n0;
-        // SAFETY: every (b, c, block) range is written by exactly one task, the output has
-        // B * C * N elements and `n0 + src.len() <= N`.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.0.add(offset), src.len()) }
+    unsafe fn row<'a>(self, b: usize, c: usize, v0: usize, len: usize, d: Dims) -> &'a mut [MaybeUninit<f32>] {
+        debug_assert!(v0 + len <= d.n && b < d.b && c < d.c);
+        unsafe { std::slice::from_raw_parts_mut(self.0.add((b * d.c + c) * d.n + v0), len) }
+    }
+
+    /// [`row`](DxPtr::row) of an initialised buffer.
+    ///
+    /// # Safety
+    /// As for `row`, and the elements are initialised.
+    #[inline(always)]
+    unsafe fn row_init<'a>(self, b: usize, c: usize, v0: usize, len: usize, d: Dims) -> &'a mut [f32] {
+        // SAFETY: MaybeUninit<f32> and f32 have the same layout; the caller guarantees the rest.
+        unsafe { &mut *(self.row(b, c, v0, len, d) as *mut [MaybeUninit<f32>] as *mut [f32]) }
     }
 }
 
-macro_rules! with_best_simd {
-    ($name:ident, $avx:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx<L: Label>($($arg: $ty),*) -> $ret {
-            $body::<L, true>($($arg),*)
-        }
-        fn $name<L: Label>($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features the function is compiled for.
-                return unsafe { $avx($($arg),*) };
-            }
-            $body::<L, false>($($arg),*)
-        }
-    };
+/// What a block computes: its sums, or its gradient.
+enum Work<'s> {
+    /// The sums, and the probabilities written to the buffer when given.
+    Forward(&'s mut Scratch, Option<DxPtr>),
+    /// The gradient, recomputing the activation from the logits.
+    Backward(&'s mut Scratch, DxPtr),
+    /// The gradient, in place over the saved probabilities.
+    BackwardInPlace(&'s mut Scratch, DxPtr),
 }
 
-with_best_simd!(forward_block_best, forward_block_avx2, forward_block,
-    (x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: &Spec, b: usize, blk: usize, s: &mut Scratch) -> Vec<f64>);
-with_best_simd!(backward_block_best, backward_block_avx2, backward_block,
-    (x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: &Spec, b: usize, blk: usize, s: &mut Scratch, u: &mut [f32], dx: DxPtr) -> ());
+/// Runs one block of work with the const parameters matching its options. The `if`s select one
+/// of the 48 variants (activation 3 x label map 2 x squared 2 x mask 2 x difference 2).
+#[inline(always)]
+fn run_block<L: Label, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+    #[inline(always)]
+    fn leaf<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+        match work {
+            Work::Forward(s, save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, save),
+            Work::BackwardInPlace(s, p) => {
+                blk.backward_in_place::<ACT, LAB, SQ, MASK, DIFF>(s, p);
+                Vec::new()
+            }
+            Work::Backward(s, dx) => {
+                blk.backward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, dx);
+                Vec::new()
+            }
+        }
+    }
+    #[inline(always)]
+    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+        if blk.spec.difference { leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, work) } else { leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, work) }
+    }
+    #[inline(always)]
+    fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+        if blk.mask.is_some() { diff::<L, ACT, LAB, SQ, true, FMA>(blk, work) } else { diff::<L, ACT, LAB, SQ, false, FMA>(blk, work) }
+    }
+    #[inline(always)]
+    fn squared<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+        if blk.spec.squared { mask::<L, ACT, LAB, true, FMA>(blk, work) } else { mask::<L, ACT, LAB, false, FMA>(blk, work) }
+    }
+    #[inline(always)]
+    fn labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+        // A single-channel label map holds the 0/1 target itself.
+        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { squared::<L, ACT, true, FMA>(blk, work) } else { squared::<L, ACT, false, FMA>(blk, work) }
+    }
+    match blk.spec.act {
+        Act::Softmax => labels::<L, 0, FMA>(blk, work),
+        Act::Sigmoid => labels::<L, 1, FMA>(blk, work),
+        Act::None => labels::<L, 2, FMA>(blk, work),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_block_avx2<L: Label>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+    run_block::<L, true>(blk, work)
+}
+
+/// [`run_block`] compiled for the best instruction set the CPU has (AVX2 + FMA, else the baseline).
+fn run_block_best<L: Label>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { run_block_avx2(blk, work) };
+    }
+    run_block::<L, false>(blk, work)
+}
 
 /// The statistics `[4, B, K]` (I, P, G, E; E is 0 unless `spec.difference`).
 pub fn forward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> Vec<f32> {
+    forward_impl(x, t, mask, d, spec, None)
+}
+
+/// The statistics, as [`forward`], and the activations `p` `[B, C, N]` (written in the same pass),
+/// for [`backward_in_place`]. With `Act::None` the activations are the logits: use [`backward`].
+pub fn forward_saving<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> (Vec<f32>, Vec<f32>) {
+    assert!(spec.act != Act::None, "the activations of Act::None are the logits");
+    let mut p = uninit(d.b * d.c * d.n);
+    let stats = forward_impl(x, t, mask, d, spec, Some(DxPtr(p.as_mut_ptr())));
+    // SAFETY: the blocks cover every (b, c, n) exactly once (every sample, every block of voxels,
+    // every tile of a block, every channel of a tile), so every element has been written.
+    (stats, unsafe { assume_init(p) })
+}
+
+fn forward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec, save: Option<DxPtr>) -> Vec<f32> {
     assert_eq!(x.len(), d.b * d.c * d.n);
     let k = d.k(&spec);
     let blocks = d.blocks();
     let partial: Vec<Vec<f64>> = (0..d.b * blocks)
         .into_par_iter()
-        .map_init(|| Scratch::new(d.c), |s, task| forward_block_best(x, t, mask, d, &spec, task / blocks, task % blocks, s))
+        .map_init(
+            || Scratch::new(d),
+            |s, task| {
+                let blk = Block { x, t, mask, grad: &[], d, spec, b: task / blocks, blk: task % blocks };
+                run_block_best(&blk, Work::Forward(s, save))
+            },
+        )
         .collect();
     let mut out = vec![0.0f64; 4 * d.b * k];
     for (task, sums) in partial.iter().enumerate() {
@@ -482,26 +797,56 @@ pub fn forward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d
     out.into_iter().map(|v| v as f32).collect()
 }
 
-/// The gradient with respect to the logits `[B, C, N]`, given the gradient of the statistics `[4, B, K]`.
-pub fn backward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) -> Vec<f32> {
-    assert_eq!(grad.len(), 4 * d.b * d.k(&spec));
-    // Every element is written by exactly one block, so the buffer is not zeroed first (that
-    // would be one more pass over B * C * N floats).
-    let len = d.b * d.c * d.n;
-    let mut dx: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
+/// A buffer of `len` floats, not initialised (every element is written by exactly one block, so
+/// it is not zeroed first: that would be one more pass over `B * C * N` floats).
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation.
-    unsafe { dx.set_len(len) };
-    let ptr = DxPtr(dx.as_mut_ptr().cast::<f32>());
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` has been written.
+unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<f32> and f32 have the same layout; the caller guarantees initialisation.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+/// The gradient with respect to the logits, as [`backward`], written over the activations `p`
+/// that [`forward_saving`] returned (no logits read, no activation recomputed, nothing allocated).
+pub fn backward_in_place<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) {
+    assert_eq!(p.len(), d.b * d.c * d.n);
+    assert_eq!(grad.len(), 4 * d.b * d.k(&spec));
+    assert!(spec.act != Act::None, "the activations of Act::None are the logits");
+    let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
     let blocks = d.blocks();
     (0..d.b * blocks).into_par_iter().for_each_init(
-        || (Scratch::new(d.c), vec![0.0f32; d.c * BLOCK]),
-        |(s, u), task| backward_block_best(x, t, mask, grad, d, &spec, task / blocks, task % blocks, s, u, ptr),
+        || Scratch::new(d),
+        |s, task| {
+            let blk = Block { x: &[], t, mask, grad, d, spec, b: task / blocks, blk: task % blocks };
+            run_block_best(&blk, Work::BackwardInPlace(s, ptr));
+        },
     );
-    // SAFETY: the blocks cover every (b, c, n) exactly once (n0 = blk * BLOCK for blk < ceil(N /
-    // BLOCK), every c, every b), so every element has been written; MaybeUninit<f32> and f32
-    // have the same layout.
-    let mut dx = std::mem::ManuallyDrop::new(dx);
-    unsafe { Vec::from_raw_parts(dx.as_mut_ptr().cast::<f32>(), dx.len(), dx.capacity()) }
+}
+
+/// The gradient with respect to the logits `[B, C, N]`, given the gradient of the statistics `[4, B, K]`.
+pub fn backward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) -> Vec<f32> {
+    assert_eq!(x.len(), d.b * d.c * d.n);
+    assert_eq!(grad.len(), 4 * d.b * d.k(&spec));
+    let mut dx = uninit(d.b * d.c * d.n);
+    let ptr = DxPtr(dx.as_mut_ptr());
+    let blocks = d.blocks();
+    (0..d.b * blocks).into_par_iter().for_each_init(
+        || Scratch::new(d),
+        |s, task| {
+            let blk = Block { x, t, mask, grad, d, spec, b: task / blocks, blk: task % blocks };
+            run_block_best(&blk, Work::Backward(s, ptr));
+        },
+    );
+    // SAFETY: the blocks cover every (b, c, n) exactly once, so every element has been written.
+    unsafe { assume_init(dx) }
 }
 
 #[cfg(test)]
@@ -529,16 +874,70 @@ mod tests {
         assert_eq!(one, run(3));
     }
 
+    /// Every option combination, on a size whose rows are 16-byte aligned (streaming stores) and
+    /// on one whose rows are not: the saving forward gives the same statistics as the plain one,
+    /// the activations it saves are the activations, and the in-place backward gives the same
+    /// gradient as the recomputing one, bit for bit, on 1 and 3 threads.
+    #[test]
+    fn saved_activations_give_the_same_results() {
+        let pools: Vec<_> = [1, 3].map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()).into();
+        for (b, c, n) in [(2usize, 4usize, 2 * BLOCK + 40), (1, 3, BLOCK + 13), (2, 1, 301)] {
+            let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919) % 1013) as f32 / 61.0 - 8.0).collect();
+            let l: Vec<i32> = (0..b * n).map(|i| ((i * 31 + i / 7) % c.max(2)) as i32 % (c as i32).max(2)).collect();
+            let l: Vec<i32> = if c == 1 { l.iter().map(|&v| v.min(1)).collect() } else { l };
+            let dense: Vec<f32> = (0..b * c * n).map(|i| ((i * 13) % 5) as f32 / 4.0).collect();
+            let m: Vec<f32> = (0..b * n).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 }).collect();
+            let d = Dims { b, c, n };
+            for act in [Act::Softmax, Act::Sigmoid] {
+                for (include_background, squared, difference, masked, labels) in
+                    (0..32).map(|f| (f & 1 == 0 || c == 1, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0))
+                {
+                    let spec = Spec { act, include_background, squared, difference };
+                    let t = if labels { TargetRef::Labels(&l) } else { TargetRef::Dense(&dense) };
+                    let mask = masked.then_some(&m[..]);
+                    let grad: Vec<f32> = (0..4 * b * d.k(&spec)).map(|i| i as f32 * 0.013 - 0.2).collect();
+                    let what = format!("{act:?} {spec:?} masked {masked} labels {labels} {b}x{c}x{n}");
+                    let stats = forward(&x, t, mask, d, spec);
+                    let dx = backward(&x, t, mask, &grad, d, spec);
+                    for pool in &pools {
+                        let (saved_stats, mut p) = pool.install(|| forward_saving(&x, t, mask, d, spec));
+                        assert_eq!(saved_stats, stats, "{what}");
+                        for bb in 0..b {
+                            for i in (0..n).step_by(37) {
+                                let xs: Vec<f32> = (0..c).map(|cc| x[(bb * c + cc) * n + i]).collect();
+                                for (cc, v) in xs.iter().enumerate() {
+                                    let want = match act {
+                                        Act::Softmax => {
+                                            let max = xs.iter().fold(f32::MIN, |a, &v| a.max(v));
+                                            (v - max).exp() / xs.iter().map(|&u| (u - max).exp()).sum::<f32>()
+                                        }
+                                        _ => 1.0 / (1.0 + (-v).exp()),
+                                    };
+                                    let got = p[(bb * c + cc) * n + i];
+                                    assert!((got - want).abs() <= 1e-6 * want.max(1e-3), "{what}: p {got} vs {want}");
+                                }
+                            }
+                        }
+                        pool.install(|| backward_in_place(&mut p, t, mask, &grad, d, spec));
+                        assert_eq!(p, dx, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn exp_matches_std_over_the_float_range() {
-        let mut worst = 0.0f64;
+        let (mut worst, mut worst_fma) = (0.0f64, 0.0f64);
         let mut x = -87.0f32;
         while x < 88.0 {
-            let (a, e) = (exp_f32(x) as f64, (x as f64).exp());
-            worst = worst.max(((a - e) / e).abs());
-            x += 0.0137;
+            let e = (x as f64).exp();
+            worst = worst.max(((exp_f32(x) as f64 - e) / e).abs());
+            worst_fma = worst_fma.max(((exp_poly::<true>(x) as f64 - e) / e).abs());
+            x += 0.00137;
         }
-        assert!(worst < 5e-7, "relative error {worst}");
+        assert!(worst < 3e-7, "relative error {worst}");
+        assert!(worst_fma < 3e-7, "relative error with FMA {worst_fma}");
         assert_eq!(exp_f32(-1e4), exp_f32(-87.336_55));
         assert!(exp_f32(1e4).is_finite());
         assert!(exp_f32(f32::NAN).is_nan());

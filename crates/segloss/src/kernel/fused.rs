@@ -77,6 +77,74 @@ pub trait FusedStatsOps: Backend {
         squared: bool,
         difference: bool,
     ) -> FloatTensor<Self>;
+
+    /// [`overlap_stats_labels`](FusedStatsOps::overlap_stats_labels) for a recorded backward: also
+    /// returns the tensor the backward starts from. Flex returns the activations (written in the
+    /// same pass, into the buffer that the backward turns into the gradient, so the backward
+    /// neither reads the logits nor recomputes `exp`); the default returns the logits.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(default)]
+    fn overlap_stats_labels_saving(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let stats = Self::overlap_stats_labels(logits.clone(), labels, mask, activation, include_background, squared, difference);
+        (stats, logits)
+    }
+
+    /// The gradient with respect to the logits, from what
+    /// [`overlap_stats_labels_saving`](FusedStatsOps::overlap_stats_labels_saving) saved.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(default)]
+    fn overlap_stats_labels_backward_saved(
+        saved: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> FloatTensor<Self> {
+        Self::overlap_stats_labels_backward(saved, labels, mask, grad, activation, include_background, squared, difference)
+    }
+
+    /// [`overlap_stats_labels_saving`](FusedStatsOps::overlap_stats_labels_saving) against a dense target.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(default)]
+    fn overlap_stats_dense_saving(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let stats = Self::overlap_stats_dense(logits.clone(), target, mask, activation, include_background, squared, difference);
+        (stats, logits)
+    }
+
+    /// [`overlap_stats_labels_backward_saved`](FusedStatsOps::overlap_stats_labels_backward_saved) against a dense target.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(default)]
+    fn overlap_stats_dense_backward_saved(
+        saved: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> FloatTensor<Self> {
+        Self::overlap_stats_dense_backward(saved, target, mask, grad, activation, include_background, squared, difference)
+    }
 }
 
 /// The shape of the statistics of logits `[B, C, N]`: `[4, B, K]`, `K = C` or `C - 1` without
@@ -167,38 +235,102 @@ mod flex {
         Dense(&'a FlexTensor),
     }
 
-    /// The statistics `[4, B, K]` (no `grad`) or the gradient `[B, C, N]` (given the statistics'
-    /// gradient). A mask with no elements means no mask; labels run as `i64` or `i32` (other
-    /// integer types are converted).
-    fn run(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: Option<&FlexTensor>, s: Spec) -> FlexTensor {
-        fn go<L: Label>(x: &[f32], t: TargetRef<'_, L>, m: Option<&[f32]>, g: Option<&[f32]>, d: Dims, s: Spec) -> Vec<f32> {
-            match g {
-                None => cpu::forward(x, t, m, d, s),
-                Some(g) => cpu::backward(x, t, m, g, d, s),
+    /// What one call computes, from which input.
+    enum Job<'a> {
+        /// The statistics `[4, B, K]` from the logits.
+        Stats(&'a [f32]),
+        /// The statistics and the activations `[B, C, N]` from the logits.
+        Saving(&'a [f32]),
+        /// The gradient `[B, C, N]` from the logits, given the statistics' gradient.
+        Gradient(&'a [f32], &'a [f32]),
+        /// The gradient written over the saved activations, given the statistics' gradient.
+        InPlace(&'a mut [f32], &'a [f32]),
+    }
+
+    /// Runs `job` with the target as a slice: dense values, or labels as `i64` or `i32` (other
+    /// integer types are converted). A mask with no elements means no mask.
+    fn run(job: Job<'_>, target: Target<'_>, mask: &FlexTensor, d: Dims, s: Spec) -> Vec<Vec<f32>> {
+        fn go<L: Label>(job: Job<'_>, t: TargetRef<'_, L>, m: Option<&[f32]>, d: Dims, s: Spec) -> Vec<Vec<f32>> {
+            match job {
+                Job::Stats(x) => vec![cpu::forward(x, t, m, d, s)],
+                Job::Saving(x) => {
+                    let (stats, p) = cpu::forward_saving(x, t, m, d, s);
+                    vec![stats, p]
+                }
+                Job::Gradient(x, g) => vec![cpu::backward(x, t, m, g, d, s)],
+                Job::InPlace(p, g) => {
+                    cpu::backward_in_place(p, t, m, g, d, s);
+                    Vec::new()
+                }
             }
         }
-        let [b, c, n] = logits.shape().dims::<3>();
-        let d = Dims { b, c, n };
-        let x = floats(logits);
         let m = (mask.shape().num_elements() > 0).then(|| floats(mask));
-        let (m, g) = (m.as_deref(), grad.map(floats));
-        let g = g.as_deref();
-        let out = match target {
-            Target::Dense(t) => go::<i64>(&x, TargetRef::Dense(&floats(t)), m, g, d, s),
+        let m = m.as_deref();
+        match target {
+            Target::Dense(t) => go::<i64>(job, TargetRef::Dense(&floats(t)), m, d, s),
             Target::Labels(l) => {
                 let l = l.to_contiguous();
                 match l.dtype() {
-                    DType::I64 => go(&x, TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")), m, g, d, s),
-                    DType::I32 => go(&x, TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")), m, g, d, s),
+                    DType::I64 => go(job, TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")), m, d, s),
+                    DType::I32 => go(job, TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")), m, d, s),
                     _ => {
                         let v: Vec<i64> = l.into_data().convert::<i64>().try_to_vec().expect("labels as i64");
-                        go(&x, TargetRef::Labels(&v), m, g, d, s)
+                        go(job, TargetRef::Labels(&v), m, d, s)
                     }
                 }
             }
+        }
+    }
+
+    fn dims(logits: &FlexTensor) -> Dims {
+        let [b, c, n] = logits.shape().dims::<3>();
+        Dims { b, c, n }
+    }
+
+    fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
+    fn stats(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, s: Spec) -> FlexTensor {
+        let d = dims(logits);
+        let out = run(Job::Stats(&floats(logits)), target, mask, d, s).remove(0);
+        tensor(out, vec![4, d.b, d.k(&s)])
+    }
+
+    /// The statistics and what the backward starts from: the activations, or the logits
+    /// themselves without an activation.
+    fn saving(logits: FlexTensor, target: Target<'_>, mask: &FlexTensor, s: Spec) -> (FlexTensor, FlexTensor) {
+        if s.act == Act::None {
+            return (stats(&logits, target, mask, s), logits);
+        }
+        let d = dims(&logits);
+        let mut out = run(Job::Saving(&floats(&logits)), target, mask, d, s);
+        let p = out.pop().expect("activations");
+        (tensor(out.pop().expect("statistics"), vec![4, d.b, d.k(&s)]), tensor(p, vec![d.b, d.c, d.n]))
+    }
+
+    fn gradient(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: &FlexTensor, s: Spec) -> FlexTensor {
+        let d = dims(logits);
+        let out = run(Job::Gradient(&floats(logits), &floats(grad)), target, mask, d, s).remove(0);
+        tensor(out, vec![d.b, d.c, d.n])
+    }
+
+    /// The gradient from what [`saving`] returned: in place over the activations when this call
+    /// owns their buffer (the usual case: the backward step consumes its state), else on a copy.
+    fn gradient_saved(saved: FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: &FlexTensor, s: Spec) -> FlexTensor {
+        if s.act == Act::None {
+            return gradient(&saved, target, mask, grad, s);
+        }
+        let d = dims(&saved);
+        let len = d.b * d.c * d.n;
+        let mut p = if saved.layout().contiguous_offsets() == Some((0, len)) && saved.dtype() == DType::F32 && saved.is_unique() {
+            saved
+        } else {
+            tensor(floats(&saved).into_owned(), vec![d.b, d.c, d.n])
         };
-        let shape = if grad.is_some() { vec![b, c, n] } else { vec![4, b, d.k(&s)] };
-        FlexTensor::from_data(TensorData::new(out, shape))
+        let values = &mut p.try_storage_mut::<f32>().expect("a uniquely owned buffer")[..len];
+        run(Job::InPlace(values, &floats(grad)), target, mask, d, s);
+        p
     }
 
     fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
@@ -207,19 +339,35 @@ mod flex {
 
     impl FusedStatsOps for Flex {
         fn overlap_stats_labels(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            run(&logits, Target::Labels(&labels), &mask, None, spec(activation, include_background, squared, difference))
+            stats(&logits, Target::Labels(&labels), &mask, spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_labels_backward(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            run(&logits, Target::Labels(&labels), &mask, Some(&grad), spec(activation, include_background, squared, difference))
+            gradient(&logits, Target::Labels(&labels), &mask, &grad, spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_dense(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            run(&logits, Target::Dense(&target), &mask, None, spec(activation, include_background, squared, difference))
+            stats(&logits, Target::Dense(&target), &mask, spec(activation, include_background, squared, difference))
         }
 
         fn overlap_stats_dense_backward(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            run(&logits, Target::Dense(&target), &mask, Some(&grad), spec(activation, include_background, squared, difference))
+            gradient(&logits, Target::Dense(&target), &mask, &grad, spec(activation, include_background, squared, difference))
+        }
+
+        fn overlap_stats_labels_saving(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> (FlexTensor, FlexTensor) {
+            saving(logits, Target::Labels(&labels), &mask, spec(activation, include_background, squared, difference))
+        }
+
+        fn overlap_stats_labels_backward_saved(saved: FlexTensor, labels: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
+            gradient_saved(saved, Target::Labels(&labels), &mask, &grad, spec(activation, include_background, squared, difference))
+        }
+
+        fn overlap_stats_dense_saving(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> (FlexTensor, FlexTensor) {
+            saving(logits, Target::Dense(&target), &mask, spec(activation, include_background, squared, difference))
+        }
+
+        fn overlap_stats_dense_backward_saved(saved: FlexTensor, target: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
+            gradient_saved(saved, Target::Dense(&target), &mask, &grad, spec(activation, include_background, squared, difference))
         }
     }
 }
@@ -242,18 +390,26 @@ impl<B: FusedStatsOps> SavedTarget<B> {
         }
     }
 
-    fn backward(self, x: FloatTensor<B>, mask: FloatTensor<B>, grad: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+    fn forward_saving(self, x: FloatTensor<B>, mask: FloatTensor<B>, (a, bg, sq, diff): Options) -> (FloatTensor<B>, FloatTensor<B>) {
         match self {
-            SavedTarget::Labels(l) => B::overlap_stats_labels_backward(x, l, mask, grad, a, bg, sq, diff),
-            SavedTarget::Dense(t) => B::overlap_stats_dense_backward(x, t, mask, grad, a, bg, sq, diff),
+            SavedTarget::Labels(l) => B::overlap_stats_labels_saving(x, l, mask, a, bg, sq, diff),
+            SavedTarget::Dense(t) => B::overlap_stats_dense_saving(x, t, mask, a, bg, sq, diff),
+        }
+    }
+
+    fn backward(self, saved: FloatTensor<B>, mask: FloatTensor<B>, grad: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::overlap_stats_labels_backward_saved(saved, l, mask, grad, a, bg, sq, diff),
+            SavedTarget::Dense(t) => B::overlap_stats_dense_backward_saved(saved, t, mask, grad, a, bg, sq, diff),
         }
     }
 }
 
-/// What the backward step keeps: the inputs (the target and mask as plain primitives) and the options.
+/// What the backward step keeps: what the forward saved for it (the activations on Flex, else the
+/// logits), the target and mask as plain primitives, and the options.
 #[derive(Debug, Clone)]
 struct SavedInputs<B: Backend> {
-    logits: FloatTensor<B>,
+    saved: FloatTensor<B>,
     target: SavedTarget<B>,
     mask: FloatTensor<B>,
     options: Options,
@@ -270,7 +426,7 @@ impl<B: FusedStatsOps> Backward<B, 1> for FusedStatsBackward {
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
         if let Some(node) = node {
-            grads.register::<B>(node.id, s.target.backward(s.logits, s.mask, grad, s.options));
+            grads.register::<B>(node.id, s.target.backward(s.saved, s.mask, grad, s.options));
         }
     }
 }
@@ -287,8 +443,8 @@ fn record<B: FusedStatsOps, C: CheckpointStrategy>(
     let x = logits.into_primitive();
     match FusedStatsBackward.prepare::<C>([node]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let state = SavedInputs::<B> { logits: x.clone(), target: target.clone(), mask: mask.clone(), options };
-            prep.finish(state, target.forward(x, mask, options))
+            let (stats, saved) = target.clone().forward_saving(x, mask.clone(), options);
+            prep.finish(SavedInputs::<B> { saved, target, mask, options }, stats)
         }
         OpsKind::UnTracked(prep) => prep.finish(target.forward(x, mask, options)),
     }
@@ -309,5 +465,43 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
 
     fn overlap_stats_dense_backward(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: u8, _: bool, _: bool, _: bool) -> FloatTensor<Self> {
         unimplemented!("segloss: second derivatives of the fused overlap statistics are not supported")
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::backend::flex::{Flex, FlexTensor};
+    use burn::tensor::TensorData;
+
+    use super::FusedStatsOps;
+
+    fn values(t: &FlexTensor) -> Vec<f32> {
+        t.clone().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The saved activations become the gradient in place when the backward owns them, and are
+    /// copied (left intact) when something else still holds them; both equal the recomputing
+    /// backward.
+    #[test]
+    fn saved_activations_are_only_overwritten_when_owned() {
+        let (b, c, n) = (2, 3, 50);
+        let x = FlexTensor::from_data(TensorData::new((0..b * c * n).map(|i| (i % 17) as f32 * 0.3 - 2.0).collect::<Vec<f32>>(), [b, c, n]));
+        let labels = FlexTensor::from_data(TensorData::new((0..b * n).map(|i| (i % c) as i64).collect::<Vec<i64>>(), [b, n]));
+        let mask = FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]));
+        let grad = FlexTensor::from_data(TensorData::new((0..4 * b * c).map(|i| i as f32 * 0.1 - 0.5).collect::<Vec<f32>>(), [4, b, c]));
+        let plain = Flex::overlap_stats_labels(x.clone(), labels.clone(), mask.clone(), 0, true, false, true);
+        let want = values(&Flex::overlap_stats_labels_backward(x.clone(), labels.clone(), mask.clone(), grad.clone(), 0, true, false, true));
+        let (stats, saved) = Flex::overlap_stats_labels_saving(x.clone(), labels.clone(), mask.clone(), 0, true, false, true);
+        assert_eq!(values(&stats), values(&plain));
+        let probs = values(&saved);
+        let held = saved.clone();
+        let copied = Flex::overlap_stats_labels_backward_saved(saved, labels.clone(), mask.clone(), grad.clone(), 0, true, false, true);
+        assert_eq!(values(&copied), want);
+        assert_eq!(values(&held), probs, "a shared buffer of activations was overwritten");
+        let in_place = Flex::overlap_stats_labels_backward_saved(held, labels, mask, grad, 0, true, false, true);
+        assert_eq!(values(&in_place), want);
+        // Without an activation the logits are what is saved, and they are never written.
+        let (_, saved) = Flex::overlap_stats_labels_saving(x.clone(), FlexTensor::from_data(TensorData::new(vec![0i64; b * n], [b, n])), FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0])), 2, true, false, false);
+        assert_eq!(values(&saved), values(&x));
     }
 }
