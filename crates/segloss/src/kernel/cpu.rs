@@ -1,24 +1,36 @@
 //! The fused overlap-statistics kernel for CPUs: plain Rust over slices, vectorised by the compiler
 //! (AVX2/FMA when the CPU has them, detected at run time; SSE2 otherwise) and parallel with rayon.
 //!
-//! **Forward**: one pass over the logits computes, per (sample, class), `I = sum m p m g`,
-//! `P = sum m p` (or `(m p)^2`), `G = sum m g` (or `(m g)^2`) and `E = sum |m p - m g|` (or its
-//! square), with the activation applied on the fly and the one-hot target read from the label
-//! map: no probability, one-hot or product tensor is built. Output `[4, B, K]`.
+//! **Forward** ([`forward`]): one pass over the logits computes, per (sample, class),
+//! `I = sum m p m g`, `P = sum m p` (or `(m p)^2`), `G = sum m g` (or `(m g)^2`) and
+//! `E = sum |m p - m g|` (or its square), with the activation applied on the fly and the one-hot
+//! target read from the label map: no one-hot or product tensor is built. Output `[4, B, K]`.
+//! The voxels are taken in tiles of 256: the softmax of a tile (`C x 256` floats) stays in the
+//! L1 cache from the pass that finds the maximum to the one that adds the class sums.
 //!
-//! **Backward**: one more pass recomputes `p` and writes `d loss / d x` from the incoming
-//! gradients of `I`, `P`, `E` (the target is not differentiated):
+//! **Backward**: writes `d loss / d x` from the incoming gradients of `I`, `P`, `E` (the target
+//! is not differentiated):
 //!
 //! ```text
 //! u_c  = m (dI_c m g_c + dP_c (1 or 2 m p_c) + dE_c (sign(m p_c - m g_c) or 2 (m p_c - m g_c)))
 //! dx_c = p_c (u_c - sum_j p_j u_j)   (softmax)     u_c p_c (1 - p_c)   (sigmoid)     u_c   (none)
 //! ```
 //!
+//! Two ways to get `p` there, with the same results bit for bit:
+//! - [`backward`] recomputes it from the logits (one more `exp` per element);
+//! - [`forward_saving`] writes `p` during the forward's pass into a buffer of the gradient's size
+//!   (streaming stores: the lines are not read first), and [`backward_in_place`] turns that
+//!   buffer into the gradient. On CPUs `exp` costs more than the memory traffic it saves (about
+//!   1.2 ns per element and thread on the development machine, where the backward drops from
+//!   10 ms to 3.5 ms at 3 x 9 x 64^3), so Flex runs this way whenever a backward is recorded;
+//!   the peak memory is the same, the gradient's buffer is just allocated at the forward.
+//!
 //! **Numerics**: sums run over blocks of [`BLOCK`] voxels with 8 independent f32 accumulators per
 //! statistic, block totals are added in f64, in block order: the result does not depend on the
 //! number of threads. `exp` is a degree-5 minimax polynomial after Cody-Waite range reduction
-//! (relative error below 3e-7) clamped to
-//! the float32 range, so logits of +-1e4 saturate instead of overflowing.
+//! (relative error below 3e-7), clamped to the float32 range, so logits of +-1e4 saturate instead
+//! of overflowing; the sigmoid's division is a reciprocal estimate refined by a Newton step where
+//! the CPU has FMA (relative error about 2e-7).
 
 // The block functions take the problem (slices, sizes, options) and the block position as plain
 // arguments so that they inline into the SIMD-specialised entry points.
@@ -138,21 +150,34 @@ pub fn exp_f32(x: f32) -> f32 {
     exp_poly::<false>(x)
 }
 
+/// `a b + c`, fused when `FMA` (only inside FMA-enabled code).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// `exp` with the polynomial in fused multiply-adds when `FMA` (only inside FMA-enabled code).
 #[inline(always)]
 fn exp_poly<const FMA: bool>(x: f32) -> f32 {
-    #[inline(always)]
-    fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-        if FMA { a.mul_add(b, c) } else { a * b + c }
-    }
+    let (y, pow2) = exp_parts::<FMA, false>(x);
+    y * pow2
+}
+
+/// `exp(x)` (or `exp(-x)` with `NEG`, the negation folded into the range reduction) as
+/// `y * 2^n`, returned as `(y, 2^n)` so that a caller can fuse the product with an addition.
+#[inline(always)]
+fn exp_parts<const FMA: bool, const NEG: bool>(x: f32) -> (f32, f32) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let x = x.clamp(-87.336_55, 88.0);
-    let t = madd::<FMA>(x, LOG2E, ROUND);
+    const LO: f32 = -87.336_55;
+    const HI: f32 = 88.0;
+    // The argument a = x (or -x) is clamped to [LO, HI]; t = a log2(e) rounded, r = a - t ln 2.
+    let x = if NEG { x.clamp(-HI, -LO) } else { x.clamp(LO, HI) };
+    let t = madd::<FMA>(x, if NEG { -LOG2E } else { LOG2E }, ROUND);
     let fx = t - ROUND;
-    let r = madd::<FMA>(fx, -C2, madd::<FMA>(fx, -C1, x));
+    let r = if NEG { madd::<FMA>(fx, -C2, madd::<FMA>(-fx, C1, -x)) } else { madd::<FMA>(fx, -C2, madd::<FMA>(fx, -C1, x)) };
     // exp(r) on |r| <= ln(2) / 2 as 1 + r + r^2 q(r), q of degree 3: minimax coefficients for the
     // relative error (1.0e-7 in exact arithmetic, 2e-7 evaluated in f32).
     let mut y = 8.314_719e-3;
@@ -164,8 +189,7 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     // t = 1.5 * 2^23 + n exactly, so n sits in the low mantissa bits (integer ops vectorise,
     // unlike a saturating float-to-int cast).
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let pow2 = f32::from_bits((n.wrapping_add(127) << 23) as u32);
-    y * pow2
+    (y, f32::from_bits((n.wrapping_add(127) << 23) as u32))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,7 +208,10 @@ fn exp_poly<const FMA: bool>(x: f32) -> f32 {
 fn act8<const ACT: u8, const FMA: bool>(src: &[f32; LANES], r: &[f32; LANES]) -> [f32; LANES] {
     match ACT {
         0 => std::array::from_fn(|l| src[l] * r[l]),
-        1 => recip8::<FMA>(&std::array::from_fn(|l| 1.0 + exp_poly::<FMA>(-src[l]))),
+        1 => recip8::<FMA>(&std::array::from_fn(|l| {
+            let (y, pow2) = exp_parts::<FMA, true>(src[l]);
+            madd::<FMA>(y, pow2, 1.0)
+        })),
         _ => *src,
     }
 }
@@ -225,20 +252,6 @@ fn target_at<const LAB: bool>(t: f32, class: f32) -> f32 {
     } else {
         t
     }
-}
-
-/// One voxel's contributions `[m p m g, m p or (m p)^2, m g or (m g)^2, |m p - m g| or its square]`.
-#[inline(always)]
-fn contributions<const SQ: bool, const MASK: bool, const DIFF: bool>(p: f32, g: f32, w: f32) -> [f32; 4] {
-    let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
-    let (pp, gg) = if SQ { (mp * mp, mg * mg) } else { (mp, mg) };
-    let e = if DIFF {
-        let diff = mp - mg;
-        if SQ { diff * diff } else { diff.abs() }
-    } else {
-        0.0
-    };
-    [mp * mg, pp, gg, e]
 }
 
 /// `u = d loss / d p` at one voxel from the gradients `[dI, dP, dE]` of its class's statistics.
@@ -308,13 +321,15 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
     let (r, t, m, out) = (&r[..len], &t[..len], &m[..len], &mut out[..len]);
     // Four separate lane arrays, each a vector register.
     let [mut ai, mut ap, mut ag, mut ae] = *acc;
+    // One voxel's contributions: m p m g, m p or (m p)^2, m g or (m g)^2, |m p - m g| or its square.
     let add = |p: f32, g: f32, w: f32, lane: usize, ai: &mut [f32; LANES], ap: &mut [f32; LANES], ag: &mut [f32; LANES], ae: &mut [f32; LANES]| {
-        let v = contributions::<SQ, MASK, DIFF>(p, g, w);
-        ai[lane] += v[0];
-        ap[lane] += v[1];
-        ag[lane] += v[2];
+        let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
+        ai[lane] = madd::<FMA>(mp, mg, ai[lane]);
+        ap[lane] = if SQ { madd::<FMA>(mp, mp, ap[lane]) } else { ap[lane] + mp };
+        ag[lane] = if SQ { madd::<FMA>(mg, mg, ag[lane]) } else { ag[lane] + mg };
         if DIFF {
-            ae[lane] += v[3];
+            let diff = mp - mg;
+            ae[lane] = if SQ { madd::<FMA>(diff, diff, ae[lane]) } else { ae[lane] + diff.abs() };
         }
     };
     let chunks = src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
@@ -934,6 +949,10 @@ mod tests {
             let e = (x as f64).exp();
             worst = worst.max(((exp_f32(x) as f64 - e) / e).abs());
             worst_fma = worst_fma.max(((exp_poly::<true>(x) as f64 - e) / e).abs());
+            // exp(-x) with the negation folded in, as the sigmoid computes it.
+            for neg in [exp_parts::<false, true>(-x), exp_parts::<true, true>(-x)] {
+                worst = worst.max(((neg.0 as f64 * neg.1 as f64 - e) / e).abs());
+            }
             x += 0.00137;
         }
         assert!(worst < 3e-7, "relative error {worst}");
@@ -941,5 +960,11 @@ mod tests {
         assert_eq!(exp_f32(-1e4), exp_f32(-87.336_55));
         assert!(exp_f32(1e4).is_finite());
         assert!(exp_f32(f32::NAN).is_nan());
+        let neg = |x: f32| {
+            let (y, pow2) = exp_parts::<false, true>(x);
+            y * pow2
+        };
+        assert_eq!(neg(1e4), exp_f32(-87.336_55));
+        assert!(neg(-1e4).is_finite() && neg(f32::NAN).is_nan());
     }
 }

@@ -2,6 +2,11 @@
 //! statistics `[4, B, K]` straight from the logits and the target, and a hand-written backward
 //! that writes the gradient with respect to the logits in one more pass (see [`super::cpu`]).
 //!
+//! When the logits are tracked, the autodiff decorator runs the `_saving` forward and keeps what
+//! it returns for the backward: on Flex the activations, written in the forward's pass into the
+//! buffer that the backward then overwrites with the gradient (no `exp` recomputed, the peak
+//! memory unchanged); on the CubeCL backends the logits (recomputing is cheap on a GPU).
+//!
 //! Implemented for Flex (Burn's pure-Rust CPU backend, kernel in [`super::cpu`]), for Burn's CubeCL
 //! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in [`super::cube`]) and
 //! for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which

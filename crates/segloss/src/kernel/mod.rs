@@ -4,7 +4,9 @@
 //!   autodiff differentiates it, and it is the reference the fused kernels are tested against.
 //! - [`fused`] is a Burn backend extension with a hand-written backward, running the CPU kernel
 //!   of [`cpu`] on Flex and the CubeCL kernel of `cube` on wgpu and CUDA (features `wgpu`,
-//!   `cuda`): no probability, one-hot or product tensor is built.
+//!   `cuda`): no one-hot or product tensor is built, and nothing of the prediction's size is
+//!   allocated but the gradient (on Flex, when a backward is recorded, the forward writes the
+//!   activations into the gradient's buffer so that the backward does not recompute them).
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod composed;
