@@ -4,7 +4,7 @@
 Same machine, same run, same thread count. For every named shape and loss it prints the median
 time of one forward + backward (gradient with respect to the logits) for MONAI and for segloss
 (fused kernel), their ratio, the memory-traffic floor measured in the same run (segloss's
-`loss_bench` reads the logits and labels twice and writes a gradient-sized buffer once with plain
+`loss_bench` reads the logits and the target twice and writes a gradient-sized buffer once with plain
 copies and sums) and the peak resident memory that the first forward + backward adds beyond the
 inputs, read from the OS (Linux VmHWM, reset just before through /proc/self/clear_refs).
 

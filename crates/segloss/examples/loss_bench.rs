@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
-//! memory-traffic floor measured in the same process (reading the logits and labels twice and
-//! writing a gradient-sized buffer once, with plain copies and sums), and the peak resident
+//! memory-traffic floor measured in the same process (reading the logits and the target twice
+//! and writing a gradient-sized buffer once, with plain copies and sums), and the peak resident
 //! memory added by the first forward + backward beyond the inputs (the OS's peak-resident counter,
 //! reset just before it). On a GPU device (wgpu, CUDA) a step ends with reading back the sum of
 //! the gradient (so the time covers all the queued work), two untimed steps come first (kernel
@@ -115,19 +115,24 @@ fn main() {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
-    // The memory-traffic floor: read logits and labels twice, write a gradient once (on the host).
+    // The memory-traffic floor: read logits and target twice, write a gradient once (on the host).
     let mut floor = vec![0.0];
     if on_host {
         floor.clear();
     }
     let xs: Vec<f32> = if on_host { logits.to_data().try_to_vec().unwrap() } else { Vec::new() };
-    let ls: Vec<i64> = if on_host { labels.to_data().iter::<i64>().collect() } else { Vec::new() };
+    // The target the loss reads: the label map, or the multi-label target of sigmoid-dice.
+    let ls: Vec<i64> = if on_host && multi.is_none() { labels.to_data().iter::<i64>().collect() } else { Vec::new() };
+    let ts: Vec<f32> = match &multi {
+        Some(t) if on_host => t.to_data().try_to_vec().unwrap(),
+        _ => Vec::new(),
+    };
     let mut out = vec![0.0f32; xs.len()];
     for _ in 0..if on_host { iters.max(5) } else { 0 } {
         let t = Instant::now();
-        let s1: f32 = xs.iter().sum::<f32>() + ls.iter().sum::<i64>() as f32;
+        let s1: f32 = xs.iter().sum::<f32>() + ls.iter().sum::<i64>() as f32 + ts.iter().sum::<f32>();
         out.copy_from_slice(&xs);
-        let s2: i64 = ls.iter().sum();
+        let s2: f32 = ls.iter().sum::<i64>() as f32 + ts.iter().sum::<f32>();
         std::hint::black_box((s1, s2, &out));
         floor.push(t.elapsed().as_secs_f64() * 1e3);
     }
