@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Two ways to get `p` there, with the same results bit for bit:
-//! - [`backward`] recomputes it from the logits (one more `exp` per element);
+//! - [`backward`] recomputes it from the logits (one more `exp` per element), tile by tile into
+//!   the gradient's rows, then runs the same in-place step as below;
 //! - [`forward_saving`] writes `p` during the forward's pass into a buffer of the gradient's size
 //!   (streaming stores: the lines are not read first), and [`backward_in_place`] turns that
 //!   buffer into the gradient. On CPUs `exp` costs more than the memory traffic it saves (about
@@ -353,13 +354,22 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
     *acc = [ai, ap, ag, ae];
 }
 
-/// Writes the activations of one tile of one class to `out` (for a channel outside the sums).
+/// Writes the activations of one tile of one class to `out`: with `STREAM` for the saving forward
+/// (a channel outside the sums; the values are read again only by the backward), else with plain
+/// stores for the recomputing backward, which reads them back at once.
 #[inline(always)]
-fn class_activations<const ACT: u8, const FMA: bool>(src: &[f32], r: &[f32], out: &mut [MaybeUninit<f32>]) {
+fn class_activations<const ACT: u8, const FMA: bool, const STREAM: bool>(src: &[f32], r: &[f32], out: &mut [MaybeUninit<f32>]) {
     let len = src.len();
     let (r, out) = (&r[..len], &mut out[..len]);
     for ((sc, rc), oc) in src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES)) {
-        store_streaming(oc, &act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap()));
+        let p = act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap());
+        if STREAM {
+            store_streaming(oc, &p);
+        } else {
+            for (o, &v) in oc.iter_mut().zip(&p) {
+                o.write(v);
+            }
+        }
     }
     let full = len - len % LANES;
     let p = act8::<ACT, FMA>(&lanes(src, full), &lanes(r, full));
@@ -368,78 +378,7 @@ fn class_activations<const ACT: u8, const FMA: bool>(src: &[f32], r: &[f32], out
     }
 }
 
-/// Softmax backward, first pass over one class of a tile: turns `e` (exp(x - max)) into `p`
-/// and adds `p u` to `dot`.
-#[inline(always)]
-fn class_upstream_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(
-    e: &mut [f32],
-    r: &[f32],
-    t: &[f32],
-    class: f32,
-    m: &[f32],
-    coef: [f32; 3],
-    dot: &mut [f32],
-) {
-    let len = e.len();
-    let (r, t, m, dot) = (&r[..len], &t[..len], &m[..len], &mut dot[..len]);
-    for i in 0..len {
-        let p = e[i] * r[i];
-        let u = upstream_at::<SQ, MASK, DIFF>(p, target_at::<LAB>(t[i], class), m[i], coef);
-        dot[i] += p * u;
-        e[i] = p;
-    }
-}
-
-/// Softmax backward, second pass over one class of a tile: `dx = p (u - dot)`.
-#[inline(always)]
-fn class_softmax_grad<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(
-    p: &[f32],
-    t: &[f32],
-    class: f32,
-    m: &[f32],
-    coef: [f32; 3],
-    dot: &[f32],
-    out: &mut [MaybeUninit<f32>],
-) {
-    let len = p.len();
-    let (t, m, dot, out) = (&t[..len], &m[..len], &dot[..len], &mut out[..len]);
-    for i in 0..len {
-        let u = upstream_at::<SQ, MASK, DIFF>(p[i], target_at::<LAB>(t[i], class), m[i], coef);
-        out[i].write(p[i] * (u - dot[i]));
-    }
-}
-
-/// Sigmoid or identity backward over one class of a tile: `dx = u p (1 - p)` or `u`.
-#[inline(always)]
-fn class_elementwise_grad<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(
-    x: &[f32],
-    t: &[f32],
-    class: f32,
-    m: &[f32],
-    coef: [f32; 3],
-    out: &mut [MaybeUninit<f32>],
-) {
-    let len = x.len();
-    let (t, m, out) = (&t[..len], &m[..len], &mut out[..len]);
-    let grad = |p: f32, t: f32, w: f32| {
-        let u = upstream_at::<SQ, MASK, DIFF>(p, target_at::<LAB>(t, class), w, coef);
-        if ACT == 1 { u * p * (1.0 - p) } else { u }
-    };
-    let chunks = x.chunks_exact(LANES).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
-    for (((xc, tc), mc), oc) in chunks {
-        let p = act8::<ACT, FMA>(xc.try_into().unwrap(), &[1.0; LANES]);
-        for l in 0..LANES {
-            oc[l].write(grad(p[l], tc[l], mc[l]));
-        }
-    }
-    let full = len - len % LANES;
-    let p = act8::<ACT, FMA>(&lanes(x, full), &[1.0; LANES]);
-    for i in full..len {
-        out[i].write(grad(p[i - full], t[i], m[i]));
-    }
-}
-
-/// Softmax backward from saved probabilities, first pass over one class of a tile: adds `p u` to `dot`.
+/// Softmax backward, first pass over the activations of one class of a tile: adds `p u` to `dot`.
 #[inline(always)]
 fn class_probs_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &[f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &mut [f32]) {
     let len = p.len();
@@ -449,8 +388,8 @@ fn class_probs_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF
     }
 }
 
-/// Backward from saved probabilities, in place over one class of a tile: `p` becomes
-/// `p (u - dot)` (softmax, `ACT = 0`) or `u p (1 - p)` (sigmoid).
+/// Backward in place over the activations of one class of a tile: `p` becomes `p (u - dot)`
+/// (softmax, `ACT = 0`), `u p (1 - p)` (sigmoid) or `u` (identity).
 #[inline(always)]
 fn class_grad_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &mut [f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &[f32]) {
     let len = p.len();
@@ -458,7 +397,11 @@ fn class_grad_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MAS
     for i in 0..len {
         let pi = p[i];
         let u = upstream_at::<SQ, MASK, DIFF>(pi, target_at::<LAB>(t[i], class), m[i], coef);
-        p[i] = if ACT == 0 { pi * (u - dot[i]) } else { u * pi * (1.0 - pi) };
+        p[i] = match ACT {
+            0 => pi * (u - dot[i]),
+            1 => u * pi * (1.0 - pi),
+            _ => u,
+        };
     }
 }
 
@@ -590,7 +533,7 @@ impl<L: Label> Block<'_, L> {
                         let out = unsafe { save.row(b, c, v0, len, d) };
                         match c.checked_sub(first) {
                             Some(j) => class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, true>(src, r, t, c as f32, m, &mut s.acc[j], out),
-                            None => class_activations::<ACT, FMA>(src, r, out),
+                            None => class_activations::<ACT, FMA, true>(src, r, out),
                         }
                     }
                     None => {
@@ -613,63 +556,53 @@ impl<L: Label> Block<'_, L> {
         out
     }
 
-    /// Writes the block's gradient into `dx`.
+    /// Writes the block's gradient into `dx`: tile by tile, the activations into the tile's rows
+    /// of `dx` (recomputed from the logits), then [`Block::grad_tile`] over them.
     #[inline(always)]
     fn backward<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(&self, s: &mut Scratch, dx: DxPtr) {
         let (d, b, x) = (self.d, self.b, self.x);
         for (v0, len) in self.tiles() {
-            tile_labels(self.t, d, b, v0, len, &mut s.labels);
-            let m = self.tile_mask(v0, len, &s.ones);
             if ACT == 0 {
                 softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
-                s.dot[..len].fill(0.0);
-                for c in 0..d.c {
-                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                    class_upstream_dot::<LAB, SQ, MASK, DIFF>(&mut s.e[c * TILE..][..len], &s.r, t, c as f32, m, self.coef(c), &mut s.dot);
-                }
-                for c in 0..d.c {
-                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                    // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
-                    let out = unsafe { dx.row(b, c, v0, len, d) };
-                    class_softmax_grad::<LAB, SQ, MASK, DIFF>(&s.e[c * TILE..][..len], t, c as f32, m, self.coef(c), &s.dot, out);
-                }
-            } else {
-                for c in 0..d.c {
-                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                    // SAFETY: as above.
-                    let out = unsafe { dx.row(b, c, v0, len, d) };
-                    let xr = &x[(b * d.c + c) * d.n + v0..][..len];
-                    class_elementwise_grad::<ACT, LAB, SQ, MASK, DIFF, FMA>(xr, t, c as f32, m, self.coef(c), out);
-                }
-            }
-        }
-    }
-}
-
-impl<L: Label> Block<'_, L> {
-    /// Turns the saved probabilities of the block (in `p`) into the gradient, in place.
-    #[inline(always)]
-    fn backward_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr) {
-        let (d, b) = (self.d, self.b);
-        for (v0, len) in self.tiles() {
-            tile_labels(self.t, d, b, v0, len, &mut s.labels);
-            let m = self.tile_mask(v0, len, &s.ones);
-            if ACT == 0 {
-                s.dot[..len].fill(0.0);
-                for c in 0..d.c {
-                    let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                    // SAFETY: this task alone reads and writes row (b, c) over voxels v0..v0 + len,
-                    // which the forward initialised.
-                    let row = unsafe { p.row_init(b, c, v0, len, d) };
-                    class_probs_dot::<LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &mut s.dot);
-                }
             }
             for c in 0..d.c {
-                let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                // SAFETY: as above.
-                let row = unsafe { p.row_init(b, c, v0, len, d) };
-                class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &s.dot);
+                let (src, r) = if ACT == 0 { (&s.e[c * TILE..][..len], &s.r[..len]) } else { (&x[(b * d.c + c) * d.n + v0..][..len], &s.ones[..len]) };
+                // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
+                class_activations::<ACT, FMA, false>(src, r, unsafe { dx.row(b, c, v0, len, d) });
             }
+            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF>(s, dx, v0, len);
+        }
+    }
+
+    /// Turns the saved activations of the block (in `p`) into the gradient, in place.
+    #[inline(always)]
+    fn backward_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr) {
+        for (v0, len) in self.tiles() {
+            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF>(s, p, v0, len);
+        }
+    }
+
+    /// Turns the activations of one tile (`len` voxels from `v0`, in `p`) into the gradient.
+    #[inline(always)]
+    fn grad_tile<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr, v0: usize, len: usize) {
+        let (d, b) = (self.d, self.b);
+        tile_labels(self.t, d, b, v0, len, &mut s.labels);
+        let m = self.tile_mask(v0, len, &s.ones);
+        if ACT == 0 {
+            s.dot[..len].fill(0.0);
+            for c in 0..d.c {
+                let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                // SAFETY: this task alone reads and writes row (b, c) over voxels v0..v0 + len,
+                // which holds the activations written before.
+                let row = unsafe { p.row_init(b, c, v0, len, d) };
+                class_probs_dot::<LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &mut s.dot);
+            }
+        }
+        for c in 0..d.c {
+            let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+            // SAFETY: as above.
+            let row = unsafe { p.row_init(b, c, v0, len, d) };
+            class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &s.dot);
         }
     }
 }
@@ -770,15 +703,40 @@ fn run_block_best<L: Label>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
     run_block::<L, false>(blk, work)
 }
 
+/// Checks the sizes of a call's slices against `d` (and of the statistics' gradient), naming
+/// the one that does not fit.
+fn check_sizes<L: Label>(what: &str, x: usize, t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: Option<&[f32]>, d: Dims, spec: &Spec) {
+    let n = d.b * d.c * d.n;
+    assert_eq!(x, n, "segloss kernel: {what} has {x} values, expected B * C * N = {} * {} * {} = {n}", d.b, d.c, d.n);
+    match t {
+        TargetRef::Labels(l) => assert_eq!(l.len(), d.b * d.n, "segloss kernel: the label map has {} values, expected B * N = {}", l.len(), d.b * d.n),
+        TargetRef::Dense(v) => assert_eq!(v.len(), n, "segloss kernel: the dense target has {} values, expected B * C * N = {n}", v.len()),
+    }
+    if let Some(m) = mask {
+        assert_eq!(m.len(), d.b * d.n, "segloss kernel: the mask has {} values, expected B * N = {}", m.len(), d.b * d.n);
+    }
+    if let Some(g) = grad {
+        let k = 4 * d.b * d.k(spec);
+        assert_eq!(g.len(), k, "segloss kernel: the statistics' gradient has {} values, expected 4 * B * K = {k}", g.len());
+    }
+}
+
 /// The statistics `[4, B, K]` (I, P, G, E; E is 0 unless `spec.difference`).
+///
+/// # Panics
+/// If a slice's length does not match `d` (the message names it).
 pub fn forward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> Vec<f32> {
     forward_impl(x, t, mask, d, spec, None)
 }
 
 /// The statistics, as [`forward`], and the activations `p` `[B, C, N]` (written in the same pass),
-/// for [`backward_in_place`]. With `Act::None` the activations are the logits: use [`backward`].
+/// for [`backward_in_place`].
+///
+/// # Panics
+/// With `Act::None` (the activations are the logits: use [`forward`] and [`backward`]), or if a
+/// slice's length does not match `d`.
 pub fn forward_saving<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> (Vec<f32>, Vec<f32>) {
-    assert!(spec.act != Act::None, "the activations of Act::None are the logits");
+    assert!(spec.act != Act::None, "segloss kernel: the activations of Act::None are the logits; nothing to save");
     let mut p = uninit(d.b * d.c * d.n);
     let stats = forward_impl(x, t, mask, d, spec, Some(DxPtr(p.as_mut_ptr())));
     // SAFETY: the blocks cover every (b, c, n) exactly once (every sample, every block of voxels,
@@ -787,7 +745,7 @@ pub fn forward_saving<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f
 }
 
 fn forward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec, save: Option<DxPtr>) -> Vec<f32> {
-    assert_eq!(x.len(), d.b * d.c * d.n);
+    check_sizes("the logits", x.len(), t, mask, None, d, &spec);
     let k = d.k(&spec);
     let blocks = d.blocks();
     let partial: Vec<Vec<f64>> = (0..d.b * blocks)
@@ -852,10 +810,11 @@ unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
 
 /// The gradient with respect to the logits, as [`backward`], written over the activations `p`
 /// that [`forward_saving`] returned (no logits read, no activation recomputed, nothing allocated).
+///
+/// # Panics
+/// If a slice's length does not match `d`.
 pub fn backward_in_place<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) {
-    assert_eq!(p.len(), d.b * d.c * d.n);
-    assert_eq!(grad.len(), 4 * d.b * d.k(&spec));
-    assert!(spec.act != Act::None, "the activations of Act::None are the logits");
+    check_sizes("the activations", p.len(), t, mask, Some(grad), d, &spec);
     let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
     let blocks = d.blocks();
     (0..d.b * blocks).into_par_iter().for_each_init(
@@ -868,9 +827,11 @@ pub fn backward_in_place<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Opt
 }
 
 /// The gradient with respect to the logits `[B, C, N]`, given the gradient of the statistics `[4, B, K]`.
+///
+/// # Panics
+/// If a slice's length does not match `d`.
 pub fn backward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) -> Vec<f32> {
-    assert_eq!(x.len(), d.b * d.c * d.n);
-    assert_eq!(grad.len(), 4 * d.b * d.k(&spec));
+    check_sizes("the logits", x.len(), t, mask, Some(grad), d, &spec);
     let mut dx = uninit(d.b * d.c * d.n);
     let ptr = DxPtr(dx.as_mut_ptr());
     let blocks = d.blocks();
@@ -960,6 +921,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "the label map has 10 values, expected B * N = 12")]
+    fn a_slice_of_the_wrong_size_is_named() {
+        let d = Dims { b: 2, c: 3, n: 6 };
+        let spec = Spec { act: Act::Softmax, include_background: true, squared: false, difference: false };
+        forward(&[0.0; 36], TargetRef::Labels(&[0i64; 10]), None, d, spec);
     }
 
     #[test]
