@@ -1,10 +1,11 @@
 //! Times forward + backward of one loss on one shape, for `bench/compare_monai.py`.
 //!
 //! ```text
-//! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D]
+//! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]
 //!   LOSS   dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
 //!   SHAPE  BxCxS1xS2[xS3], e.g. 3x9x64x64x64
 //!   D      flex (default) | wgpu | wgpu-cpu | wgpu-gpu (feature wgpu) | cuda (feature cuda)
+//!   --no-validate  skip the label-range check (`validate_labels = false`), to time it apart
 //! ```
 //!
 //! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
@@ -42,12 +43,13 @@ fn reset_peak() {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loss_bench LOSS SHAPE [--kernel auto|composed] [--iters N]";
+    let usage = "usage: loss_bench LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]";
     let loss = args.first().expect(usage).clone();
     let shape: Vec<usize> = args.get(1).expect(usage).split('x').map(|v| v.parse().expect("shape: BxCxS...")).collect();
     let mut kernel = Kernel::Auto;
     let mut iters = 10usize;
     let mut device_name = "flex".to_string();
+    let mut validate = true;
     let mut i = 2;
     while i < args.len() {
         match args[i].as_str() {
@@ -61,6 +63,10 @@ fn main() {
             "--iters" => {
                 iters = args[i + 1].parse().expect("--iters N");
                 i += 2;
+            }
+            "--no-validate" => {
+                validate = false;
+                i += 1;
             }
             "--device" => {
                 device_name = args[i + 1].clone();
@@ -84,9 +90,9 @@ fn main() {
     let step = || {
         let x = logits.clone().require_grad();
         let value = match loss.as_str() {
-            "dice" => DiceLossConfig::new(Activation::Softmax).with_include_background(false).init().forward(x.clone(), Target::labels(labels.clone())),
+            "dice" => DiceLossConfig::new(Activation::Softmax).with_include_background(false).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
             "sigmoid-dice" => DiceLossConfig::new(Activation::Sigmoid).init().forward(x.clone(), Target::dense(multi.clone().unwrap())),
-            "gdl" => GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(x.clone(), Target::labels(labels.clone())),
+            "gdl" => GeneralizedDiceLossConfig::new(Activation::Softmax).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
             other => panic!("unknown loss {other}"),
         };
         let grads = value.backward();
@@ -139,7 +145,7 @@ fn main() {
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let host = |v: f64| if on_host { format!("{v:.3}") } else { "null".to_string() };
     println!(
-        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"device\": \"{device_name}\", \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {}, \"peak_extra_mib\": {}, \"gradient_mib\": {:.1}}}",
+        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"device\": \"{device_name}\", \"validate_labels\": {validate}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {}, \"peak_extra_mib\": {}, \"gradient_mib\": {:.1}}}",
         args[1],
         times[times.len() / 2],
         times[0],

@@ -172,6 +172,21 @@ pub fn supports(device: &Device) -> bool {
     }
 }
 
+/// Whether `device` is one of Burn's CubeCL devices (wgpu, CUDA; features `wgpu`, `cuda`), with
+/// or without autodiff. Their full reductions run axis by axis (see `input::label_min_max`).
+pub(crate) fn is_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        let inner = if device.is_autodiff() { device.clone().inner() } else { device.clone() };
+        matches!(inner.as_dispatch(), DispatchDevice::Cube(_))
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// The target of the fused operation.
 pub enum FusedTarget {
     /// Class indices `[B, N]`.
