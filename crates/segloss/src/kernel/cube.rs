@@ -19,6 +19,11 @@
 //! Nothing of the prediction's size is allocated: the partial buffer holds `4 B K` floats per
 //! `UNITS * ITEMS` voxels.
 //!
+//! **Layout**: every tensor is indexed through its strides, not as a packed array. CubeCL's CUDA
+//! runtime allocates tensors with their rows padded to an alignment, so even a contiguous
+//! `[B, C, N]` has a row stride above `N` unless `N` happens to be a multiple of it (found on an
+//! H200: 307 of 356 conformance cases were wrong through CUDA while wgpu packs its rows).
+//!
 //! **Backward** (`grad_kernel`): one unit per voxel `(b, n)` recomputes the activations of its
 //! `C` channels and writes all `C` gradient values, with the formulas of [`super::cpu`].
 //!
@@ -88,15 +93,14 @@ mod kernels {
 
     /// The softmax maximum and the reciprocal of the normaliser of voxel `n` of sample `b`.
     #[cube]
-    fn softmax_norm(x: &Tensor<f32>, b: usize, n: usize, c_count: usize, n_count: usize) -> (f32, f32) {
-        let base = b * c_count * n_count + n;
-        let mut mx = x[base];
+    fn softmax_norm(x: &Tensor<f32>, b: usize, n: usize, c_count: usize) -> (f32, f32) {
+        let mut mx = x[b * x.stride(0) + n * x.stride(2)];
         for c in 1..c_count {
-            mx = mx.max(x[base + c * n_count]);
+            mx = mx.max(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)]);
         }
         let mut sum = 0.0f32;
         for c in 0..c_count {
-            sum += exp_clamped(x[base + c * n_count] - mx);
+            sum += exp_clamped(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)] - mx);
         }
         (mx, 1.0f32 / sum)
     }
@@ -111,11 +115,10 @@ mod kernels {
         c: usize,
         n: usize,
         c_count: usize,
-        n_count: usize,
     ) -> f32 {
         #[comptime]
         let g = match dense {
-            ComptimeOption::Some(d) => d[(b * c_count + c) * n_count + n],
+            ComptimeOption::Some(d) => d[b * d.stride(0) + c * d.stride(1) + n * d.stride(2)],
             ComptimeOption::None => {
                 let mut one_hot = lab;
                 if c_count > 1 {
@@ -129,10 +132,10 @@ mod kernels {
 
     /// The label of voxel `n` of sample `b` as a float (through i32, as the CPU kernel converts).
 #[cube]
-    fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize, n_count: usize) -> f32 {
+    fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize) -> f32 {
         #[comptime]
         let l = match labels {
-            ComptimeOption::Some(l) => f32::cast_from(i32::cast_from(l[b * n_count + n])),
+            ComptimeOption::Some(l) => f32::cast_from(i32::cast_from(l[b * l.stride(0) + n * l.stride(1)])),
             ComptimeOption::None => 0.0f32,
         };
         l
@@ -140,10 +143,10 @@ mod kernels {
 
     /// The mask weight of voxel `n` of sample `b` (1 without a mask).
 #[cube]
-    fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize, n_count: usize) -> f32 {
+    fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize) -> f32 {
         #[comptime]
         let w = match mask {
-            ComptimeOption::Some(m) => m[b * n_count + n],
+            ComptimeOption::Some(m) => m[b * m.stride(0) + n * m.stride(1)],
             ComptimeOption::None => 1.0f32,
         };
         w
@@ -167,7 +170,6 @@ mod kernels {
         let c_count = x.shape(1);
         let n_count = x.shape(2);
         let k_count = c_count - flags.first as usize;
-        let chunks = partial.shape(1);
         let chunk = CUBE_POS_X as usize;
         let b = CUBE_POS_Y as usize;
         let unit = UNIT_POS_X as usize;
@@ -186,10 +188,10 @@ mod kernels {
             lab[i] = 0.0f32;
             w[i] = 0.0f32;
             if n < n_count {
-                w[i] = mask_value(&mask, b, n, n_count);
-                lab[i] = label_value::<I>(&labels, b, n, n_count);
+                w[i] = mask_value(&mask, b, n);
+                lab[i] = label_value::<I>(&labels, b, n);
                 if flags.act == 0 {
-                    let (m, s) = softmax_norm(x, b, n, c_count, n_count);
+                    let (m, s) = softmax_norm(x, b, n, c_count);
                     mx[i] = m;
                     inv[i] = s;
                 }
@@ -207,8 +209,8 @@ mod kernels {
             for i in 0..items {
                 let n = start + i * units;
                 if n < n_count {
-                    let p = activate(x[(b * c_count + c) * n_count + n], mx[i], inv[i], flags.act);
-                    let g = target_value(&dense, lab[i], b, c, n, c_count, n_count);
+                    let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx[i], inv[i], flags.act);
+                    let g = target_value(&dense, lab[i], b, c, n, c_count);
                     let mp = w[i] * p;
                     let mg = w[i] * g;
                     si += mp * mg;
@@ -250,17 +252,20 @@ mod kernels {
             if unit == 0 {
                 #[unroll]
                 for q in 0..4usize {
-                    partial[((q * b_count + b) * k_count + j) * chunks + chunk] = sh[q * units];
+                    let at = ((q * b_count + b) * k_count + j) * partial.stride(0) + chunk * partial.stride(1);
+                    partial[at] = sh[q * units];
                 }
             }
             sync_cube();
         }
     }
 
-    /// `out[r] = sum_t partial[r, t]`, one cube per row.
+    /// `out[q, b, j] = sum_t partial[r, t]` with `r = (q B + b) K + j`, one cube per row.
     #[cube(launch)]
     pub fn sum_rows_kernel(partial: &Tensor<f32>, out: &mut Tensor<f32>, #[comptime] units: usize) {
         let rows = partial.shape(0);
+        let b_count = out.shape(1);
+        let k_count = out.shape(2);
         let chunks = partial.shape(1);
         let row = CUBE_POS;
         if row >= rows {
@@ -270,7 +275,7 @@ mod kernels {
         let mut s = 0.0f32;
         let mut t = unit;
         while t < chunks {
-            s += partial[row * chunks + t];
+            s += partial[row * partial.stride(0) + t * partial.stride(1)];
             t += units;
         }
         let mut sh = Shared::<[f32]>::new_slice(units);
@@ -285,7 +290,8 @@ mod kernels {
             stride /= 2;
         }
         if unit == 0 {
-            out[row] = sh[0];
+            let at = (row / (b_count * k_count)) * out.stride(0) + ((row / k_count) % b_count) * out.stride(1) + (row % k_count) * out.stride(2);
+            out[at] = sh[0];
         }
     }
 
@@ -299,18 +305,16 @@ mod kernels {
         w: f32,
         b: usize,
         c: usize,
-        b_count: usize,
-        k_count: usize,
         #[comptime] flags: Flags,
     ) -> f32 {
         let mut u = 0.0f32;
         if c >= flags.first as usize {
             let j = c - flags.first as usize;
-            let gi = grad[b * k_count + j];
-            let gp = grad[(b_count + b) * k_count + j];
+            let gi = grad[b * grad.stride(1) + j * grad.stride(2)];
+            let gp = grad[grad.stride(0) + b * grad.stride(1) + j * grad.stride(2)];
             let mut ge = 0.0f32;
             if flags.difference {
-                ge = grad[(3 * b_count + b) * k_count + j];
+                ge = grad[3 * grad.stride(0) + b * grad.stride(1) + j * grad.stride(2)];
             }
             let mp = w * p;
             let mg = w * g;
@@ -341,40 +345,40 @@ mod kernels {
         let b_count = x.shape(0);
         let c_count = x.shape(1);
         let n_count = x.shape(2);
-        let k_count = c_count - flags.first as usize;
         let pos = ABSOLUTE_POS;
         if pos >= b_count * n_count {
             terminate!();
         }
         let b = pos / n_count;
         let n = pos % n_count;
-        let base = b * c_count * n_count + n;
-        let w = mask_value(&mask, b, n, n_count);
-        let lab = label_value::<I>(&labels, b, n, n_count);
+        let w = mask_value(&mask, b, n);
+        let lab = label_value::<I>(&labels, b, n);
         if flags.act == 0 {
-            let (mx, inv) = softmax_norm(x, b, n, c_count, n_count);
+            let (mx, inv) = softmax_norm(x, b, n, c_count);
             let mut dot = 0.0f32;
             for c in 0..c_count {
-                let p = activate(x[base + c * n_count], mx, inv, flags.act);
-                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
-                dot += p * upstream(grad, p, g, w, b, c, b_count, k_count, flags);
+                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx, inv, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count);
+                dot += p * upstream(grad, p, g, w, b, c, flags);
             }
             for c in 0..c_count {
-                let p = activate(x[base + c * n_count], mx, inv, flags.act);
-                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
-                let u = upstream(grad, p, g, w, b, c, b_count, k_count, flags);
-                out[base + c * n_count] = p * (u - dot);
+                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx, inv, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count);
+                let u = upstream(grad, p, g, w, b, c, flags);
+                let at = b * out.stride(0) + c * out.stride(1) + n * out.stride(2);
+                out[at] = p * (u - dot);
             }
         } else {
             for c in 0..c_count {
-                let p = activate(x[base + c * n_count], 0.0f32, 1.0f32, flags.act);
-                let g = target_value(&dense, lab, b, c, n, c_count, n_count);
-                let u = upstream(grad, p, g, w, b, c, b_count, k_count, flags);
+                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], 0.0f32, 1.0f32, flags.act);
+                let g = target_value(&dense, lab, b, c, n, c_count);
+                let u = upstream(grad, p, g, w, b, c, flags);
                 let mut d = u;
                 if flags.act == 1 {
                     d = u * p * (1.0f32 - p);
                 }
-                out[base + c * n_count] = d;
+                let at = b * out.stride(0) + c * out.stride(1) + n * out.stride(2);
+                out[at] = d;
             }
         }
     }
