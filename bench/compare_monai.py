@@ -81,6 +81,8 @@ def monai_row(loss_name, shape, iters, device="cpu"):
             return x.grad.sum().item()
         return x.grad
 
+    # Memory of the first measured step beyond the inputs: PyTorch's peak allocated GPU memory
+    # (after two untimed steps), or the OS's peak resident memory on the CPU.
     if device != "cpu":
         step()
         step()
@@ -89,17 +91,11 @@ def monai_row(loss_name, shape, iters, device="cpu"):
         torch.cuda.reset_peak_memory_stats()
         step()
         extra = (torch.cuda.max_memory_allocated() - before) / 2**20
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times), extra
-
-    reset_peak()
-    before = status_kib("VmRSS:")
-    step()
-    extra = (status_kib("VmHWM:") - before) / 1024.0
+    else:
+        reset_peak()
+        before = status_kib("VmRSS:")
+        step()
+        extra = (status_kib("VmHWM:") - before) / 1024.0
     times = []
     for _ in range(iters):
         t = time.perf_counter()
