@@ -162,8 +162,7 @@ pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
 /// Whether the fused operation runs on `device`, with or without autodiff: Flex (feature
 /// `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`, `cuda`).
 pub fn supports(device: &Device) -> bool {
-    let inner = if device.is_autodiff() { device.clone().inner() } else { device.clone() };
-    match inner.as_dispatch() {
+    match without_autodiff(device).as_dispatch() {
         #[cfg(feature = "flex")]
         DispatchDevice::Flex(_) => true,
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -177,14 +176,18 @@ pub fn supports(device: &Device) -> bool {
 pub(crate) fn is_cube(device: &Device) -> bool {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
-        let inner = if device.is_autodiff() { device.clone().inner() } else { device.clone() };
-        matches!(inner.as_dispatch(), DispatchDevice::Cube(_))
+        matches!(without_autodiff(device).as_dispatch(), DispatchDevice::Cube(_))
     }
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     {
         let _ = device;
         false
     }
+}
+
+/// The backend device under `device`'s autodiff layer, if it has one.
+fn without_autodiff(device: &Device) -> Device {
+    if device.is_autodiff() { device.clone().inner() } else { device.clone() }
 }
 
 /// The target of the fused operation.
