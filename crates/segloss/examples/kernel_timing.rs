@@ -1,4 +1,5 @@
-//! Times the CPU kernel alone (no Burn), for tuning: `cargo run --release --example kernel_timing`.
+//! Times the CPU kernel alone (no Burn), for tuning: `cargo run --release --example kernel_timing
+//! [-- FILTER]` (only the cases whose name contains FILTER, e.g. `sigmoid`).
 //!
 //! For the question's shape (3 x 9 x 64^3) and the benchmark's cases (softmax against a label
 //! map, sigmoid against a dense multi-label target, identity), prints the best of 15 times of the
@@ -32,7 +33,8 @@ fn main() {
         ("sigmoid, dense target", Act::Sigmoid, TargetRef::Dense(&dense[..])),
         ("identity, label map", Act::None, TargetRef::Labels(&labels[..])),
     ];
-    for (name, act, t) in cases {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    for (name, act, t) in cases.into_iter().filter(|c| c.0.contains(filter.as_str())) {
         let spec = Spec { act, include_background: act == Act::Sigmoid, squared: false, difference: false };
         let g = vec![0.1f32; 4 * b * d.k(&spec)];
         let fwd = best(|| drop(std::hint::black_box(forward(&x, t, None, d, spec))));

@@ -8,8 +8,8 @@
 //! memory unchanged); on the CubeCL backends the logits (recomputing is cheap on a GPU).
 //!
 //! Implemented for Flex (Burn's pure-Rust CPU backend, kernel in [`super::cpu`]), for Burn's CubeCL
-//! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in [`super::cube`]) and
-//! for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
+//! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in `kernel::cube`,
+//! which exists with those features) and for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
 //! applies to a device.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
