@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]
 //!   LOSS   dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
+//!          | wasserstein (Generalized Wasserstein Dice, label map, distance |i - j| / (C - 1); composed ops)
 //!   SHAPE  BxCxS1xS2[xS3], e.g. 3x9x64x64x64
 //!   D      flex (default) | wgpu | wgpu-cpu | wgpu-gpu (feature wgpu) | cuda (feature cuda)
 //!   --no-validate  skip the label-range check (`validate_labels = false`), to time it apart
@@ -23,7 +24,7 @@ mod device;
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor};
-use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, Kernel, Target, with_kernel};
+use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, GeneralizedWassersteinDiceLossConfig, Kernel, Target, with_kernel};
 
 /// A `/proc/self/status` field in KiB (`VmRSS`: resident now, `VmHWM`: peak resident).
 fn status_kib(field: &str) -> u64 {
@@ -93,6 +94,10 @@ fn main() {
             "dice" => DiceLossConfig::new(Activation::Softmax).with_include_background(false).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
             "sigmoid-dice" => DiceLossConfig::new(Activation::Sigmoid).init().forward(x.clone(), Target::dense(multi.clone().unwrap())),
             "gdl" => GeneralizedDiceLossConfig::new(Activation::Softmax).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
+            "wasserstein" => {
+                let dist = (0..c).map(|i| (0..c).map(|j| i.abs_diff(j) as f32 / (c - 1) as f32).collect()).collect();
+                GeneralizedWassersteinDiceLossConfig::new(dist).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone()))
+            }
             other => panic!("unknown loss {other}"),
         };
         let grads = value.backward();
