@@ -434,7 +434,7 @@ mod avx2 {
 }
 
 /// Adds one tile of one class to the lane accumulators `acc[statistic][lane]`; with `SAVE`, also
-/// writes the activations to `out`.
+/// writes the activations to `out` (non-temporal stores where `out` is 16-byte aligned).
 #[inline(always)]
 fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool, const SAVE: bool>(
     src: &[f32],
@@ -445,24 +445,7 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
     acc: &mut [[f32; LANES]; 4],
     out: &mut [MaybeUninit<f32>],
 ) {
-    if SAVE && aligned16(out) {
-        class_sums_with::<ACT, LAB, SQ, MASK, DIFF, FMA, SAVE, true>(src, r, t, class, m, acc, out)
-    } else {
-        class_sums_with::<ACT, LAB, SQ, MASK, DIFF, FMA, SAVE, false>(src, r, t, class, m, acc, out)
-    }
-}
-
-/// [`class_sums`] with the kind of store chosen (`NT`: non-temporal).
-#[inline(always)]
-fn class_sums_with<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool, const SAVE: bool, const NT: bool>(
-    src: &[f32],
-    r: &[f32],
-    t: &[f32],
-    class: f32,
-    m: &[f32],
-    acc: &mut [[f32; LANES]; 4],
-    out: &mut [MaybeUninit<f32>],
-) {
+    let nt = SAVE && aligned16(out);
     let len = src.len();
     let (r, t, m, out) = (&r[..len], &t[..len], &m[..len], &mut out[..len]);
     // One voxel's contributions, added to lane `l` of the accumulators `a`: m p m g, m p or
@@ -485,16 +468,25 @@ fn class_sums_with<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: b
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: `FMA` is true only in code compiled for AVX2 + FMA and run after checking the
-        // CPU has them (`run_block_avx2`); `NT` only where `out` is 16-byte aligned.
-        done = unsafe { avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, NT>(src, r, t, class, m, acc, out) };
+        // CPU has them (`run_block_avx2`); non-temporal stores (`nt`) only where `out` is
+        // 16-byte aligned.
+        done = unsafe {
+            if nt {
+                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, true>(src, r, t, class, m, acc, out)
+            } else {
+                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, false>(src, r, t, class, m, acc, out)
+            }
+        };
     }
     let mut a = *acc;
     if done < full {
         let chunks = src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
         for ((((sc, rc), tc), mc), oc) in chunks {
             let p = act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap());
-            if SAVE {
-                store8::<NT>(oc, &p);
+            if nt {
+                store8::<true>(oc, &p);
+            } else if SAVE {
+                store8::<false>(oc, &p);
             }
             for l in 0..LANES {
                 add::<SQ, MASK, DIFF, FMA>(&mut a, l, p[l], target_at::<LAB>(tc[l], class), mc[l]);
