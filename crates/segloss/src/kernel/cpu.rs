@@ -632,8 +632,9 @@ struct Block<'a, L> {
     d: Dims,
     spec: Spec,
     b: usize,
-    /// The first block of the run and the number of blocks.
+    /// The first block of the run.
     blk: usize,
+    /// The number of blocks of the run.
     nblk: usize,
 }
 
@@ -841,62 +842,63 @@ impl DxPtr {
     }
 }
 
-/// What a block computes: its sums, or its gradient.
-enum Work<'s> {
+/// What a task computes: its sums, or its gradient.
+#[derive(Clone, Copy)]
+enum Work {
     /// The sums, and the probabilities written to the buffer when given.
-    Forward(&'s mut Scratch, Option<DxPtr>),
+    Forward(Option<DxPtr>),
     /// The gradient, recomputing the activation from the logits.
-    Backward(&'s mut Scratch, DxPtr),
+    Backward(DxPtr),
     /// The gradient, in place over the saved probabilities.
-    BackwardInPlace(&'s mut Scratch, DxPtr),
+    BackwardInPlace(DxPtr),
 }
 
 /// Runs one block of work with the const parameters matching its options. The `if`s select one
 /// of the 48 variants (activation 3 x label map 2 x squared 2 x mask 2 x difference 2).
 #[inline(always)]
-fn run_block<L: Label, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+fn run_block<L: Label, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
     #[inline(always)]
-    fn leaf<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+    fn leaf<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
         match work {
-            Work::Forward(s, save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, save),
-            Work::BackwardInPlace(s, p) => {
+            Work::Forward(save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, save),
+            Work::BackwardInPlace(p) => {
                 blk.backward_in_place::<ACT, LAB, SQ, MASK, DIFF>(s, p);
                 Vec::new()
             }
-            Work::Backward(s, dx) => {
+            Work::Backward(dx) => {
                 blk.backward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, dx);
                 Vec::new()
             }
         }
     }
     #[inline(always)]
-    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
-        if blk.spec.difference { leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, work) } else { leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, work) }
+    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if blk.spec.difference { leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, s, work) } else { leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, s, work) }
     }
     #[inline(always)]
-    fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
-        if blk.mask.is_some() { diff::<L, ACT, LAB, SQ, true, FMA>(blk, work) } else { diff::<L, ACT, LAB, SQ, false, FMA>(blk, work) }
+    fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if blk.mask.is_some() { diff::<L, ACT, LAB, SQ, true, FMA>(blk, s, work) } else { diff::<L, ACT, LAB, SQ, false, FMA>(blk, s, work) }
     }
     #[inline(always)]
-    fn squared<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
-        if blk.spec.squared { mask::<L, ACT, LAB, true, FMA>(blk, work) } else { mask::<L, ACT, LAB, false, FMA>(blk, work) }
+    fn squared<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if blk.spec.squared { mask::<L, ACT, LAB, true, FMA>(blk, s, work) } else { mask::<L, ACT, LAB, false, FMA>(blk, s, work) }
     }
     #[inline(always)]
-    fn labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+    fn labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
         // A single-channel label map holds the 0/1 target itself.
-        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { squared::<L, ACT, true, FMA>(blk, work) } else { squared::<L, ACT, false, FMA>(blk, work) }
+        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { squared::<L, ACT, true, FMA>(blk, s, work) } else { squared::<L, ACT, false, FMA>(blk, s, work) }
     }
     match blk.spec.act {
-        Act::Softmax => labels::<L, 0, FMA>(blk, work),
-        Act::Sigmoid => labels::<L, 1, FMA>(blk, work),
-        Act::None => labels::<L, 2, FMA>(blk, work),
+        Act::Softmax => labels::<L, 0, FMA>(blk, s, work),
+        Act::Sigmoid => labels::<L, 1, FMA>(blk, s, work),
+        Act::None => labels::<L, 2, FMA>(blk, s, work),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_block_avx2<L: Label>(blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
-    run_block::<L, true>(blk, work)
+unsafe fn run_block_avx2<L: Label>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+    run_block::<L, true>(blk, s, work)
 }
 
 /// The instruction set a call runs with.
@@ -911,14 +913,26 @@ enum Isa {
 }
 
 /// [`run_block`] compiled for the instruction set `isa` asks for.
-fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, work: Work<'_>) -> Vec<f64> {
+fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Best && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { run_block_avx2(blk, work) };
+        return unsafe { run_block_avx2(blk, s, work) };
     }
     let _ = isa;
-    run_block::<L, false>(blk, work)
+    run_block::<L, false>(blk, s, work)
+}
+
+/// Runs `work` on every task `(sample, first block, blocks)` in parallel, with one scratch space
+/// per thread; the tasks' results (their block sums for a forward) in task order.
+fn run_tasks<L: Label>(tasks: &[(usize, usize, usize)], x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec, isa: Isa, work: Work) -> Vec<Vec<f64>> {
+    tasks
+        .par_iter()
+        .map_init(
+            || Scratch::new(d),
+            |s, &(b, blk, nblk)| run_block_with(isa, &Block { x, t, mask, grad, d, spec, b, blk, nblk }, s, work),
+        )
+        .collect()
 }
 
 /// Checks the sizes of a call's slices against `d` (and of the statistics' gradient), naming
@@ -966,16 +980,7 @@ fn forward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, 
     check_sizes("the logits", x.len(), t, mask, None, d, &spec);
     let k = d.k(&spec);
     let tasks = Block::<L>::tasks(d, &spec);
-    let partial: Vec<Vec<f64>> = tasks
-        .par_iter()
-        .map_init(
-            || Scratch::new(d),
-            |s, &(b, blk, nblk)| {
-                let blk = Block { x, t, mask, grad: &[], d, spec, b, blk, nblk };
-                run_block_with(isa, &blk, Work::Forward(s, save))
-            },
-        )
-        .collect();
+    let partial = run_tasks(&tasks, x, t, mask, &[], d, spec, isa, Work::Forward(save));
     // Block totals added in f64 in block order (the order does not depend on the threads).
     let mut out = vec![0.0f64; 4 * d.b * k];
     for (&(b, _, _), sums) in tasks.iter().zip(&partial) {
@@ -1040,13 +1045,7 @@ pub fn backward_in_place<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Opt
 fn backward_in_place_impl<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec, isa: Isa) {
     check_sizes("the activations", p.len(), t, mask, Some(grad), d, &spec);
     let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
-    Block::<L>::tasks(d, &spec).into_par_iter().for_each_init(
-        || Scratch::new(d),
-        |s, (b, blk, nblk)| {
-            let blk = Block { x: &[], t, mask, grad, d, spec, b, blk, nblk };
-            run_block_with(isa, &blk, Work::BackwardInPlace(s, ptr));
-        },
-    );
+    run_tasks(&Block::<L>::tasks(d, &spec), &[], t, mask, grad, d, spec, isa, Work::BackwardInPlace(ptr));
 }
 
 /// The gradient with respect to the logits `[B, C, N]`, given the gradient of the statistics `[4, B, K]`.
@@ -1061,13 +1060,7 @@ fn backward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>,
     check_sizes("the logits", x.len(), t, mask, Some(grad), d, &spec);
     let mut dx = uninit(d.b * d.c * d.n);
     let ptr = DxPtr(dx.as_mut_ptr());
-    Block::<L>::tasks(d, &spec).into_par_iter().for_each_init(
-        || Scratch::new(d),
-        |s, (b, blk, nblk)| {
-            let blk = Block { x, t, mask, grad, d, spec, b, blk, nblk };
-            run_block_with(isa, &blk, Work::Backward(s, ptr));
-        },
-    );
+    run_tasks(&Block::<L>::tasks(d, &spec), x, t, mask, grad, d, spec, isa, Work::Backward(ptr));
     // SAFETY: the blocks cover every (b, c, n) exactly once, so every element has been written.
     unsafe { assume_init(dx) }
 }
