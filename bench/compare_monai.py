@@ -9,6 +9,7 @@ copies and sums) and the peak resident memory that the first forward + backward 
 inputs, read from the OS (Linux VmHWM, reset just before through /proc/self/clear_refs).
 
 usage: python3 bench/compare_monai.py [--iters N] [--threads T] [--shapes NAME,...]
+                                     [--losses dice,sigmoid-dice,gdl,wasserstein]
                                      [--device cpu|cuda] [--segloss-device D] [--bench PATH]
 needs: pip install torch monai; a release build of the example
        (cargo build --release --example loss_bench)
@@ -34,6 +35,9 @@ SHAPES = {
     "2d_16x4x512^2": (16, 4, (512, 512)),
 }
 LOSSES = ["dice", "sigmoid-dice", "gdl"]
+# Not in the default table: the Generalized Wasserstein Dice, which segloss runs on Burn tensor
+# operations (no fused kernel); distance |i - j| / (C - 1) in both tools.
+EXTRA_LOSSES = ["wasserstein"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "examples", "loss_bench")
 
@@ -56,7 +60,7 @@ def reset_peak():
 
 def monai_row(loss_name, shape, iters, device="cpu"):
     import torch
-    from monai.losses import DiceLoss, GeneralizedDiceLoss
+    from monai.losses import DiceLoss, GeneralizedDiceLoss, GeneralizedWassersteinDiceLoss
 
     b, c, spatial = shape
     g = torch.Generator().manual_seed(1)
@@ -68,8 +72,12 @@ def monai_row(loss_name, shape, iters, device="cpu"):
     elif loss_name == "sigmoid-dice":
         loss = DiceLoss(sigmoid=True)
         target = (torch.rand((b, c) + spatial, generator=g) < 0.3).float().to(device)
-    else:
+    elif loss_name == "gdl":
         loss = GeneralizedDiceLoss(softmax=True, to_onehot_y=True)
+        target = labels
+    else:
+        dist = [[abs(i - j) / (c - 1) for j in range(c)] for i in range(c)]
+        loss = GeneralizedWassersteinDiceLoss(dist_matrix=torch.tensor(dist))
         target = labels
 
     def step():
@@ -127,6 +135,7 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--losses", default=",".join(LOSSES), help=f"of {', '.join(LOSSES + EXTRA_LOSSES)}")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="MONAI's device")
     ap.add_argument("--segloss-device", default=None, help="loss_bench's --device (default: flex on cpu, cuda on cuda)")
     ap.add_argument("--bench", default=BENCH, help="the loss_bench binary")
@@ -138,6 +147,13 @@ def main():
         ms, mib = monai_row(a.one_monai[1], SHAPES[a.one_monai[0]], a.iters, a.device)
         print(json.dumps({"median_ms": ms, "peak_extra_mib": mib}))
         return
+    losses = a.losses.split(",")
+    for loss_name in losses:
+        if loss_name not in LOSSES + EXTRA_LOSSES:
+            sys.exit(f"unknown loss {loss_name!r}: one of {', '.join(LOSSES + EXTRA_LOSSES)}")
+    for name in a.shapes.split(","):
+        if name not in SHAPES:
+            sys.exit(f"unknown shape {name!r}: one of {', '.join(SHAPES)}")
     if not os.path.exists(a.bench):
         sys.exit(f"missing {a.bench}: run `cargo build --release --example loss_bench` first")
     seg_device = a.segloss_device or ("flex" if a.device == "cpu" else "cuda")
@@ -156,7 +172,7 @@ def main():
               "MONAI +MiB", "segloss +MiB", "grad MiB")
     rows = []
     for name in a.shapes.split(","):
-        for loss_name in LOSSES:
+        for loss_name in losses:
             m = monai_subprocess(name, loss_name, a.iters, a.threads, a.device)
             m_ms, m_mib = m["median_ms"], m["peak_extra_mib"]
             s = segloss_row(loss_name, SHAPES[name], a.iters, a.threads, a.bench, seg_device)
