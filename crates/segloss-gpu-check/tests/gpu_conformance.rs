@@ -2,10 +2,11 @@
 //! case's value and input gradient against MONAI (the tolerances of `segloss`'s
 //! `tests/conformance.rs`), and against the composed path on Flex to 1e-5.
 //!
-//! The reference cases are small (one cube of the kernel each), so a second part compares the
-//! fused statistics and their gradient on the GPU with the fused CPU kernel on Flex (f64 block
-//! sums) on inputs of several thousand voxels per sample, where the kernel's multi-cube
-//! reduction and partial last cube run, for every option combination, to 1e-5.
+//! Most reference cases are small (one cube of the kernel each; those of `fixtures/monai_kernel`
+//! have several thousand voxels per sample), so a second part compares the fused statistics and
+//! their gradient on the GPU with the fused CPU kernel on Flex (f64 block sums) on inputs of
+//! several thousand voxels per sample, where the kernel's multi-cube reduction and partial last
+//! cube run, for every option combination, to 1e-5.
 //!
 //! The device is `SEGLOSS_GPU_DEVICE` (`wgpu` by default; see the crate docs). Without a usable
 //! adapter or driver it prints why and that it was skipped, and passes, unless
@@ -44,9 +45,9 @@ fn main() {
     let device = device.autodiff();
     assert!(segloss::kernel::fused::supports(&device), "the fused kernel does not claim {device:?}");
 
-    let dir = monai::reference_dir();
+    let dirs = monai::reference_dirs();
     let calls_before = segloss::kernel::fused::calls();
-    let s = monai::run_all(&dir, &device);
+    let s = monai::run_all(&dirs, &device);
     let calls = segloss::kernel::fused::calls() - calls_before;
     for f in &s.failed {
         println!("FAILED {f}");
@@ -67,7 +68,7 @@ fn main() {
         "{name}: {checked} larger inputs (B = 2, C = 5, N = 3089), {} failed (fused on {name} vs fused on Flex, statistics and gradient, largest difference {worst_large:.2e}, limit {LARGE_LIMIT:.0e})",
         large_failed.len()
     );
-    assert!(s.total > 0, "no reference case found in {}", dir.display());
+    assert!(s.total > 0, "no reference case found in {dirs:?}");
     assert!(calls > 0, "the fused path never ran on {name}");
     if !s.failed.is_empty() || !large_failed.is_empty() {
         std::process::exit(1);

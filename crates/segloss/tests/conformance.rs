@@ -1,7 +1,9 @@
 //! Conformance with MONAI 1.6.1: every reference case, values and input gradients.
 //!
-//! Reads `tests/fixtures/monai/*.json`, or the directory named by `SEGLOSS_REFERENCE_DIR`, and
-//! prints `conformance: N cases, M failed`, naming each failing case with its largest error.
+//! Reads `tests/fixtures/monai/*.json` (small cases) and `tests/fixtures/monai_kernel/*.json.gz`
+//! (cases at the scale of the fused kernel's tiles, blocks and runs), or the directories named by
+//! `SEGLOSS_REFERENCE_DIR`, and prints `conformance: N cases, M failed`, naming each failing case
+//! with its largest error.
 //! Every case runs on the fused kernel and on the composed path on Flex; both are compared with
 //! MONAI and with each other. (The same cases on wgpu and CUDA: `crates/segloss-gpu-check`.)
 //! Runs with its own `main` (`harness = false` in Cargo.toml) so the summary is always shown.
@@ -13,9 +15,9 @@ use burn::tensor::Device;
 
 /// A custom test harness (`harness = false`), so that the summary line is always printed.
 fn main() {
-    let dir = monai::reference_dir();
+    let dirs = monai::reference_dirs();
     let calls_before = segloss::kernel::fused::calls();
-    let s = monai::run_all(&dir, &Device::flex().autodiff());
+    let s = monai::run_all(&dirs, &Device::flex().autodiff());
     for d in &s.differences {
         println!("documented difference: {d}");
     }
@@ -35,7 +37,7 @@ fn main() {
         s.worst_kernel_diff,
         monai::FUSED_VS_COMPOSED
     );
-    assert!(s.total > 0, "no reference case found in {}", dir.display());
+    assert!(s.total > 0, "no reference case found in {dirs:?}");
     assert!(calls > 0, "the fused path never ran");
     if !s.failed.is_empty() {
         std::process::exit(1);

@@ -376,24 +376,50 @@ pub struct Summary {
     pub worst_kernel_diff: f64,
 }
 
-/// The reference directory: `SEGLOSS_REFERENCE_DIR`, or the MONAI fixtures of the `segloss` crate.
-pub fn reference_dir() -> PathBuf {
-    std::env::var_os("SEGLOSS_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../segloss/tests/fixtures/monai"))
+/// The reference directories: `SEGLOSS_REFERENCE_DIR` (one folder, or several joined like
+/// `PATH`), or the MONAI fixtures of the `segloss` crate: the small cases (`fixtures/monai`) and
+/// those at the scale of the fused kernel's tiles, blocks and runs (`fixtures/monai_kernel`).
+pub fn reference_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("SEGLOSS_REFERENCE_DIR") {
+        Some(dirs) => std::env::split_paths(&dirs).collect(),
+        None => {
+            let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../segloss/tests/fixtures");
+            vec![fixtures.join("monai"), fixtures.join("monai_kernel")]
+        }
+    }
 }
 
-/// Runs every case of `dir` through [`check_case`] with the fused kernel on `fused_device`.
-pub fn run_all(dir: &std::path::Path, fused_device: &Device) -> Summary {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read reference directory {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
+/// A reference file's JSON text: `*.json`, or gzipped `*.json.gz`.
+fn read_reference_file(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if path.extension().is_some_and(|x| x == "gz") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text
+    } else {
+        String::from_utf8(bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+}
+
+/// Runs every case of the `*.json` and `*.json.gz` files of `dirs` through [`check_case`] with
+/// the fused kernel on `fused_device`.
+pub fn run_all(dirs: &[PathBuf], fused_device: &Device) -> Summary {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let mut in_dir: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot read reference directory {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".json") || n.ends_with(".json.gz"))
+            })
+            .collect();
+        in_dir.sort();
+        files.extend(in_dir);
+    }
     let mut sets = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = read_reference_file(&path);
         let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         match json.get("loss").and_then(|v| v.as_str()) {
             Some("metrics") | None => {}
