@@ -61,7 +61,11 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
     let rspacing: Vec<f64> = spacing.iter().rev().copied().collect();
     let volume = LabelVolume::new(labels, &shape, &rspacing)
         .with_context(|| format!("invalid label image {}", path.display()))?;
-    Ok(LabelImage { volume, geometry, header })
+    Ok(LabelImage {
+        volume,
+        geometry,
+        header,
+    })
 }
 
 /// The spatial axes (2 or 3, header order) and their spacing; a 4th and later axes of length 1
@@ -69,9 +73,15 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
 fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let ndim = usize::from(header.dim[0]);
     if !(1..=7).contains(&ndim) {
-        bail!("{}: invalid number of dimensions {ndim} in the header", path.display());
+        bail!(
+            "{}: invalid number of dimensions {ndim} in the header",
+            path.display()
+        );
     }
-    let mut dims: Vec<usize> = header.dim[1..=ndim].iter().map(|&d| usize::from(d)).collect();
+    let mut dims: Vec<usize> = header.dim[1..=ndim]
+        .iter()
+        .map(|&d| usize::from(d))
+        .collect();
     while dims.len() > 3 && dims.last() == Some(&1) {
         dims.pop();
     }
@@ -82,9 +92,15 @@ fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<(Vec<usize>, Vec<f6
             &header.dim[1..=ndim]
         );
     }
-    let spacing: Vec<f64> = header.pixdim[1..=dims.len()].iter().map(|&s| f64::from(s)).collect();
+    let spacing: Vec<f64> = header.pixdim[1..=dims.len()]
+        .iter()
+        .map(|&s| f64::from(s))
+        .collect();
     if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        bail!("{}: the voxel spacing must be > 0, the header says {s} ({spacing:?})", path.display());
+        bail!(
+            "{}: the voxel spacing must be > 0, the header says {s} ({spacing:?})",
+            path.display()
+        );
     }
     Ok((dims, spacing))
 }
@@ -135,7 +151,12 @@ pub fn read_image(path: &Path) -> Result<Image> {
         .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
     let header = obj.header().clone();
     let (dims, spacing) = spatial_dims(&header, path)?;
-    let geometry = Geometry { origin: origin(&header), direction: direction(&header), dims, spacing };
+    let geometry = Geometry {
+        origin: origin(&header),
+        direction: direction(&header),
+        dims,
+        spacing,
+    };
     let a = obj
         .into_volume()
         .into_ndarray::<f32>()
@@ -143,9 +164,17 @@ pub fn read_image(path: &Path) -> Result<Image> {
         .reversed_axes();
     let data: Vec<f32> = a.iter().copied().collect();
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        bail!("{}: voxel {i} (in z, y, x order) is {}, not a finite intensity", path.display(), data[i]);
+        bail!(
+            "{}: voxel {i} (in z, y, x order) is {}, not a finite intensity",
+            path.display(),
+            data[i]
+        );
     }
-    Ok(Image { data, geometry, header })
+    Ok(Image {
+        data,
+        geometry,
+        header,
+    })
 }
 
 /// Writes a label map (row-major `[z, y, x]`, one value per voxel of `like`) as a `uint8`
@@ -159,14 +188,20 @@ pub fn write_label_map(path: &Path, labels: &[u8], like: &NiftiHeader) -> Result
     let (dims, _) = spatial_dims(like, path)?;
     let [z, y, x] = zyx(&dims);
     if labels.len() != z * y * x {
-        bail!("{}: {} labels do not fill a {dims:?} image", path.display(), labels.len());
+        bail!(
+            "{}: {} labels do not fill a {dims:?} image",
+            path.display(),
+            labels.len()
+        );
     }
     let mut header = like.clone();
     header.scl_slope = 1.0;
     header.scl_inter = 0.0;
     header.cal_min = 0.0;
     header.cal_max = labels.iter().copied().max().unwrap_or(0) as f32;
-    let array = ndarray::Array::from_shape_vec((z, y, x), labels.to_vec()).expect("length checked").reversed_axes();
+    let array = ndarray::Array::from_shape_vec((z, y, x), labels.to_vec())
+        .expect("length checked")
+        .reversed_axes();
     let write = |array: ndarray::ArrayViewD<'_, u8>| {
         WriterOptions::new(path)
             .reference_header(&header)
@@ -182,7 +217,9 @@ pub fn write_label_map(path: &Path, labels: &[u8], like: &NiftiHeader) -> Result
 
 fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec<u16>> {
     let scaled = header.scl_slope != 0.0 && (header.scl_slope != 1.0 || header.scl_inter != 0.0);
-    let dtype = header.data_type().context("unknown data type in the header")?;
+    let dtype = header
+        .data_type()
+        .context("unknown data type in the header")?;
     let little = header.endianness == nifti::Endianness::Little;
     let out_of_range = |v: i128| anyhow::anyhow!("value {v} is not a label in 0..=65535");
     // Unscaled integers: straight from the raw bytes (disk order, x fastest), which avoids the
@@ -206,14 +243,65 @@ fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec
     }
     if !scaled {
         match dtype {
-            NiftiType::Uint8 => return Ok(vol.into_raw_data().into_iter().map(u16::from).collect()),
-            NiftiType::Int8 => return ints::<1>(vol.raw_data(), little, |b| i128::from(b[0] as i8), out_of_range),
-            NiftiType::Uint16 => return ints::<2>(vol.raw_data(), little, |b| i128::from(u16::from_le_bytes(b)), out_of_range),
-            NiftiType::Int16 => return ints::<2>(vol.raw_data(), little, |b| i128::from(i16::from_le_bytes(b)), out_of_range),
-            NiftiType::Uint32 => return ints::<4>(vol.raw_data(), little, |b| i128::from(u32::from_le_bytes(b)), out_of_range),
-            NiftiType::Int32 => return ints::<4>(vol.raw_data(), little, |b| i128::from(i32::from_le_bytes(b)), out_of_range),
-            NiftiType::Uint64 => return ints::<8>(vol.raw_data(), little, |b| i128::from(u64::from_le_bytes(b)), out_of_range),
-            NiftiType::Int64 => return ints::<8>(vol.raw_data(), little, |b| i128::from(i64::from_le_bytes(b)), out_of_range),
+            NiftiType::Uint8 => {
+                return Ok(vol.into_raw_data().into_iter().map(u16::from).collect());
+            }
+            NiftiType::Int8 => {
+                return ints::<1>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(b[0] as i8),
+                    out_of_range,
+                );
+            }
+            NiftiType::Uint16 => {
+                return ints::<2>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(u16::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
+            NiftiType::Int16 => {
+                return ints::<2>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(i16::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
+            NiftiType::Uint32 => {
+                return ints::<4>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(u32::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
+            NiftiType::Int32 => {
+                return ints::<4>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(i32::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
+            NiftiType::Uint64 => {
+                return ints::<8>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(u64::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
+            NiftiType::Int64 => {
+                return ints::<8>(
+                    vol.raw_data(),
+                    little,
+                    |b| i128::from(i64::from_le_bytes(b)),
+                    out_of_range,
+                );
+            }
             _ => {}
         }
     }
@@ -222,7 +310,9 @@ fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec
         if v.fract() == 0.0 && (0.0..=65535.0).contains(&v) {
             Ok(v as u16)
         } else {
-            Err(anyhow::anyhow!("value {v} is not a label (an integer in 0..=65535)"))
+            Err(anyhow::anyhow!(
+                "value {v} is not a label (an integer in 0..=65535)"
+            ))
         }
     };
     match dtype {
@@ -267,13 +357,29 @@ fn direction(h: &NiftiHeader) -> [[f64; 3]; 3] {
             }
         }
     } else if h.qform_code > 0 {
-        let (b, c, d) = (f64::from(h.quatern_b), f64::from(h.quatern_c), f64::from(h.quatern_d));
+        let (b, c, d) = (
+            f64::from(h.quatern_b),
+            f64::from(h.quatern_c),
+            f64::from(h.quatern_d),
+        );
         let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
         let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
         m = [
-            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
         ];
         for row in &mut m {
             row[2] *= qfac;
@@ -303,9 +409,19 @@ pub struct GeometryTolerance {
 pub fn check_geometry(pred: &Geometry, reference: &Geometry, tol: GeometryTolerance) -> Result<()> {
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0);
     if pred.dims != reference.dims {
-        bail!("shape differs: prediction {:?}, reference {:?}", pred.dims, reference.dims);
+        bail!(
+            "shape differs: prediction {:?}, reference {:?}",
+            pred.dims,
+            reference.dims
+        );
     }
-    if !tol.ignore_spacing && !pred.spacing.iter().zip(&reference.spacing).all(|(a, b)| close(*a, *b)) {
+    if !tol.ignore_spacing
+        && !pred
+            .spacing
+            .iter()
+            .zip(&reference.spacing)
+            .all(|(a, b)| close(*a, *b))
+    {
         bail!(
             "spacing differs: prediction {:?}, reference {:?} (use --ignore-spacing to evaluate with the reference's)",
             pred.spacing,
@@ -313,14 +429,24 @@ pub fn check_geometry(pred: &Geometry, reference: &Geometry, tol: GeometryTolera
         );
     }
     if !tol.ignore_position {
-        if !pred.origin.iter().zip(&reference.origin).all(|(a, b)| close(*a, *b)) {
+        if !pred
+            .origin
+            .iter()
+            .zip(&reference.origin)
+            .all(|(a, b)| close(*a, *b))
+        {
             bail!(
                 "origin differs: prediction {:?}, reference {:?} (use --ignore-position to accept)",
                 pred.origin,
                 reference.origin
             );
         }
-        let same_dir = pred.direction.iter().flatten().zip(reference.direction.iter().flatten()).all(|(a, b)| (a - b).abs() <= 1e-4);
+        let same_dir = pred
+            .direction
+            .iter()
+            .flatten()
+            .zip(reference.direction.iter().flatten())
+            .all(|(a, b)| (a - b).abs() <= 1e-4);
         if !same_dir {
             bail!(
                 "orientation differs: prediction {:?}, reference {:?} (use --ignore-position to accept)",

@@ -87,7 +87,10 @@ impl OverlapStats {
     /// If `soft` and `E` was not computed.
     pub fn true_positive(&self, soft: bool) -> Tensor<2> {
         if soft {
-            let e = self.difference.clone().expect("the soft-label form needs the difference statistic");
+            let e = self
+                .difference
+                .clone()
+                .expect("the soft-label form needs the difference statistic");
             (self.prediction.clone() + self.target.clone() - e).div_scalar(2.0)
         } else {
             self.intersection.clone()
@@ -121,14 +124,26 @@ pub fn overlap_stats<const D: usize>(
         "overlap_stats",
         prediction,
         target.into(),
-        PrepareOptions { ignore_index: options.ignore_index, validate_labels: options.validate_labels },
+        PrepareOptions {
+            ignore_index: options.ignore_index,
+            validate_labels: options.validate_labels,
+        },
     );
     prepared_stats("overlap_stats", &prepared, options)
 }
 
 /// The statistics of an already prepared input.
-pub(crate) fn prepared_stats(loss: &str, prepared: &Prepared, options: &StatsOptions) -> OverlapStats {
-    check_channels(loss, prepared.channels, options.activation, options.include_background);
+pub(crate) fn prepared_stats(
+    loss: &str,
+    prepared: &Prepared,
+    options: &StatsOptions,
+) -> OverlapStats {
+    check_channels(
+        loss,
+        prepared.channels,
+        options.activation,
+        options.include_background,
+    );
     use crate::kernel::{Kernel, cpu, current_kernel, fused};
     // `prepare` hands every input over in f32, the fused kernel's type.
     if current_kernel() == Kernel::Composed || !fused::supports(&prepared.logits.device()) {
@@ -161,7 +176,12 @@ pub(crate) fn prepared_stats(loss: &str, prepared: &Prepared, options: &StatsOpt
 }
 
 /// Refuses the single-channel settings that MONAI warns about and then silently ignores.
-pub(crate) fn check_channels(loss: &str, channels: usize, activation: Activation, include_background: bool) {
+pub(crate) fn check_channels(
+    loss: &str,
+    channels: usize,
+    activation: Activation,
+    include_background: bool,
+) {
     if channels == 1 {
         assert!(
             activation != Activation::Softmax,

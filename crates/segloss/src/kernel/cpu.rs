@@ -178,10 +178,18 @@ fn exp_parts<const FMA: bool, const NEG: bool>(x: f32) -> (f32, f32) {
     const LO: f32 = -87.336_55;
     const HI: f32 = 88.0;
     // The argument a = x (or -x) is clamped to [LO, HI]; t = a log2(e) rounded, r = a - t ln 2.
-    let x = if NEG { x.clamp(-HI, -LO) } else { x.clamp(LO, HI) };
+    let x = if NEG {
+        x.clamp(-HI, -LO)
+    } else {
+        x.clamp(LO, HI)
+    };
     let t = madd::<FMA>(x, if NEG { -LOG2E } else { LOG2E }, ROUND);
     let fx = t - ROUND;
-    let r = if NEG { madd::<FMA>(fx, -C2, madd::<FMA>(-fx, C1, -x)) } else { madd::<FMA>(fx, -C2, madd::<FMA>(fx, -C1, x)) };
+    let r = if NEG {
+        madd::<FMA>(fx, -C2, madd::<FMA>(-fx, C1, -x))
+    } else {
+        madd::<FMA>(fx, -C2, madd::<FMA>(fx, -C1, x))
+    };
     // exp(r) on |r| <= ln(2) / 2 as 1 + r + r^2 q(r), q of degree 3: minimax coefficients for the
     // relative error (1.0e-7 in exact arithmetic, 2e-7 evaluated in f32).
     let mut y = 8.314_719e-3;
@@ -227,7 +235,12 @@ fn sigmoid8<const FMA: bool>(src: &[f32; LANES]) -> [f32; LANES] {
         let mut out = [0.0f32; LANES];
         // SAFETY: `FMA` is true only in code compiled for AVX2 + FMA and run after checking the
         // CPU has them (`run_block_avx2`); the loads and stores cover 8 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::sigmoid(_mm256_loadu_ps(src.as_ptr()))) };
+        unsafe {
+            _mm256_storeu_ps(
+                out.as_mut_ptr(),
+                avx2::sigmoid(_mm256_loadu_ps(src.as_ptr())),
+            )
+        };
         return out;
     }
     std::array::from_fn(|l| {
@@ -255,7 +268,12 @@ fn target_at<const LAB: bool>(t: f32, class: f32) -> f32 {
 
 /// `u = d loss / d p` at one voxel from the gradients `[dI, dP, dE]` of its class's statistics.
 #[inline(always)]
-fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(p: f32, g: f32, w: f32, [gi, gp, ge]: [f32; 3]) -> f32 {
+fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(
+    p: f32,
+    g: f32,
+    w: f32,
+    [gi, gp, ge]: [f32; 3],
+) -> f32 {
     let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
     let v = if SQ {
         let v = gi * mg + 2.0 * gp * mp;
@@ -264,7 +282,13 @@ fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(p: f32, g: f3
         let v = gi * mg + gp;
         if DIFF {
             let diff = mp - mg;
-            let sign = if diff > 0.0 { 1.0 } else if diff < 0.0 { -1.0 } else { 0.0 };
+            let sign = if diff > 0.0 {
+                1.0
+            } else if diff < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
             v + ge * sign
         } else {
             v
@@ -361,8 +385,14 @@ mod avx2 {
             y = _mm256_fmadd_ps(y, r, splat(0.499_992_3));
             y = _mm256_fmadd_ps(y, r, splat(1.0));
             y = _mm256_fmadd_ps(y, r, splat(1.0));
-            let n = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(ROUND.to_bits() as i32));
-            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+            let n = _mm256_sub_epi32(
+                _mm256_castps_si256(t),
+                _mm256_set1_epi32(ROUND.to_bits() as i32),
+            );
+            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(n, _mm256_set1_epi32(127)),
+                23,
+            ));
             let d = _mm256_fmadd_ps(y, pow2, splat(1.0));
             let e = _mm256_rcp_ps(d);
             _mm256_fmadd_ps(e, _mm256_fnmadd_ps(d, e, splat(1.0)), e)
@@ -375,7 +405,15 @@ mod avx2 {
     /// # Safety
     /// As for [`sigmoid`]; with `NT`, `out` is 16-byte aligned (non-temporal stores).
     #[inline(always)]
-    pub(super) unsafe fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const SAVE: bool, const NT: bool>(
+    pub(super) unsafe fn class_sums<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+        const SAVE: bool,
+        const NT: bool,
+    >(
         src: &[f32],
         r: &[f32],
         t: &[f32],
@@ -409,7 +447,11 @@ mod avx2 {
                         _mm256_storeu_ps(dst, p);
                     }
                 }
-                let g = if LAB { _mm256_and_ps(_mm256_cmp_ps(ld(t, i), cls, _CMP_EQ_OQ), one) } else { ld(t, i) };
+                let g = if LAB {
+                    _mm256_and_ps(_mm256_cmp_ps(ld(t, i), cls, _CMP_EQ_OQ), one)
+                } else {
+                    ld(t, i)
+                };
                 let (mp, mg) = if MASK {
                     let w = ld(m, i);
                     (_mm256_mul_ps(w, p), _mm256_mul_ps(w, g))
@@ -417,11 +459,23 @@ mod avx2 {
                     (p, g)
                 };
                 ai = _mm256_fmadd_ps(mp, mg, ai);
-                ap = if SQ { _mm256_fmadd_ps(mp, mp, ap) } else { _mm256_add_ps(ap, mp) };
-                ag = if SQ { _mm256_fmadd_ps(mg, mg, ag) } else { _mm256_add_ps(ag, mg) };
+                ap = if SQ {
+                    _mm256_fmadd_ps(mp, mp, ap)
+                } else {
+                    _mm256_add_ps(ap, mp)
+                };
+                ag = if SQ {
+                    _mm256_fmadd_ps(mg, mg, ag)
+                } else {
+                    _mm256_add_ps(ag, mg)
+                };
                 if DIFF {
                     let diff = _mm256_sub_ps(mp, mg);
-                    ae = if SQ { _mm256_fmadd_ps(diff, diff, ae) } else { _mm256_add_ps(ae, _mm256_andnot_ps(sign, diff)) };
+                    ae = if SQ {
+                        _mm256_fmadd_ps(diff, diff, ae)
+                    } else {
+                        _mm256_add_ps(ae, _mm256_andnot_ps(sign, diff))
+                    };
                 }
                 i += LANES;
             }
@@ -436,7 +490,15 @@ mod avx2 {
 /// Adds one tile of one class to the lane accumulators `acc[statistic][lane]`; with `SAVE`, also
 /// writes the activations to `out` (non-temporal stores where `out` is 16-byte aligned).
 #[inline(always)]
-fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool, const SAVE: bool>(
+fn class_sums<
+    const ACT: u8,
+    const LAB: bool,
+    const SQ: bool,
+    const MASK: bool,
+    const DIFF: bool,
+    const FMA: bool,
+    const SAVE: bool,
+>(
     src: &[f32],
     r: &[f32],
     t: &[f32],
@@ -451,14 +513,32 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
     // One voxel's contributions, added to lane `l` of the accumulators `a`: m p m g, m p or
     // (m p)^2, m g or (m g)^2, |m p - m g| or its square.
     #[inline(always)]
-    fn add<const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(a: &mut [[f32; LANES]; 4], l: usize, p: f32, g: f32, w: f32) {
+    fn add<const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(
+        a: &mut [[f32; LANES]; 4],
+        l: usize,
+        p: f32,
+        g: f32,
+        w: f32,
+    ) {
         let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
         a[0][l] = madd::<FMA>(mp, mg, a[0][l]);
-        a[1][l] = if SQ { madd::<FMA>(mp, mp, a[1][l]) } else { a[1][l] + mp };
-        a[2][l] = if SQ { madd::<FMA>(mg, mg, a[2][l]) } else { a[2][l] + mg };
+        a[1][l] = if SQ {
+            madd::<FMA>(mp, mp, a[1][l])
+        } else {
+            a[1][l] + mp
+        };
+        a[2][l] = if SQ {
+            madd::<FMA>(mg, mg, a[2][l])
+        } else {
+            a[2][l] + mg
+        };
         if DIFF {
             let diff = mp - mg;
-            a[3][l] = if SQ { madd::<FMA>(diff, diff, a[3][l]) } else { a[3][l] + diff.abs() };
+            a[3][l] = if SQ {
+                madd::<FMA>(diff, diff, a[3][l])
+            } else {
+                a[3][l] + diff.abs()
+            };
         }
     }
     let full = len - len % LANES;
@@ -472,15 +552,24 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
         // 16-byte aligned.
         done = unsafe {
             if nt {
-                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, true>(src, r, t, class, m, acc, out)
+                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, true>(
+                    src, r, t, class, m, acc, out,
+                )
             } else {
-                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, false>(src, r, t, class, m, acc, out)
+                avx2::class_sums::<ACT, LAB, SQ, MASK, DIFF, SAVE, false>(
+                    src, r, t, class, m, acc, out,
+                )
             }
         };
     }
     let mut a = *acc;
     if done < full {
-        let chunks = src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(t.chunks_exact(LANES)).zip(m.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES));
+        let chunks = src
+            .chunks_exact(LANES)
+            .zip(r.chunks_exact(LANES))
+            .zip(t.chunks_exact(LANES))
+            .zip(m.chunks_exact(LANES))
+            .zip(out.chunks_exact_mut(LANES));
         for ((((sc, rc), tc), mc), oc) in chunks {
             let p = act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap());
             if nt {
@@ -498,7 +587,13 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
         if SAVE {
             out[i].write(p[i - full]);
         }
-        add::<SQ, MASK, DIFF, FMA>(&mut a, i - full, p[i - full], target_at::<LAB>(t[i], class), m[i]);
+        add::<SQ, MASK, DIFF, FMA>(
+            &mut a,
+            i - full,
+            p[i - full],
+            target_at::<LAB>(t[i], class),
+            m[i],
+        );
     }
     *acc = a;
 }
@@ -507,11 +602,19 @@ fn class_sums<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, 
 /// (a channel outside the sums; the values are read again only by the backward), else with plain
 /// stores for the recomputing backward, which reads them back at once.
 #[inline(always)]
-fn class_activations<const ACT: u8, const FMA: bool, const STREAM: bool>(src: &[f32], r: &[f32], out: &mut [MaybeUninit<f32>]) {
+fn class_activations<const ACT: u8, const FMA: bool, const STREAM: bool>(
+    src: &[f32],
+    r: &[f32],
+    out: &mut [MaybeUninit<f32>],
+) {
     let len = src.len();
     let (r, out) = (&r[..len], &mut out[..len]);
     let nt = STREAM && aligned16(out);
-    for ((sc, rc), oc) in src.chunks_exact(LANES).zip(r.chunks_exact(LANES)).zip(out.chunks_exact_mut(LANES)) {
+    for ((sc, rc), oc) in src
+        .chunks_exact(LANES)
+        .zip(r.chunks_exact(LANES))
+        .zip(out.chunks_exact_mut(LANES))
+    {
         let p = act8::<ACT, FMA>(sc.try_into().unwrap(), rc.try_into().unwrap());
         if nt {
             store8::<true>(oc, &p);
@@ -528,18 +631,39 @@ fn class_activations<const ACT: u8, const FMA: bool, const STREAM: bool>(src: &[
 
 /// Softmax backward, first pass over the activations of one class of a tile: adds `p u` to `dot`.
 #[inline(always)]
-fn class_probs_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &[f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &mut [f32]) {
+fn class_probs_dot<const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(
+    p: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    dot: &mut [f32],
+) {
     let len = p.len();
     let (t, m, dot) = (&t[..len], &m[..len], &mut dot[..len]);
     for i in 0..len {
-        dot[i] += p[i] * upstream_at::<SQ, MASK, DIFF>(p[i], target_at::<LAB>(t[i], class), m[i], coef);
+        dot[i] +=
+            p[i] * upstream_at::<SQ, MASK, DIFF>(p[i], target_at::<LAB>(t[i], class), m[i], coef);
     }
 }
 
 /// Backward in place over the activations of one class of a tile: `p` becomes `p (u - dot)`
 /// (softmax, `ACT = 0`), `u p (1 - p)` (sigmoid) or `u` (identity).
 #[inline(always)]
-fn class_grad_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(p: &mut [f32], t: &[f32], class: f32, m: &[f32], coef: [f32; 3], dot: &[f32]) {
+fn class_grad_in_place<
+    const ACT: u8,
+    const LAB: bool,
+    const SQ: bool,
+    const MASK: bool,
+    const DIFF: bool,
+>(
+    p: &mut [f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    dot: &[f32],
+) {
     let len = p.len();
     let (t, m, dot) = (&t[..len], &m[..len], &dot[..len]);
     for i in 0..len {
@@ -573,14 +697,32 @@ impl Scratch {
     fn new(d: Dims) -> Self {
         // A tile is a whole run of blocks for the element-wise activations (see `Block::tiles`).
         let row = || vec![0.0; RUN * BLOCK];
-        Self { e: vec![0.0; d.c * TILE], max: row(), r: row(), dot: row(), labels: row(), ones: vec![1.0; RUN * BLOCK], sink: vec![MaybeUninit::uninit(); BLOCK], acc: vec![[[0.0; LANES]; 4]; RUN * d.c] }
+        Self {
+            e: vec![0.0; d.c * TILE],
+            max: row(),
+            r: row(),
+            dot: row(),
+            labels: row(),
+            ones: vec![1.0; RUN * BLOCK],
+            sink: vec![MaybeUninit::uninit(); BLOCK],
+            acc: vec![[[0.0; LANES]; 4]; RUN * d.c],
+        }
     }
 }
 
 /// Softmax of one tile (`len` voxels from voxel `v0` of sample `b`): `e[c * TILE + i] = exp(x -
 /// max)` and `r[i] = 1 / sum_c e`.
 #[inline(always)]
-fn softmax_tile<const FMA: bool>(x: &[f32], d: Dims, b: usize, v0: usize, len: usize, e: &mut [f32], max: &mut [f32], r: &mut [f32]) {
+fn softmax_tile<const FMA: bool>(
+    x: &[f32],
+    d: Dims,
+    b: usize,
+    v0: usize,
+    len: usize,
+    e: &mut [f32],
+    max: &mut [f32],
+    r: &mut [f32],
+) {
     let row = |c: usize| &x[(b * d.c + c) * d.n + v0..][..len];
     let (max, r) = (&mut max[..len], &mut r[..len]);
     max.copy_from_slice(row(0));
@@ -605,7 +747,15 @@ fn softmax_tile<const FMA: bool>(x: &[f32], d: Dims, b: usize, v0: usize, len: u
 /// The target values of channel `c` over one tile (`t`, compared with `class` when `LAB`), given
 /// the tile's labels as floats in `labels`.
 #[inline(always)]
-fn tile_target<'a, L: Label, const LAB: bool>(t: TargetRef<'a, L>, d: Dims, b: usize, c: usize, v0: usize, len: usize, labels: &'a [f32]) -> &'a [f32] {
+fn tile_target<'a, L: Label, const LAB: bool>(
+    t: TargetRef<'a, L>,
+    d: Dims,
+    b: usize,
+    c: usize,
+    v0: usize,
+    len: usize,
+    labels: &'a [f32],
+) -> &'a [f32] {
     match t {
         TargetRef::Dense(v) if !LAB => &v[(b * d.c + c) * d.n + v0..][..len],
         _ => &labels[..len],
@@ -614,7 +764,14 @@ fn tile_target<'a, L: Label, const LAB: bool>(t: TargetRef<'a, L>, d: Dims, b: u
 
 /// Converts the labels of one tile to floats (nothing for a dense target).
 #[inline(always)]
-fn tile_labels<L: Label>(t: TargetRef<'_, L>, d: Dims, b: usize, v0: usize, len: usize, out: &mut [f32]) {
+fn tile_labels<L: Label>(
+    t: TargetRef<'_, L>,
+    d: Dims,
+    b: usize,
+    v0: usize,
+    len: usize,
+    out: &mut [f32],
+) {
     if let TargetRef::Labels(l) = t {
         for (o, &v) in out[..len].iter_mut().zip(&l[b * d.n + v0..][..len]) {
             *o = v.to_f32();
@@ -648,7 +805,13 @@ impl<L: Label> Block<'_, L> {
     /// The tasks of a problem: `(sample, first block, blocks)` in sample and block order.
     fn tasks(d: Dims, spec: &Spec) -> Vec<(usize, usize, usize)> {
         let (blocks, run) = (d.blocks(), if spec.act == Act::Softmax { 1 } else { RUN });
-        (0..d.b).flat_map(|b| (0..blocks).step_by(run).map(move |blk| (b, blk, run.min(blocks - blk)))).collect()
+        (0..d.b)
+            .flat_map(|b| {
+                (0..blocks)
+                    .step_by(run)
+                    .map(move |blk| (b, blk, run.min(blocks - blk)))
+            })
+            .collect()
     }
 
     /// The run's voxels, `(start, length)`.
@@ -662,7 +825,9 @@ impl<L: Label> Block<'_, L> {
     fn tiles<const ACT: u8>(&self) -> impl Iterator<Item = (usize, usize)> {
         let (n0, len) = self.span();
         let tile = if ACT == 0 { TILE } else { len.max(1) };
-        (n0..n0 + len).step_by(tile).map(move |v0| (v0, tile.min(n0 + len - v0)))
+        (n0..n0 + len)
+            .step_by(tile)
+            .map(move |v0| (v0, tile.min(n0 + len - v0)))
     }
 
     /// The mask of one tile (a row of ones without a mask: the `MASK = false` loops ignore it).
@@ -687,7 +852,18 @@ impl<L: Label> Block<'_, L> {
     /// The sums `[4][K]` in f64 of each block of the run, one after the other (lanes added in
     /// f64 at the end of each block).
     #[inline(always)]
-    fn forward<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(&self, s: &mut Scratch, save: Option<DxPtr>) -> Vec<f64> {
+    fn forward<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+        const FMA: bool,
+    >(
+        &self,
+        s: &mut Scratch,
+        save: Option<DxPtr>,
+    ) -> Vec<f64> {
         let (d, b, x) = (self.d, self.b, self.x);
         let k = d.k(&self.spec);
         s.acc[..self.nblk * k].fill([[0.0; LANES]; 4]);
@@ -699,7 +875,17 @@ impl<L: Label> Block<'_, L> {
                 let m = self.tile_mask(v0, len, &s.ones);
                 for c in 0..d.c {
                     let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
-                    self.class_pass::<ACT, LAB, SQ, MASK, DIFF, FMA>(save, &mut s.acc, &mut s.sink, c, v0, &s.e[c * TILE..][..len], &s.r[..len], t, m);
+                    self.class_pass::<ACT, LAB, SQ, MASK, DIFF, FMA>(
+                        save,
+                        &mut s.acc,
+                        &mut s.sink,
+                        c,
+                        v0,
+                        &s.e[c * TILE..][..len],
+                        &s.r[..len],
+                        t,
+                        m,
+                    );
                 }
             }
         } else {
@@ -712,7 +898,17 @@ impl<L: Label> Block<'_, L> {
                 let xs = &x[(b * d.c + c) * d.n + n0..][..len];
                 for (i, o) in (0..len).step_by(BLOCK).enumerate() {
                     let l = BLOCK.min(len - o);
-                    self.class_pass::<ACT, LAB, SQ, MASK, DIFF, FMA>(save, &mut s.acc[i * k..], &mut s.sink, c, n0 + o, &xs[o..o + l], &s.ones[..l], &t[o..o + l], &m[o..o + l]);
+                    self.class_pass::<ACT, LAB, SQ, MASK, DIFF, FMA>(
+                        save,
+                        &mut s.acc[i * k..],
+                        &mut s.sink,
+                        c,
+                        n0 + o,
+                        &xs[o..o + l],
+                        &s.ones[..l],
+                        &t[o..o + l],
+                        &m[o..o + l],
+                    );
                 }
             }
         }
@@ -733,7 +929,14 @@ impl<L: Label> Block<'_, L> {
     /// One class of the forward over the voxels from `v0` (as many as `src` holds) into the
     /// accumulators `acc[K]` of one block; with `save`, the activations written too.
     #[inline(always)]
-    fn class_pass<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(
+    fn class_pass<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+        const FMA: bool,
+    >(
         &self,
         save: Option<DxPtr>,
         acc: &mut [[[f32; LANES]; 4]],
@@ -751,13 +954,29 @@ impl<L: Label> Block<'_, L> {
                 // SAFETY: this task alone writes row (b, c) over these voxels.
                 let out = unsafe { save.row(self.b, c, v0, src.len(), self.d) };
                 match j {
-                    Some(j) => class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, true>(src, r, t, c as f32, m, &mut acc[j], out),
+                    Some(j) => class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, true>(
+                        src,
+                        r,
+                        t,
+                        c as f32,
+                        m,
+                        &mut acc[j],
+                        out,
+                    ),
                     None => class_activations::<ACT, FMA, true>(src, r, out),
                 }
             }
             None => {
                 if let Some(j) = j {
-                    class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, false>(src, r, t, c as f32, m, &mut acc[j], sink);
+                    class_sums::<ACT, LAB, SQ, MASK, DIFF, FMA, false>(
+                        src,
+                        r,
+                        t,
+                        c as f32,
+                        m,
+                        &mut acc[j],
+                        sink,
+                    );
                 }
             }
         }
@@ -766,14 +985,29 @@ impl<L: Label> Block<'_, L> {
     /// Writes the block's gradient into `dx`: tile by tile, the activations into the tile's rows
     /// of `dx` (recomputed from the logits), then [`Block::grad_tile`] over them.
     #[inline(always)]
-    fn backward<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(&self, s: &mut Scratch, dx: DxPtr) {
+    fn backward<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+        const FMA: bool,
+    >(
+        &self,
+        s: &mut Scratch,
+        dx: DxPtr,
+    ) {
         let (d, b, x) = (self.d, self.b, self.x);
         for (v0, len) in self.tiles::<ACT>() {
             if ACT == 0 {
                 softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
             }
             for c in 0..d.c {
-                let (src, r) = if ACT == 0 { (&s.e[c * TILE..][..len], &s.r[..len]) } else { (&x[(b * d.c + c) * d.n + v0..][..len], &s.ones[..len]) };
+                let (src, r) = if ACT == 0 {
+                    (&s.e[c * TILE..][..len], &s.r[..len])
+                } else {
+                    (&x[(b * d.c + c) * d.n + v0..][..len], &s.ones[..len])
+                };
                 // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
                 class_activations::<ACT, FMA, false>(src, r, unsafe { dx.row(b, c, v0, len, d) });
             }
@@ -783,7 +1017,17 @@ impl<L: Label> Block<'_, L> {
 
     /// Turns the saved activations of the block (in `p`) into the gradient, in place.
     #[inline(always)]
-    fn backward_in_place<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr) {
+    fn backward_in_place<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+    >(
+        &self,
+        s: &mut Scratch,
+        p: DxPtr,
+    ) {
         for (v0, len) in self.tiles::<ACT>() {
             self.grad_tile::<ACT, LAB, SQ, MASK, DIFF>(s, p, v0, len);
         }
@@ -791,7 +1035,19 @@ impl<L: Label> Block<'_, L> {
 
     /// Turns the activations of one tile (`len` voxels from `v0`, in `p`) into the gradient.
     #[inline(always)]
-    fn grad_tile<const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool>(&self, s: &mut Scratch, p: DxPtr, v0: usize, len: usize) {
+    fn grad_tile<
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+    >(
+        &self,
+        s: &mut Scratch,
+        p: DxPtr,
+        v0: usize,
+        len: usize,
+    ) {
         let (d, b) = (self.d, self.b);
         tile_labels(self.t, d, b, v0, len, &mut s.labels);
         let m = self.tile_mask(v0, len, &s.ones);
@@ -802,14 +1058,28 @@ impl<L: Label> Block<'_, L> {
                 // SAFETY: this task alone reads and writes row (b, c) over voxels v0..v0 + len,
                 // which holds the activations written before.
                 let row = unsafe { p.row_init(b, c, v0, len, d) };
-                class_probs_dot::<LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &mut s.dot);
+                class_probs_dot::<LAB, SQ, MASK, DIFF>(
+                    row,
+                    t,
+                    c as f32,
+                    m,
+                    self.coef(c),
+                    &mut s.dot,
+                );
             }
         }
         for c in 0..d.c {
             let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
             // SAFETY: as above.
             let row = unsafe { p.row_init(b, c, v0, len, d) };
-            class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(row, t, c as f32, m, self.coef(c), &s.dot);
+            class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(
+                row,
+                t,
+                c as f32,
+                m,
+                self.coef(c),
+                &s.dot,
+            );
         }
     }
 }
@@ -826,7 +1096,14 @@ impl DxPtr {
     /// # Safety
     /// No other live reference may cover the same elements; the output has `B * C * N` elements.
     #[inline(always)]
-    unsafe fn row<'a>(self, b: usize, c: usize, v0: usize, len: usize, d: Dims) -> &'a mut [MaybeUninit<f32>] {
+    unsafe fn row<'a>(
+        self,
+        b: usize,
+        c: usize,
+        v0: usize,
+        len: usize,
+        d: Dims,
+    ) -> &'a mut [MaybeUninit<f32>] {
         debug_assert!(v0 + len <= d.n && b < d.b && c < d.c);
         unsafe { std::slice::from_raw_parts_mut(self.0.add((b * d.c + c) * d.n + v0), len) }
     }
@@ -836,7 +1113,14 @@ impl DxPtr {
     /// # Safety
     /// As for `row`, and the elements are initialised.
     #[inline(always)]
-    unsafe fn row_init<'a>(self, b: usize, c: usize, v0: usize, len: usize, d: Dims) -> &'a mut [f32] {
+    unsafe fn row_init<'a>(
+        self,
+        b: usize,
+        c: usize,
+        v0: usize,
+        len: usize,
+        d: Dims,
+    ) -> &'a mut [f32] {
         // SAFETY: MaybeUninit<f32> and f32 have the same layout; the caller guarantees the rest.
         unsafe { &mut *(self.row(b, c, v0, len, d) as *mut [MaybeUninit<f32>] as *mut [f32]) }
     }
@@ -856,9 +1140,25 @@ enum Work {
 /// Runs one block of work with the const parameters matching its options. The `if`s select one
 /// of the 48 variants (activation 3 x label map 2 x squared 2 x mask 2 x difference 2).
 #[inline(always)]
-fn run_block<L: Label, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+fn run_block<L: Label, const FMA: bool>(
+    blk: &Block<'_, L>,
+    s: &mut Scratch,
+    work: Work,
+) -> Vec<f64> {
     #[inline(always)]
-    fn leaf<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const DIFF: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+    fn leaf<
+        L: Label,
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const DIFF: bool,
+        const FMA: bool,
+    >(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
         match work {
             Work::Forward(save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, save),
             Work::BackwardInPlace(p) => {
@@ -872,21 +1172,60 @@ fn run_block<L: Label, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, wor
         }
     }
     #[inline(always)]
-    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
-        if blk.spec.difference { leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, s, work) } else { leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, s, work) }
+    fn diff<
+        L: Label,
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const FMA: bool,
+    >(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
+        if blk.spec.difference {
+            leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, s, work)
+        } else {
+            leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, s, work)
+        }
     }
     #[inline(always)]
-    fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
-        if blk.mask.is_some() { diff::<L, ACT, LAB, SQ, true, FMA>(blk, s, work) } else { diff::<L, ACT, LAB, SQ, false, FMA>(blk, s, work) }
+    fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
+        if blk.mask.is_some() {
+            diff::<L, ACT, LAB, SQ, true, FMA>(blk, s, work)
+        } else {
+            diff::<L, ACT, LAB, SQ, false, FMA>(blk, s, work)
+        }
     }
     #[inline(always)]
-    fn squared<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
-        if blk.spec.squared { mask::<L, ACT, LAB, true, FMA>(blk, s, work) } else { mask::<L, ACT, LAB, false, FMA>(blk, s, work) }
+    fn squared<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
+        if blk.spec.squared {
+            mask::<L, ACT, LAB, true, FMA>(blk, s, work)
+        } else {
+            mask::<L, ACT, LAB, false, FMA>(blk, s, work)
+        }
     }
     #[inline(always)]
-    fn labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+    fn labels<L: Label, const ACT: u8, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
         // A single-channel label map holds the 0/1 target itself.
-        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { squared::<L, ACT, true, FMA>(blk, s, work) } else { squared::<L, ACT, false, FMA>(blk, s, work) }
+        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 {
+            squared::<L, ACT, true, FMA>(blk, s, work)
+        } else {
+            squared::<L, ACT, false, FMA>(blk, s, work)
+        }
     }
     match blk.spec.act {
         Act::Softmax => labels::<L, 0, FMA>(blk, s, work),
@@ -915,7 +1254,10 @@ enum Isa {
 /// [`run_block`] compiled for the instruction set `isa` asks for.
 fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Best && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if isa == Isa::Best
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { run_block_avx2(blk, s, work) };
     }
@@ -925,31 +1267,92 @@ fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work:
 
 /// Runs `work` on every task `(sample, first block, blocks)` in parallel, with one scratch space
 /// per thread; the tasks' results (their block sums for a forward) in task order.
-fn run_tasks<L: Label>(tasks: &[(usize, usize, usize)], x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec, isa: Isa, work: Work) -> Vec<Vec<f64>> {
+fn run_tasks<L: Label>(
+    tasks: &[(usize, usize, usize)],
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+    isa: Isa,
+    work: Work,
+) -> Vec<Vec<f64>> {
     tasks
         .par_iter()
         .map_init(
             || Scratch::new(d),
-            |s, &(b, blk, nblk)| run_block_with(isa, &Block { x, t, mask, grad, d, spec, b, blk, nblk }, s, work),
+            |s, &(b, blk, nblk)| {
+                run_block_with(
+                    isa,
+                    &Block {
+                        x,
+                        t,
+                        mask,
+                        grad,
+                        d,
+                        spec,
+                        b,
+                        blk,
+                        nblk,
+                    },
+                    s,
+                    work,
+                )
+            },
         )
         .collect()
 }
 
 /// Checks the sizes of a call's slices against `d` (and of the statistics' gradient), naming
 /// the one that does not fit.
-fn check_sizes<L: Label>(what: &str, x: usize, t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: Option<&[f32]>, d: Dims, spec: &Spec) {
+fn check_sizes<L: Label>(
+    what: &str,
+    x: usize,
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: Option<&[f32]>,
+    d: Dims,
+    spec: &Spec,
+) {
     let n = d.b * d.c * d.n;
-    assert_eq!(x, n, "segloss kernel: {what} has {x} values, expected B * C * N = {} * {} * {} = {n}", d.b, d.c, d.n);
+    assert_eq!(
+        x, n,
+        "segloss kernel: {what} has {x} values, expected B * C * N = {} * {} * {} = {n}",
+        d.b, d.c, d.n
+    );
     match t {
-        TargetRef::Labels(l) => assert_eq!(l.len(), d.b * d.n, "segloss kernel: the label map has {} values, expected B * N = {}", l.len(), d.b * d.n),
-        TargetRef::Dense(v) => assert_eq!(v.len(), n, "segloss kernel: the dense target has {} values, expected B * C * N = {n}", v.len()),
+        TargetRef::Labels(l) => assert_eq!(
+            l.len(),
+            d.b * d.n,
+            "segloss kernel: the label map has {} values, expected B * N = {}",
+            l.len(),
+            d.b * d.n
+        ),
+        TargetRef::Dense(v) => assert_eq!(
+            v.len(),
+            n,
+            "segloss kernel: the dense target has {} values, expected B * C * N = {n}",
+            v.len()
+        ),
     }
     if let Some(m) = mask {
-        assert_eq!(m.len(), d.b * d.n, "segloss kernel: the mask has {} values, expected B * N = {}", m.len(), d.b * d.n);
+        assert_eq!(
+            m.len(),
+            d.b * d.n,
+            "segloss kernel: the mask has {} values, expected B * N = {}",
+            m.len(),
+            d.b * d.n
+        );
     }
     if let Some(g) = grad {
         let k = 4 * d.b * d.k(spec);
-        assert_eq!(g.len(), k, "segloss kernel: the statistics' gradient has {} values, expected 4 * B * K = {k}", g.len());
+        assert_eq!(
+            g.len(),
+            k,
+            "segloss kernel: the statistics' gradient has {} values, expected 4 * B * K = {k}",
+            g.len()
+        );
     }
 }
 
@@ -957,7 +1360,13 @@ fn check_sizes<L: Label>(what: &str, x: usize, t: TargetRef<'_, L>, mask: Option
 ///
 /// # Panics
 /// If a slice's length does not match `d` (the message names it).
-pub fn forward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> Vec<f32> {
+pub fn forward<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+    spec: Spec,
+) -> Vec<f32> {
     forward_impl(x, t, mask, d, spec, None, Isa::Best)
 }
 
@@ -967,8 +1376,17 @@ pub fn forward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d
 /// # Panics
 /// With `Act::None` (the activations are the logits: use [`forward`] and [`backward`]), or if a
 /// slice's length does not match `d`.
-pub fn forward_saving<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec) -> (Vec<f32>, Vec<f32>) {
-    assert!(spec.act != Act::None, "segloss kernel: the activations of Act::None are the logits; nothing to save");
+pub fn forward_saving<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+    spec: Spec,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        spec.act != Act::None,
+        "segloss kernel: the activations of Act::None are the logits; nothing to save"
+    );
     let mut p = uninit(d.b * d.c * d.n);
     let stats = forward_impl(x, t, mask, d, spec, Some(DxPtr(p.as_mut_ptr())), Isa::Best);
     // SAFETY: the blocks cover every (b, c, n) exactly once (every sample, every block of voxels,
@@ -976,7 +1394,15 @@ pub fn forward_saving<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f
     (stats, unsafe { assume_init(p) })
 }
 
-fn forward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, d: Dims, spec: Spec, save: Option<DxPtr>, isa: Isa) -> Vec<f32> {
+fn forward_impl<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+    spec: Spec,
+    save: Option<DxPtr>,
+    isa: Isa,
+) -> Vec<f32> {
     check_sizes("the logits", x.len(), t, mask, None, d, &spec);
     let k = d.k(&spec);
     let tasks = Block::<L>::tasks(d, &spec);
@@ -1013,7 +1439,10 @@ fn huge_pages(v: &mut [MaybeUninit<f32>]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
-        let (start, end) = (v.as_ptr() as usize, v.as_ptr() as usize + std::mem::size_of_val(v));
+        let (start, end) = (
+            v.as_ptr() as usize,
+            v.as_ptr() as usize + std::mem::size_of_val(v),
+        );
         let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
         if hi >= lo + HUGE {
             // SAFETY: [lo, hi) lies inside the buffer this function borrows mutably; MADV_HUGEPAGE
@@ -1038,29 +1467,79 @@ unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
 ///
 /// # Panics
 /// If a slice's length does not match `d`.
-pub fn backward_in_place<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) {
+pub fn backward_in_place<L: Label>(
+    p: &mut [f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+) {
     backward_in_place_impl(p, t, mask, grad, d, spec, Isa::Best)
 }
 
-fn backward_in_place_impl<L: Label>(p: &mut [f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec, isa: Isa) {
+fn backward_in_place_impl<L: Label>(
+    p: &mut [f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+    isa: Isa,
+) {
     check_sizes("the activations", p.len(), t, mask, Some(grad), d, &spec);
     let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
-    run_tasks(&Block::<L>::tasks(d, &spec), &[], t, mask, grad, d, spec, isa, Work::BackwardInPlace(ptr));
+    run_tasks(
+        &Block::<L>::tasks(d, &spec),
+        &[],
+        t,
+        mask,
+        grad,
+        d,
+        spec,
+        isa,
+        Work::BackwardInPlace(ptr),
+    );
 }
 
 /// The gradient with respect to the logits `[B, C, N]`, given the gradient of the statistics `[4, B, K]`.
 ///
 /// # Panics
 /// If a slice's length does not match `d`.
-pub fn backward<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec) -> Vec<f32> {
+pub fn backward<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+) -> Vec<f32> {
     backward_impl(x, t, mask, grad, d, spec, Isa::Best)
 }
 
-fn backward_impl<L: Label>(x: &[f32], t: TargetRef<'_, L>, mask: Option<&[f32]>, grad: &[f32], d: Dims, spec: Spec, isa: Isa) -> Vec<f32> {
+fn backward_impl<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+    isa: Isa,
+) -> Vec<f32> {
     check_sizes("the logits", x.len(), t, mask, Some(grad), d, &spec);
     let mut dx = uninit(d.b * d.c * d.n);
     let ptr = DxPtr(dx.as_mut_ptr());
-    run_tasks(&Block::<L>::tasks(d, &spec), x, t, mask, grad, d, spec, isa, Work::Backward(ptr));
+    run_tasks(
+        &Block::<L>::tasks(d, &spec),
+        x,
+        t,
+        mask,
+        grad,
+        d,
+        spec,
+        isa,
+        Work::Backward(ptr),
+    );
     // SAFETY: the blocks cover every (b, c, n) exactly once, so every element has been written.
     unsafe { assume_init(dx) }
 }
@@ -1075,19 +1554,39 @@ mod tests {
         // Several tasks per sample for both kinds of task (one block for the softmax, runs of
         // `RUN` blocks for the sigmoid), the last one short.
         let (b, c, n) = (2usize, 5usize, 2 * RUN * BLOCK + 3 * BLOCK + 17);
-        let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0).collect();
+        let x: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+            .collect();
         let l: Vec<i64> = (0..b * n).map(|i| ((i * 31) % c) as i64).collect();
-        let m: Vec<f32> = (0..b * n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
+        let m: Vec<f32> = (0..b * n)
+            .map(|i| if i % 7 == 0 { 0.0 } else { 1.0 })
+            .collect();
         let d = Dims { b, c, n };
         for act in [Act::Softmax, Act::Sigmoid] {
-            let spec = Spec { act, include_background: false, squared: false, difference: true };
-            let grad: Vec<f32> = (0..4 * b * (c - 1)).map(|i| i as f32 * 0.01 - 0.1).collect();
+            let spec = Spec {
+                act,
+                include_background: false,
+                squared: false,
+                difference: true,
+            };
+            let grad: Vec<f32> = (0..4 * b * (c - 1))
+                .map(|i| i as f32 * 0.01 - 0.1)
+                .collect();
             let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 pool.install(|| {
-                    let (stats, mut p) = forward_saving(&x, TargetRef::Labels(&l), Some(&m), d, spec);
+                    let (stats, mut p) =
+                        forward_saving(&x, TargetRef::Labels(&l), Some(&m), d, spec);
                     backward_in_place(&mut p, TargetRef::Labels(&l), Some(&m), &grad, d, spec);
-                    (forward(&x, TargetRef::Labels(&l), Some(&m), d, spec), stats, backward(&x, TargetRef::Labels(&l), Some(&m), &grad, d, spec), p)
+                    (
+                        forward(&x, TargetRef::Labels(&l), Some(&m), d, spec),
+                        stats,
+                        backward(&x, TargetRef::Labels(&l), Some(&m), &grad, d, spec),
+                        p,
+                    )
                 })
             };
             let one = run(1);
@@ -1109,40 +1608,97 @@ mod tests {
         // The offset keeps every sigmoid away from the dense target's values (0, 1/4, ..., 1)
         // by far more than rounding: at p = g the gradient of |p - g| jumps, and rounding
         // alone would pick the side.
-        let x: Vec<f32> = (0..b * c * n).map(|i| if i % 997 == 0 { if i % 2 == 0 { 1e4 } else { -1e4 } } else { ((i * 7919) % 1013) as f32 / 61.0 - 8.013 }).collect();
+        let x: Vec<f32> = (0..b * c * n)
+            .map(|i| {
+                if i % 997 == 0 {
+                    if i % 2 == 0 { 1e4 } else { -1e4 }
+                } else {
+                    ((i * 7919) % 1013) as f32 / 61.0 - 8.013
+                }
+            })
+            .collect();
         let l: Vec<i64> = (0..b * n).map(|i| ((i * 31 + i / 7) % c) as i64).collect();
-        let dense: Vec<f32> = (0..b * c * n).map(|i| ((i * 13) % 5) as f32 / 4.0).collect();
+        let dense: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 13) % 5) as f32 / 4.0)
+            .collect();
         let m: Vec<f32> = (0..b * n).map(|i| ((i * 17) % 3) as f32 / 2.0).collect();
         let d = Dims { b, c, n };
         let close = |got: &[f32], want: &[f32], rel: bool, what: &str| {
             let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                let tol = if rel { 2e-6 * w.abs().max(1e-3) } else { 2e-6 * scale };
-                assert!(g.is_finite() && (g - w).abs() <= tol, "{what}: [{i}] {g} vs baseline {w}");
+                let tol = if rel {
+                    2e-6 * w.abs().max(1e-3)
+                } else {
+                    2e-6 * scale
+                };
+                assert!(
+                    g.is_finite() && (g - w).abs() <= tol,
+                    "{what}: [{i}] {g} vs baseline {w}"
+                );
             }
         };
         for act in [Act::Softmax, Act::Sigmoid, Act::None] {
             for f in 0..32 {
-                let (include_background, squared, difference, masked, labels) = (f & 1 == 0, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0);
-                let spec = Spec { act, include_background, squared, difference };
-                let t = if labels { TargetRef::Labels(&l) } else { TargetRef::Dense(&dense) };
+                let (include_background, squared, difference, masked, labels) =
+                    (f & 1 == 0, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0);
+                let spec = Spec {
+                    act,
+                    include_background,
+                    squared,
+                    difference,
+                };
+                let t = if labels {
+                    TargetRef::Labels(&l)
+                } else {
+                    TargetRef::Dense(&dense)
+                };
                 let mask = masked.then_some(&m[..]);
-                let grad: Vec<f32> = (0..4 * b * d.k(&spec)).map(|i| i as f32 * 0.013 - 0.2).collect();
+                let grad: Vec<f32> = (0..4 * b * d.k(&spec))
+                    .map(|i| i as f32 * 0.013 - 0.2)
+                    .collect();
                 let what = format!("{spec:?} masked {masked} labels {labels}");
                 let stats = |isa| forward_impl(&x, t, mask, d, spec, None, isa);
-                close(&stats(Isa::Best), &stats(Isa::Baseline), true, &format!("{what}: statistics"));
+                close(
+                    &stats(Isa::Best),
+                    &stats(Isa::Baseline),
+                    true,
+                    &format!("{what}: statistics"),
+                );
                 let dx = |isa| backward_impl(&x, t, mask, &grad, d, spec, isa);
-                close(&dx(Isa::Best), &dx(Isa::Baseline), false, &format!("{what}: gradient"));
+                close(
+                    &dx(Isa::Best),
+                    &dx(Isa::Baseline),
+                    false,
+                    &format!("{what}: gradient"),
+                );
                 if act != Act::None {
                     let saved = |isa| {
                         let mut p = vec![0.0f32; b * c * n];
-                        let stats = forward_impl(&x, t, mask, d, spec, Some(DxPtr(p.as_mut_ptr().cast())), isa);
+                        let stats = forward_impl(
+                            &x,
+                            t,
+                            mask,
+                            d,
+                            spec,
+                            Some(DxPtr(p.as_mut_ptr().cast())),
+                            isa,
+                        );
                         backward_in_place_impl(&mut p, t, mask, &grad, d, spec, isa);
                         (stats, p)
                     };
                     let (best, base) = (saved(Isa::Best), saved(Isa::Baseline));
-                    close(&best.0, &base.0, true, &format!("{what}: saving statistics"));
-                    close(&best.1, &base.1, false, &format!("{what}: in-place gradient"));
+                    close(
+                        &best.0,
+                        &base.0,
+                        true,
+                        &format!("{what}: saving statistics"),
+                    );
+                    close(
+                        &best.1,
+                        &base.1,
+                        false,
+                        &format!("{what}: in-place gradient"),
+                    );
                 }
             }
         }
@@ -1154,41 +1710,88 @@ mod tests {
     /// gradient as the recomputing one, bit for bit, on 1 and 3 threads.
     #[test]
     fn saved_activations_give_the_same_results() {
-        let pools: Vec<_> = [1, 3].map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()).into();
-        for (b, c, n) in [(2usize, 4usize, 2 * BLOCK + 40), (1, 3, BLOCK + 13), (2, 1, 301)] {
-            let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919) % 1013) as f32 / 61.0 - 8.0).collect();
-            let l: Vec<i32> = (0..b * n).map(|i| ((i * 31 + i / 7) % c.max(2)) as i32 % (c as i32).max(2)).collect();
-            let l: Vec<i32> = if c == 1 { l.iter().map(|&v| v.min(1)).collect() } else { l };
-            let dense: Vec<f32> = (0..b * c * n).map(|i| ((i * 13) % 5) as f32 / 4.0).collect();
-            let m: Vec<f32> = (0..b * n).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        let pools: Vec<_> = [1, 3]
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            })
+            .into();
+        for (b, c, n) in [
+            (2usize, 4usize, 2 * BLOCK + 40),
+            (1, 3, BLOCK + 13),
+            (2, 1, 301),
+        ] {
+            let x: Vec<f32> = (0..b * c * n)
+                .map(|i| ((i * 7919) % 1013) as f32 / 61.0 - 8.0)
+                .collect();
+            let l: Vec<i32> = (0..b * n)
+                .map(|i| ((i * 31 + i / 7) % c.max(2)) as i32 % (c as i32).max(2))
+                .collect();
+            let l: Vec<i32> = if c == 1 {
+                l.iter().map(|&v| v.min(1)).collect()
+            } else {
+                l
+            };
+            let dense: Vec<f32> = (0..b * c * n)
+                .map(|i| ((i * 13) % 5) as f32 / 4.0)
+                .collect();
+            let m: Vec<f32> = (0..b * n)
+                .map(|i| if i % 5 == 0 { 0.0 } else { 1.0 })
+                .collect();
             let d = Dims { b, c, n };
             for act in [Act::Softmax, Act::Sigmoid] {
-                for (include_background, squared, difference, masked, labels) in
-                    (0..32).map(|f| (f & 1 == 0 || c == 1, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0))
-                {
-                    let spec = Spec { act, include_background, squared, difference };
-                    let t = if labels { TargetRef::Labels(&l) } else { TargetRef::Dense(&dense) };
+                for (include_background, squared, difference, masked, labels) in (0..32).map(|f| {
+                    (
+                        f & 1 == 0 || c == 1,
+                        f & 2 != 0,
+                        f & 4 != 0,
+                        f & 8 != 0,
+                        f & 16 != 0,
+                    )
+                }) {
+                    let spec = Spec {
+                        act,
+                        include_background,
+                        squared,
+                        difference,
+                    };
+                    let t = if labels {
+                        TargetRef::Labels(&l)
+                    } else {
+                        TargetRef::Dense(&dense)
+                    };
                     let mask = masked.then_some(&m[..]);
-                    let grad: Vec<f32> = (0..4 * b * d.k(&spec)).map(|i| i as f32 * 0.013 - 0.2).collect();
-                    let what = format!("{act:?} {spec:?} masked {masked} labels {labels} {b}x{c}x{n}");
+                    let grad: Vec<f32> = (0..4 * b * d.k(&spec))
+                        .map(|i| i as f32 * 0.013 - 0.2)
+                        .collect();
+                    let what =
+                        format!("{act:?} {spec:?} masked {masked} labels {labels} {b}x{c}x{n}");
                     let stats = forward(&x, t, mask, d, spec);
                     let dx = backward(&x, t, mask, &grad, d, spec);
                     for pool in &pools {
-                        let (saved_stats, mut p) = pool.install(|| forward_saving(&x, t, mask, d, spec));
+                        let (saved_stats, mut p) =
+                            pool.install(|| forward_saving(&x, t, mask, d, spec));
                         assert_eq!(saved_stats, stats, "{what}");
                         for bb in 0..b {
                             for i in (0..n).step_by(37) {
-                                let xs: Vec<f32> = (0..c).map(|cc| x[(bb * c + cc) * n + i]).collect();
+                                let xs: Vec<f32> =
+                                    (0..c).map(|cc| x[(bb * c + cc) * n + i]).collect();
                                 for (cc, v) in xs.iter().enumerate() {
                                     let want = match act {
                                         Act::Softmax => {
                                             let max = xs.iter().fold(f32::MIN, |a, &v| a.max(v));
-                                            (v - max).exp() / xs.iter().map(|&u| (u - max).exp()).sum::<f32>()
+                                            (v - max).exp()
+                                                / xs.iter().map(|&u| (u - max).exp()).sum::<f32>()
                                         }
                                         _ => 1.0 / (1.0 + (-v).exp()),
                                     };
                                     let got = p[(bb * c + cc) * n + i];
-                                    assert!((got - want).abs() <= 1e-6 * want.max(1e-3), "{what}: p {got} vs {want}");
+                                    assert!(
+                                        (got - want).abs() <= 1e-6 * want.max(1e-3),
+                                        "{what}: p {got} vs {want}"
+                                    );
                                 }
                             }
                         }
@@ -1204,7 +1807,12 @@ mod tests {
     #[should_panic(expected = "the label map has 10 values, expected B * N = 12")]
     fn a_slice_of_the_wrong_size_is_named() {
         let d = Dims { b: 2, c: 3, n: 6 };
-        let spec = Spec { act: Act::Softmax, include_background: true, squared: false, difference: false };
+        let spec = Spec {
+            act: Act::Softmax,
+            include_background: true,
+            squared: false,
+            difference: false,
+        };
         forward(&[0.0; 36], TargetRef::Labels(&[0i64; 10]), None, d, spec);
     }
 

@@ -98,7 +98,15 @@ pub trait FusedStatsOps: Backend {
         squared: bool,
         difference: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let stats = Self::overlap_stats_labels(logits.clone(), labels, mask, activation, include_background, squared, difference);
+        let stats = Self::overlap_stats_labels(
+            logits.clone(),
+            labels,
+            mask,
+            activation,
+            include_background,
+            squared,
+            difference,
+        );
         (stats, logits)
     }
 
@@ -116,7 +124,16 @@ pub trait FusedStatsOps: Backend {
         squared: bool,
         difference: bool,
     ) -> FloatTensor<Self> {
-        Self::overlap_stats_labels_backward(saved, labels, mask, grad, activation, include_background, squared, difference)
+        Self::overlap_stats_labels_backward(
+            saved,
+            labels,
+            mask,
+            grad,
+            activation,
+            include_background,
+            squared,
+            difference,
+        )
     }
 
     /// [`overlap_stats_labels_saving`](FusedStatsOps::overlap_stats_labels_saving) against a dense target.
@@ -131,7 +148,15 @@ pub trait FusedStatsOps: Backend {
         squared: bool,
         difference: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let stats = Self::overlap_stats_dense(logits.clone(), target, mask, activation, include_background, squared, difference);
+        let stats = Self::overlap_stats_dense(
+            logits.clone(),
+            target,
+            mask,
+            activation,
+            include_background,
+            squared,
+            difference,
+        );
         (stats, logits)
     }
 
@@ -148,7 +173,16 @@ pub trait FusedStatsOps: Backend {
         squared: bool,
         difference: bool,
     ) -> FloatTensor<Self> {
-        Self::overlap_stats_dense_backward(saved, target, mask, grad, activation, include_background, squared, difference)
+        Self::overlap_stats_dense_backward(
+            saved,
+            target,
+            mask,
+            grad,
+            activation,
+            include_background,
+            squared,
+            difference,
+        )
     }
 }
 
@@ -176,7 +210,10 @@ pub fn supports(device: &Device) -> bool {
 pub(crate) fn is_cube(device: &Device) -> bool {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     {
-        matches!(without_autodiff(device).as_dispatch(), DispatchDevice::Cube(_))
+        matches!(
+            without_autodiff(device).as_dispatch(),
+            DispatchDevice::Cube(_)
+        )
     }
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     {
@@ -187,7 +224,11 @@ pub(crate) fn is_cube(device: &Device) -> bool {
 
 /// The backend device under `device`'s autodiff layer, if it has one.
 fn without_autodiff(device: &Device) -> Device {
-    if device.is_autodiff() { device.clone().inner() } else { device.clone() }
+    if device.is_autodiff() {
+        device.clone().inner()
+    } else {
+        device.clone()
+    }
 }
 
 /// The target of the fused operation.
@@ -207,11 +248,18 @@ pub fn calls() -> usize {
 }
 
 /// Fused statistics `[4, B, K]` of logits `[B, C, N]`.
-pub fn overlap_stats(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>, spec: super::cpu::Spec) -> Tensor<3> {
+pub fn overlap_stats(
+    logits: Tensor<3>,
+    target: FusedTarget,
+    mask: Option<Tensor<2>>,
+    spec: super::cpu::Spec,
+) -> Tensor<3> {
     let act = spec.act.code();
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = logits.device();
-    let mask = mask.unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device)).into_dispatch();
+    let mask = mask
+        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
+        .into_dispatch();
     let out = match target {
         FusedTarget::Labels(l) => <Dispatch as FusedStatsOps>::overlap_stats_labels(
             logits.into_dispatch(),
@@ -245,10 +293,20 @@ mod flex {
     use super::FusedStatsOps;
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-        assert_eq!(t.dtype(), DType::F32, "segloss's fused kernel computes in f32, got {:?}", t.dtype());
+        assert_eq!(
+            t.dtype(),
+            DType::F32,
+            "segloss's fused kernel computes in f32, got {:?}",
+            t.dtype()
+        );
         match t.as_slice::<f32>() {
             Some(s) => std::borrow::Cow::Borrowed(s),
-            None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
+            None => std::borrow::Cow::Owned(
+                t.to_contiguous()
+                    .as_slice::<f32>()
+                    .expect("contiguous f32")
+                    .to_vec(),
+            ),
         }
     }
 
@@ -273,7 +331,13 @@ mod flex {
     /// Runs `job` with the target as a slice: dense values, or labels as `i64` or `i32` (other
     /// integer types are converted). A mask with no elements means no mask.
     fn run(job: Job<'_>, target: Target<'_>, mask: &FlexTensor, d: Dims, s: Spec) -> Vec<Vec<f32>> {
-        fn go<L: Label>(job: Job<'_>, t: TargetRef<'_, L>, m: Option<&[f32]>, d: Dims, s: Spec) -> Vec<Vec<f32>> {
+        fn go<L: Label>(
+            job: Job<'_>,
+            t: TargetRef<'_, L>,
+            m: Option<&[f32]>,
+            d: Dims,
+            s: Spec,
+        ) -> Vec<Vec<f32>> {
             match job {
                 Job::Stats(x) => vec![cpu::forward(x, t, m, d, s)],
                 Job::Saving(x) => {
@@ -294,10 +358,26 @@ mod flex {
             Target::Labels(l) => {
                 let l = l.to_contiguous();
                 match l.dtype() {
-                    DType::I64 => go(job, TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")), m, d, s),
-                    DType::I32 => go(job, TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")), m, d, s),
+                    DType::I64 => go(
+                        job,
+                        TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")),
+                        m,
+                        d,
+                        s,
+                    ),
+                    DType::I32 => go(
+                        job,
+                        TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")),
+                        m,
+                        d,
+                        s,
+                    ),
                     _ => {
-                        let v: Vec<i64> = l.into_data().convert::<i64>().try_to_vec().expect("labels as i64");
+                        let v: Vec<i64> = l
+                            .into_data()
+                            .convert::<i64>()
+                            .try_to_vec()
+                            .expect("labels as i64");
                         go(job, TargetRef::Labels(&v), m, d, s)
                     }
                 }
@@ -322,31 +402,61 @@ mod flex {
 
     /// The statistics and what the backward starts from: the activations, or the logits
     /// themselves without an activation.
-    fn saving(logits: FlexTensor, target: Target<'_>, mask: &FlexTensor, s: Spec) -> (FlexTensor, FlexTensor) {
+    fn saving(
+        logits: FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        s: Spec,
+    ) -> (FlexTensor, FlexTensor) {
         if s.act == Act::None {
             return (stats(&logits, target, mask, s), logits);
         }
         let d = dims(&logits);
         let mut out = run(Job::Saving(&floats(&logits)), target, mask, d, s);
         let p = out.pop().expect("activations");
-        (tensor(out.pop().expect("statistics"), vec![4, d.b, d.k(&s)]), tensor(p, vec![d.b, d.c, d.n]))
+        (
+            tensor(out.pop().expect("statistics"), vec![4, d.b, d.k(&s)]),
+            tensor(p, vec![d.b, d.c, d.n]),
+        )
     }
 
-    fn gradient(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: &FlexTensor, s: Spec) -> FlexTensor {
+    fn gradient(
+        logits: &FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        grad: &FlexTensor,
+        s: Spec,
+    ) -> FlexTensor {
         let d = dims(logits);
-        let out = run(Job::Gradient(&floats(logits), &floats(grad)), target, mask, d, s).remove(0);
+        let out = run(
+            Job::Gradient(&floats(logits), &floats(grad)),
+            target,
+            mask,
+            d,
+            s,
+        )
+        .remove(0);
         tensor(out, vec![d.b, d.c, d.n])
     }
 
     /// The gradient from what [`saving`] returned: in place over the activations when this call
     /// owns their buffer (the usual case: the backward step consumes its state), else on a copy.
-    fn gradient_saved(saved: FlexTensor, target: Target<'_>, mask: &FlexTensor, grad: &FlexTensor, s: Spec) -> FlexTensor {
+    fn gradient_saved(
+        saved: FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        grad: &FlexTensor,
+        s: Spec,
+    ) -> FlexTensor {
         if s.act == Act::None {
             return gradient(&saved, target, mask, grad, s);
         }
         let d = dims(&saved);
         let len = d.b * d.c * d.n;
-        let mut p = if saved.layout().contiguous_offsets() == Some((0, len)) && saved.dtype() == DType::F32 && saved.is_unique() {
+        let mut p = if saved.layout().contiguous_offsets() == Some((0, len))
+            && saved.dtype() == DType::F32
+            && saved.is_unique()
+        {
             saved
         } else {
             tensor(floats(&saved).into_owned(), vec![d.b, d.c, d.n])
@@ -357,40 +467,157 @@ mod flex {
     }
 
     fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
-        Spec { act: Act::from_code(activation), include_background, squared, difference }
+        Spec {
+            act: Act::from_code(activation),
+            include_background,
+            squared,
+            difference,
+        }
     }
 
     impl FusedStatsOps for Flex {
-        fn overlap_stats_labels(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            stats(&logits, Target::Labels(&labels), &mask, spec(activation, include_background, squared, difference))
+        fn overlap_stats_labels(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            stats(
+                &logits,
+                Target::Labels(&labels),
+                &mask,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_labels_backward(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            gradient(&logits, Target::Labels(&labels), &mask, &grad, spec(activation, include_background, squared, difference))
+        fn overlap_stats_labels_backward(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            gradient(
+                &logits,
+                Target::Labels(&labels),
+                &mask,
+                &grad,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_dense(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            stats(&logits, Target::Dense(&target), &mask, spec(activation, include_background, squared, difference))
+        fn overlap_stats_dense(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            stats(
+                &logits,
+                Target::Dense(&target),
+                &mask,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_dense_backward(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            gradient(&logits, Target::Dense(&target), &mask, &grad, spec(activation, include_background, squared, difference))
+        fn overlap_stats_dense_backward(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            gradient(
+                &logits,
+                Target::Dense(&target),
+                &mask,
+                &grad,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_labels_saving(logits: FlexTensor, labels: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> (FlexTensor, FlexTensor) {
-            saving(logits, Target::Labels(&labels), &mask, spec(activation, include_background, squared, difference))
+        fn overlap_stats_labels_saving(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> (FlexTensor, FlexTensor) {
+            saving(
+                logits,
+                Target::Labels(&labels),
+                &mask,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_labels_backward_saved(saved: FlexTensor, labels: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            gradient_saved(saved, Target::Labels(&labels), &mask, &grad, spec(activation, include_background, squared, difference))
+        fn overlap_stats_labels_backward_saved(
+            saved: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            gradient_saved(
+                saved,
+                Target::Labels(&labels),
+                &mask,
+                &grad,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_dense_saving(logits: FlexTensor, target: FlexTensor, mask: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> (FlexTensor, FlexTensor) {
-            saving(logits, Target::Dense(&target), &mask, spec(activation, include_background, squared, difference))
+        fn overlap_stats_dense_saving(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> (FlexTensor, FlexTensor) {
+            saving(
+                logits,
+                Target::Dense(&target),
+                &mask,
+                spec(activation, include_background, squared, difference),
+            )
         }
 
-        fn overlap_stats_dense_backward_saved(saved: FlexTensor, target: FlexTensor, mask: FlexTensor, grad: FlexTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> FlexTensor {
-            gradient_saved(saved, Target::Dense(&target), &mask, &grad, spec(activation, include_background, squared, difference))
+        fn overlap_stats_dense_backward_saved(
+            saved: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            include_background: bool,
+            squared: bool,
+            difference: bool,
+        ) -> FlexTensor {
+            gradient_saved(
+                saved,
+                Target::Dense(&target),
+                &mask,
+                &grad,
+                spec(activation, include_background, squared, difference),
+            )
         }
     }
 }
@@ -406,24 +633,44 @@ enum SavedTarget<B: Backend> {
 type Options = (u8, bool, bool, bool);
 
 impl<B: FusedStatsOps> SavedTarget<B> {
-    fn forward(self, x: FloatTensor<B>, mask: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+    fn forward(
+        self,
+        x: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        (a, bg, sq, diff): Options,
+    ) -> FloatTensor<B> {
         match self {
             SavedTarget::Labels(l) => B::overlap_stats_labels(x, l, mask, a, bg, sq, diff),
             SavedTarget::Dense(t) => B::overlap_stats_dense(x, t, mask, a, bg, sq, diff),
         }
     }
 
-    fn forward_saving(self, x: FloatTensor<B>, mask: FloatTensor<B>, (a, bg, sq, diff): Options) -> (FloatTensor<B>, FloatTensor<B>) {
+    fn forward_saving(
+        self,
+        x: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        (a, bg, sq, diff): Options,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
         match self {
             SavedTarget::Labels(l) => B::overlap_stats_labels_saving(x, l, mask, a, bg, sq, diff),
             SavedTarget::Dense(t) => B::overlap_stats_dense_saving(x, t, mask, a, bg, sq, diff),
         }
     }
 
-    fn backward(self, saved: FloatTensor<B>, mask: FloatTensor<B>, grad: FloatTensor<B>, (a, bg, sq, diff): Options) -> FloatTensor<B> {
+    fn backward(
+        self,
+        saved: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        (a, bg, sq, diff): Options,
+    ) -> FloatTensor<B> {
         match self {
-            SavedTarget::Labels(l) => B::overlap_stats_labels_backward_saved(saved, l, mask, grad, a, bg, sq, diff),
-            SavedTarget::Dense(t) => B::overlap_stats_dense_backward_saved(saved, t, mask, grad, a, bg, sq, diff),
+            SavedTarget::Labels(l) => {
+                B::overlap_stats_labels_backward_saved(saved, l, mask, grad, a, bg, sq, diff)
+            }
+            SavedTarget::Dense(t) => {
+                B::overlap_stats_dense_backward_saved(saved, t, mask, grad, a, bg, sq, diff)
+            }
         }
     }
 }
@@ -444,7 +691,12 @@ struct FusedStatsBackward;
 impl<B: FusedStatsOps> Backward<B, 1> for FusedStatsBackward {
     type State = SavedInputs<B>;
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let [node] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
@@ -464,30 +716,90 @@ fn record<B: FusedStatsOps, C: CheckpointStrategy>(
     let node = logits.node();
     let mask = mask.into_primitive();
     let x = logits.into_primitive();
-    match FusedStatsBackward.prepare::<C>([node]).compute_bound().stateful() {
+    match FusedStatsBackward
+        .prepare::<C>([node])
+        .compute_bound()
+        .stateful()
+    {
         OpsKind::Tracked(prep) => {
             let (stats, saved) = target.clone().forward_saving(x, mask.clone(), options);
-            prep.finish(SavedInputs::<B> { saved, target, mask, options }, stats)
+            prep.finish(
+                SavedInputs::<B> {
+                    saved,
+                    target,
+                    mask,
+                    options,
+                },
+                stats,
+            )
         }
         OpsKind::UnTracked(prep) => prep.finish(target.forward(x, mask, options)),
     }
 }
 
 impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
-    fn overlap_stats_labels(logits: FloatTensor<Self>, labels: IntTensor<Self>, mask: FloatTensor<Self>, activation: u8, include_background: bool, squared: bool, difference: bool) -> FloatTensor<Self> {
-        record::<B, C>(logits, SavedTarget::Labels(labels), mask, (activation, include_background, squared, difference))
+    fn overlap_stats_labels(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> FloatTensor<Self> {
+        record::<B, C>(
+            logits,
+            SavedTarget::Labels(labels),
+            mask,
+            (activation, include_background, squared, difference),
+        )
     }
 
-    fn overlap_stats_labels_backward(_: FloatTensor<Self>, _: IntTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: u8, _: bool, _: bool, _: bool) -> FloatTensor<Self> {
-        unimplemented!("segloss: second derivatives of the fused overlap statistics are not supported")
+    fn overlap_stats_labels_backward(
+        _: FloatTensor<Self>,
+        _: IntTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: bool,
+    ) -> FloatTensor<Self> {
+        unimplemented!(
+            "segloss: second derivatives of the fused overlap statistics are not supported"
+        )
     }
 
-    fn overlap_stats_dense(logits: FloatTensor<Self>, target: FloatTensor<Self>, mask: FloatTensor<Self>, activation: u8, include_background: bool, squared: bool, difference: bool) -> FloatTensor<Self> {
-        record::<B, C>(logits, SavedTarget::Dense(target.into_primitive()), mask, (activation, include_background, squared, difference))
+    fn overlap_stats_dense(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> FloatTensor<Self> {
+        record::<B, C>(
+            logits,
+            SavedTarget::Dense(target.into_primitive()),
+            mask,
+            (activation, include_background, squared, difference),
+        )
     }
 
-    fn overlap_stats_dense_backward(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: u8, _: bool, _: bool, _: bool) -> FloatTensor<Self> {
-        unimplemented!("segloss: second derivatives of the fused overlap statistics are not supported")
+    fn overlap_stats_dense_backward(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: bool,
+    ) -> FloatTensor<Self> {
+        unimplemented!(
+            "segloss: second derivatives of the fused overlap statistics are not supported"
+        )
     }
 }
 
@@ -508,23 +820,84 @@ mod tests {
     #[test]
     fn saved_activations_are_only_overwritten_when_owned() {
         let (b, c, n) = (2, 3, 50);
-        let x = FlexTensor::from_data(TensorData::new((0..b * c * n).map(|i| (i % 17) as f32 * 0.3 - 2.0).collect::<Vec<f32>>(), [b, c, n]));
-        let labels = FlexTensor::from_data(TensorData::new((0..b * n).map(|i| (i % c) as i64).collect::<Vec<i64>>(), [b, n]));
+        let x = FlexTensor::from_data(TensorData::new(
+            (0..b * c * n)
+                .map(|i| (i % 17) as f32 * 0.3 - 2.0)
+                .collect::<Vec<f32>>(),
+            [b, c, n],
+        ));
+        let labels = FlexTensor::from_data(TensorData::new(
+            (0..b * n).map(|i| (i % c) as i64).collect::<Vec<i64>>(),
+            [b, n],
+        ));
         let mask = FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0]));
-        let grad = FlexTensor::from_data(TensorData::new((0..4 * b * c).map(|i| i as f32 * 0.1 - 0.5).collect::<Vec<f32>>(), [4, b, c]));
-        let plain = Flex::overlap_stats_labels(x.clone(), labels.clone(), mask.clone(), 0, true, false, true);
-        let want = values(&Flex::overlap_stats_labels_backward(x.clone(), labels.clone(), mask.clone(), grad.clone(), 0, true, false, true));
-        let (stats, saved) = Flex::overlap_stats_labels_saving(x.clone(), labels.clone(), mask.clone(), 0, true, false, true);
+        let grad = FlexTensor::from_data(TensorData::new(
+            (0..4 * b * c)
+                .map(|i| i as f32 * 0.1 - 0.5)
+                .collect::<Vec<f32>>(),
+            [4, b, c],
+        ));
+        let plain = Flex::overlap_stats_labels(
+            x.clone(),
+            labels.clone(),
+            mask.clone(),
+            0,
+            true,
+            false,
+            true,
+        );
+        let want = values(&Flex::overlap_stats_labels_backward(
+            x.clone(),
+            labels.clone(),
+            mask.clone(),
+            grad.clone(),
+            0,
+            true,
+            false,
+            true,
+        ));
+        let (stats, saved) = Flex::overlap_stats_labels_saving(
+            x.clone(),
+            labels.clone(),
+            mask.clone(),
+            0,
+            true,
+            false,
+            true,
+        );
         assert_eq!(values(&stats), values(&plain));
         let probs = values(&saved);
         let held = saved.clone();
-        let copied = Flex::overlap_stats_labels_backward_saved(saved, labels.clone(), mask.clone(), grad.clone(), 0, true, false, true);
+        let copied = Flex::overlap_stats_labels_backward_saved(
+            saved,
+            labels.clone(),
+            mask.clone(),
+            grad.clone(),
+            0,
+            true,
+            false,
+            true,
+        );
         assert_eq!(values(&copied), want);
-        assert_eq!(values(&held), probs, "a shared buffer of activations was overwritten");
-        let in_place = Flex::overlap_stats_labels_backward_saved(held, labels, mask, grad, 0, true, false, true);
+        assert_eq!(
+            values(&held),
+            probs,
+            "a shared buffer of activations was overwritten"
+        );
+        let in_place = Flex::overlap_stats_labels_backward_saved(
+            held, labels, mask, grad, 0, true, false, true,
+        );
         assert_eq!(values(&in_place), want);
         // Without an activation the logits are what is saved, and they are never written.
-        let (_, saved) = Flex::overlap_stats_labels_saving(x.clone(), FlexTensor::from_data(TensorData::new(vec![0i64; b * n], [b, n])), FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0])), 2, true, false, false);
+        let (_, saved) = Flex::overlap_stats_labels_saving(
+            x.clone(),
+            FlexTensor::from_data(TensorData::new(vec![0i64; b * n], [b, n])),
+            FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0])),
+            2,
+            true,
+            false,
+            false,
+        );
         assert_eq!(values(&saved), values(&x));
     }
 }

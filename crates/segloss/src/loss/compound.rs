@@ -91,8 +91,14 @@ impl DiceCELossConfig {
         c.non_negative("lambda_dice", self.lambda_dice)?;
         c.non_negative("lambda_ce", self.lambda_ce)?;
         let (dice, ce) = self.parts();
-        dice.validate().map_err(|e| ConfigError { loss: "DiceCELoss", ..e })?;
-        ce.validate().map_err(|e| ConfigError { loss: "DiceCELoss", ..e })
+        dice.validate().map_err(|e| ConfigError {
+            loss: "DiceCELoss",
+            ..e
+        })?;
+        ce.validate().map_err(|e| ConfigError {
+            loss: "DiceCELoss",
+            ..e
+        })
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -150,15 +156,32 @@ pub struct DiceCELoss {
 
 impl DiceCELoss {
     /// The reduced loss `lambda_dice Dice + lambda_ce CE`, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
         let (dice, ce) = self.forward_terms(prediction, target);
         dice.mul_scalar(self.lambda_dice) + ce.mul_scalar(self.lambda_ce)
     }
 
     /// The reduced Dice and cross-entropy terms, each `[1]`, before the lambdas (for logging).
-    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
-        let prepared = prepare("DiceCELoss", prediction, target.into(), self.dice.prepare_options());
-        let dice = self.dice.config().reduction.apply(self.dice.forward_prepared(&prepared));
+    pub fn forward_terms<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare(
+            "DiceCELoss",
+            prediction,
+            target.into(),
+            self.dice.prepare_options(),
+        );
+        let dice = self
+            .dice
+            .config()
+            .reduction
+            .apply(self.dice.forward_prepared(&prepared));
         let ce = self.ce.forward_prepared(&prepared);
         (dice, ce)
     }
@@ -242,12 +265,20 @@ impl DiceFocalLossConfig {
 
     /// Checks every option.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = Check { loss: "DiceFocalLoss" };
+        let c = Check {
+            loss: "DiceFocalLoss",
+        };
         c.non_negative("lambda_dice", self.lambda_dice)?;
         c.non_negative("lambda_focal", self.lambda_focal)?;
         let (dice, focal) = self.parts();
-        dice.validate().map_err(|e| ConfigError { loss: "DiceFocalLoss", ..e })?;
-        focal.validate().map_err(|e| ConfigError { loss: "DiceFocalLoss", ..e })
+        dice.validate().map_err(|e| ConfigError {
+            loss: "DiceFocalLoss",
+            ..e
+        })?;
+        focal.validate().map_err(|e| ConfigError {
+            loss: "DiceFocalLoss",
+            ..e
+        })
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -300,15 +331,32 @@ pub struct DiceFocalLoss {
 
 impl DiceFocalLoss {
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
         let (dice, focal) = self.forward_terms(prediction, target);
         dice.mul_scalar(self.lambda_dice) + focal.mul_scalar(self.lambda_focal)
     }
 
     /// The reduced Dice and focal terms, each `[1]`, before the lambdas.
-    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
-        let prepared = prepare("DiceFocalLoss", prediction, target.into(), self.dice.prepare_options());
-        let dice = self.dice.config().reduction.apply(self.dice.forward_prepared(&prepared));
+    pub fn forward_terms<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare(
+            "DiceFocalLoss",
+            prediction,
+            target.into(),
+            self.dice.prepare_options(),
+        );
+        let dice = self
+            .dice
+            .config()
+            .reduction
+            .apply(self.dice.forward_prepared(&prepared));
         let focal = self.focal.forward_prepared(&prepared);
         (dice, focal)
     }
@@ -382,12 +430,20 @@ impl GeneralizedDiceFocalLossConfig {
 
     /// Checks every option.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = Check { loss: "GeneralizedDiceFocalLoss" };
+        let c = Check {
+            loss: "GeneralizedDiceFocalLoss",
+        };
         c.non_negative("lambda_gdl", self.lambda_gdl)?;
         c.non_negative("lambda_focal", self.lambda_focal)?;
         let (gdl, focal) = self.parts();
-        gdl.validate().map_err(|e| ConfigError { loss: "GeneralizedDiceFocalLoss", ..e })?;
-        focal.validate().map_err(|e| ConfigError { loss: "GeneralizedDiceFocalLoss", ..e })
+        gdl.validate().map_err(|e| ConfigError {
+            loss: "GeneralizedDiceFocalLoss",
+            ..e
+        })?;
+        focal.validate().map_err(|e| ConfigError {
+            loss: "GeneralizedDiceFocalLoss",
+            ..e
+        })
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -437,17 +493,33 @@ pub struct GeneralizedDiceFocalLoss {
 
 impl GeneralizedDiceFocalLoss {
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
         let (gdl, focal) = self.forward_terms(prediction, target);
         gdl.mul_scalar(self.lambda_gdl) + focal.mul_scalar(self.lambda_focal)
     }
 
     /// The reduced Generalized Dice and focal terms, each `[1]`, before the lambdas.
-    pub fn forward_terms<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> (Tensor<1>, Tensor<1>) {
-        let prepared = prepare("GeneralizedDiceFocalLoss", prediction, target.into(), self.gdl.prepare_options());
-        let gdl = self.gdl.config().reduction.apply(self.gdl.forward_prepared(&prepared));
+    pub fn forward_terms<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        let prepared = prepare(
+            "GeneralizedDiceFocalLoss",
+            prediction,
+            target.into(),
+            self.gdl.prepare_options(),
+        );
+        let gdl = self
+            .gdl
+            .config()
+            .reduction
+            .apply(self.gdl.forward_prepared(&prepared));
         let focal = self.focal.forward_prepared(&prepared);
         (gdl, focal)
     }
 }
-

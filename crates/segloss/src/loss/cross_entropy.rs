@@ -45,7 +45,9 @@ impl CrossEntropyLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<CrossEntropyLoss, ConfigError> {
         self.validate()?;
-        Ok(CrossEntropyLoss { config: self.clone() })
+        Ok(CrossEntropyLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -98,13 +100,21 @@ impl CrossEntropyLoss {
     }
 
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
     }
 
     /// The loss per voxel, `[B, 1, spatial...]` (masked voxels 0; weights applied, not normalised).
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<D> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<D> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         let (values, _) = self.per_voxel(&prepared);
         let mut shape = prepared.prediction_shape();
@@ -113,14 +123,19 @@ impl CrossEntropyLoss {
     }
 
     pub(crate) fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
+        PrepareOptions {
+            ignore_index: self.config.ignore_index,
+            validate_labels: self.config.validate_labels,
+        }
     }
 
     /// Reduced loss of a prepared input.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
         let (values, normaliser) = self.per_voxel(prepared);
         match self.config.reduction {
-            LossReduction::Mean => values.sum().div(normaliser.clamp_min(f32::MIN_POSITIVE as f64)),
+            LossReduction::Mean => values
+                .sum()
+                .div(normaliser.clamp_min(f32::MIN_POSITIVE as f64)),
             LossReduction::Sum => values.sum(),
         }
     }
@@ -132,30 +147,50 @@ impl CrossEntropyLoss {
         let x = prepared.logits.clone();
         let device = x.device();
         let eps = cfg.label_smoothing;
-        let counted = prepared.mask.clone().unwrap_or_else(|| Tensor::ones([b, n], &device));
+        let counted = prepared
+            .mask
+            .clone()
+            .unwrap_or_else(|| Tensor::ones([b, n], &device));
 
         if c == 1 {
             let g = prepared.dense_target().reshape([b, n]);
             let x = x.reshape([b, n]);
             let positive = match &cfg.weight {
                 Some(w) => {
-                    assert!(w.len() == 1, "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}", w.len());
+                    assert!(
+                        w.len() == 1,
+                        "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}",
+                        w.len()
+                    );
                     w[0] as f64
                 }
                 None => 1.0,
             };
-            let l = (g.clone() * log_sigmoid(x.clone())).mul_scalar(positive) + (g.neg().add_scalar(1.0) * log_sigmoid(x.neg()));
+            let l = (g.clone() * log_sigmoid(x.clone())).mul_scalar(positive)
+                + (g.neg().add_scalar(1.0) * log_sigmoid(x.neg()));
             let values = l.neg() * counted.clone();
             return (values, counted.sum());
         }
 
         let ls = log_softmax(x, 1);
-        let weights = class_weights(NAME, &cfg.weight, c, "all channels, background included", &device);
+        let weights = class_weights(
+            NAME,
+            &cfg.weight,
+            c,
+            "all channels, background included",
+            &device,
+        );
         if let Some(labels) = &prepared.labels {
             let index = labels.clone().reshape([b, 1, n]);
             let picked = ls.clone().gather(1, index.clone()).reshape([b, n]);
             let w_y = match &weights {
-                Some(w) => w.clone().reshape([c]).select(0, index.reshape([b * n])).reshape([b, n]) * counted.clone(),
+                Some(w) => {
+                    w.clone()
+                        .reshape([c])
+                        .select(0, index.reshape([b * n]))
+                        .reshape([b, n])
+                        * counted.clone()
+                }
                 None => counted.clone(),
             };
             let mut values = (picked * w_y.clone()).neg();
@@ -170,7 +205,11 @@ impl CrossEntropyLoss {
             (values, w_y.sum())
         } else {
             let g = prepared.dense_target();
-            let t = if eps > 0.0 { g.mul_scalar(1.0 - eps).add_scalar(eps / c as f64) } else { g };
+            let t = if eps > 0.0 {
+                g.mul_scalar(1.0 - eps).add_scalar(eps / c as f64)
+            } else {
+                g
+            };
             let mut terms = ls * t;
             if let Some(w) = &weights {
                 terms = terms * w.clone().reshape([1, c, 1]);

@@ -62,7 +62,9 @@ impl FocalLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<FocalLoss, ConfigError> {
         self.validate()?;
-        Ok(FocalLoss { config: self.clone() })
+        Ok(FocalLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -118,13 +120,21 @@ impl FocalLoss {
     }
 
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
     }
 
     /// The loss per (sample, class, voxel), `[B, C', spatial...]`, masked voxels 0.
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<D> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<D> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         let values = self.per_voxel(&prepared);
         let k = values.dims()[1];
@@ -134,7 +144,10 @@ impl FocalLoss {
     }
 
     pub(crate) fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
+        PrepareOptions {
+            ignore_index: self.config.ignore_index,
+            validate_labels: self.config.validate_labels,
+        }
     }
 
     /// Reduced loss of a prepared input.
@@ -145,9 +158,9 @@ impl FocalLoss {
         match (&prepared.mask, self.config.reduction) {
             (None, LossReduction::Mean) => values.mean(),
             (None, LossReduction::Sum) => values.mean_dim(2).sum(),
-            (Some(m), LossReduction::Mean) => {
-                values.sum().div(m.clone().sum().mul_scalar(k as f64).clamp_min(eps))
-            }
+            (Some(m), LossReduction::Mean) => values
+                .sum()
+                .div(m.clone().sum().mul_scalar(k as f64).clamp_min(eps)),
             (Some(m), LossReduction::Sum) => {
                 let counted = m.clone().sum_dim(1).reshape([b, 1, 1]).clamp_min(eps);
                 (values.sum_dim(2) / counted).sum()
@@ -163,7 +176,10 @@ impl FocalLoss {
         let mut g = prepared.dense_target();
         let mut k = c;
         if !cfg.include_background {
-            assert!(c > 1, "{NAME}: `include_background = false` would drop the only channel of a single-channel prediction");
+            assert!(
+                c > 1,
+                "{NAME}: `include_background = false` would drop the only channel of a single-channel prediction"
+            );
             k = c - 1;
             x = x.narrow(1, 1, k);
             g = g.narrow(1, 1, k);
@@ -204,7 +220,8 @@ impl FocalLoss {
             match (&cfg.alpha, alpha) {
                 (Some(a), Some(None)) => {
                     let a = a[0] as f64;
-                    let factor = g.clone().mul_scalar(a) + g.clone().neg().add_scalar(1.0).mul_scalar(1.0 - a);
+                    let factor = g.clone().mul_scalar(a)
+                        + g.clone().neg().add_scalar(1.0).mul_scalar(1.0 - a);
                     l * factor
                 }
                 (_, Some(Some(per_class))) => {
@@ -218,7 +235,11 @@ impl FocalLoss {
         if let Some(m) = &prepared.mask {
             loss = loss * m.clone().reshape([b, 1, n]);
         }
-        let what = if cfg.include_background { "all channels" } else { "background excluded" };
+        let what = if cfg.include_background {
+            "all channels"
+        } else {
+            "background excluded"
+        };
         if let Some(w) = class_weights(NAME, &cfg.weight, k, what, &device) {
             loss = loss * w.reshape([1, k, 1]);
         }
