@@ -159,12 +159,12 @@ pub(crate) fn prepared_stats(
         squared: options.squared,
         difference: options.difference,
     };
-    let target = match (&prepared.labels, &prepared.dense) {
-        (Some(l), _) => fused::FusedTarget::Labels(l.clone()),
-        (None, Some(d)) => fused::FusedTarget::Dense(d.clone()),
-        (None, None) => unreachable!("a target is labels or dense"),
-    };
-    let stats = fused::overlap_stats(prepared.logits.clone(), target, prepared.mask.clone(), spec);
+    let stats = fused::overlap_stats(
+        prepared.logits.clone(),
+        fused_target(prepared),
+        prepared.mask.clone(),
+        spec,
+    );
     let [_, b, k] = stats.dims();
     let part = |q: usize| stats.clone().narrow(0, q, 1).reshape([b, k]);
     OverlapStats {
@@ -172,6 +172,103 @@ pub(crate) fn prepared_stats(
         prediction: part(1),
         target: part(2),
         difference: options.difference.then(|| part(3)),
+    }
+}
+
+/// The pointwise term's sums per (sample, class) from the fused pass, each `[B, C]` (every
+/// class, background included), with `m` the mask, `g` the target and `h` the pointwise loss of
+/// one voxel and class (the CPU kernel's pointwise section, [`crate::kernel::cpu`]):
+///
+/// | field | softmax (`h = (1 - p)^gamma (-ln p)`) | sigmoid (`h = s(-x z)^gamma BCE(x, g)`) |
+/// |---|---|---|
+/// | `target_weighted` | `sum m g h` | `sum m g h` |
+/// | `plain` | `sum m h` | `sum m h` |
+/// | `third` | `sum m g` | `sum m [g = 1] h` |
+/// | `fourth` | 0 | `sum m g softplus(-x)` |
+///
+/// Class weights, `alpha` and label smoothing are linear in these sums, so the losses apply
+/// them to the `[B, C]` tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct PointwiseSums {
+    pub target_weighted: Tensor<2>,
+    pub plain: Tensor<2>,
+    pub third: Tensor<2>,
+    pub fourth: Tensor<2>,
+}
+
+/// The overlap statistics of `options` and the pointwise term's sums (activation `pointwise`,
+/// focusing parameter `gamma`) in one fused pass over the logits, or `None` where that pass does
+/// not apply: the composed kernel is chosen, the device has no fused pointwise operation, the
+/// pointwise activation differs from the statistics' (the pass computes one activation), or the
+/// statistics are squared or include the difference.
+pub(crate) fn fused_pointwise(
+    loss: &str,
+    prepared: &Prepared,
+    options: &StatsOptions,
+    pointwise: Activation,
+    gamma: f64,
+) -> Option<(OverlapStats, PointwiseSums)> {
+    use crate::kernel::{Kernel, cpu, current_kernel, fused};
+    check_channels(
+        loss,
+        prepared.channels,
+        options.activation,
+        options.include_background,
+    );
+    let act = match pointwise {
+        Activation::Softmax => cpu::Act::Softmax,
+        Activation::Sigmoid => cpu::Act::Sigmoid,
+        Activation::None => return None,
+    };
+    // The fused pass has the plain sums only (the V-Net squared sums and the soft-label
+    // difference take two passes: the statistics, then the pointwise term alone).
+    if options.squared || options.difference || options.activation != pointwise
+        || current_kernel() == Kernel::Composed
+        || !fused::supports_pointwise(&prepared.logits.device())
+    {
+        return None;
+    }
+    let spec = cpu::Spec {
+        act,
+        include_background: true,
+        squared: options.squared,
+        difference: options.difference,
+    };
+    let out = fused::pointwise_stats(
+        prepared.logits.clone(),
+        fused_target(prepared),
+        prepared.mask.clone(),
+        spec,
+        gamma as f32,
+    );
+    let [_, b, c] = out.dims();
+    let part = |q: usize| out.clone().narrow(0, q, 1).reshape([b, c]);
+    let first = usize::from(!options.include_background);
+    let stat = |q: usize| part(q).narrow(1, first, c - first);
+    let stats = OverlapStats {
+        intersection: stat(0),
+        prediction: stat(1),
+        target: stat(2),
+        difference: options.difference.then(|| stat(3)),
+    };
+    Some((
+        stats,
+        PointwiseSums {
+            target_weighted: part(4),
+            plain: part(5),
+            third: part(6),
+            fourth: part(7),
+        },
+    ))
+}
+
+/// The prepared target as the fused operations take it.
+fn fused_target(prepared: &Prepared) -> crate::kernel::fused::FusedTarget {
+    use crate::kernel::fused::FusedTarget;
+    match (&prepared.labels, &prepared.dense) {
+        (Some(l), _) => FusedTarget::Labels(l.clone()),
+        (None, Some(d)) => FusedTarget::Dense(d.clone()),
+        (None, None) => unreachable!("a target is labels or dense"),
     }
 }
 

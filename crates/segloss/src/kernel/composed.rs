@@ -30,8 +30,12 @@ pub(crate) fn overlap_stats(prepared: &Prepared, options: &StatsOptions) -> Over
         let d = p.clone() - g.clone();
         sum(if options.squared { d.square() } else { d.abs() })
     });
+    // With the difference (soft labels), MONAI's L1 norms: the same values for probabilities and
+    // targets in [0, 1], but the gradient of |p| at p = 0 is 0.
     let (prediction, target) = if options.squared {
         (sum(p.square()), sum(g.square()))
+    } else if options.difference {
+        (sum(p.abs()), sum(g.abs()))
     } else {
         (sum(p), sum(g))
     };

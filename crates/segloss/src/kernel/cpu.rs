@@ -15,6 +15,7 @@
 //!
 //! ```text
 //! u_c  = m (dI_c m g_c + dP_c (1 or 2 m p_c) + dE_c (sign(m p_c - m g_c) or 2 (m p_c - m g_c)))
+//!        (with E, unsquared, P = sum |m p|: dP_c sign(m p_c) instead of dP_c, as MONAI's L1 norms)
 //! dx_c = p_c (u_c - sum_j p_j u_j)   (softmax)     u_c p_c (1 - p_c)   (sigmoid)     u_c   (none)
 //! ```
 //!
@@ -50,6 +51,13 @@ pub const BLOCK: usize = 1024;
 /// passes over it.
 const TILE: usize = 256;
 const LANES: usize = 8;
+/// Rows of the output with the pointwise term (the 4 overlap statistics, then 4 pointwise sums).
+pub const ROWS_MAX: usize = 8;
+
+/// Rows of the output: the overlap statistics, and the pointwise term's sums when asked for.
+fn rows(pointwise: bool) -> usize {
+    if pointwise { ROWS_MAX } else { 4 }
+}
 const _: () = assert!(BLOCK.is_multiple_of(TILE) && TILE.is_multiple_of(LANES));
 
 /// The activation, as the kernels encode it.
@@ -204,6 +212,56 @@ fn exp_parts<const FMA: bool, const NEG: bool>(x: f32) -> (f32, f32) {
     (y, f32::from_bits((n.wrapping_add(127) << 23) as u32))
 }
 
+/// `ln(x)` for finite `x >= f32::MIN_POSITIVE`, branch-free so that loops over it vectorise:
+/// Cephes `logf` (the mantissa reduced to `[sqrt(1/2), sqrt(2))`, a degree-8 polynomial, `ln 2`
+/// in two parts), relative error below 2e-7. Callers clamp the argument away from 0.
+#[inline(always)]
+fn ln_poly<const FMA: bool>(x: f32) -> f32 {
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let bits = x.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as i32 - 126;
+    // The mantissa as a value in [0.5, 1).
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
+    let small = m < SQRT_HALF;
+    let e = (exponent - small as i32) as f32;
+    let f = if small { m + m - 1.0 } else { m - 1.0 };
+    let z = f * f;
+    let mut y = 7.037_683_6e-2;
+    y = madd::<FMA>(y, f, -1.151_461e-1);
+    y = madd::<FMA>(y, f, 1.167_699_9e-1);
+    y = madd::<FMA>(y, f, -1.242_014_1e-1);
+    y = madd::<FMA>(y, f, 1.424_932_3e-1);
+    y = madd::<FMA>(y, f, -1.666_805_8e-1);
+    y = madd::<FMA>(y, f, 2.000_071_4e-1);
+    y = madd::<FMA>(y, f, -2.499_999_4e-1);
+    y = madd::<FMA>(y, f, 3.333_333e-1);
+    y = y * f * z;
+    y = madd::<FMA>(e, -2.121_944_4e-4, y);
+    y = madd::<FMA>(z, -0.5, y);
+    madd::<FMA>(e, 0.693_359_4, f + y)
+}
+
+/// `ln(x)` for `x >= f32::MIN_POSITIVE` (see `ln_poly`).
+#[inline(always)]
+pub fn ln_f32(x: f32) -> f32 {
+    ln_poly::<false>(x)
+}
+
+/// `softplus(x) = ln(1 + exp(x))` and `exp(-|x|)`, stable for any `x`:
+/// `max(x, 0) + ln(1 + exp(-|x|))`.
+#[inline(always)]
+fn softplus<const FMA: bool>(x: f32) -> (f32, f32) {
+    let e = exp_poly::<FMA>(-x.abs());
+    (x.max(0.0) + ln_poly::<FMA>(1.0 + e), e)
+}
+
+/// The logistic sigmoid from `x`'s sign and `e = exp(-|x|)`: `1 / (1 + e)` or `e / (1 + e)`.
+#[inline(always)]
+fn sigmoid_from(x: f32, e: f32) -> f32 {
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-voxel formulas. Every loop below is a plain loop over slices of one tile whose body is one
 // of these inlined functions, specialised by const parameters so that it vectorises:
@@ -275,24 +333,23 @@ fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(
     [gi, gp, ge]: [f32; 3],
 ) -> f32 {
     let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
+    let sign = |v: f32| {
+        if v > 0.0 {
+            1.0
+        } else if v < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    };
     let v = if SQ {
         let v = gi * mg + 2.0 * gp * mp;
         if DIFF { v + 2.0 * ge * (mp - mg) } else { v }
+    } else if DIFF {
+        // The soft-label form's `P = sum |m p|` (see `class_sums`).
+        gi * mg + gp * sign(mp) + ge * sign(mp - mg)
     } else {
-        let v = gi * mg + gp;
-        if DIFF {
-            let diff = mp - mg;
-            let sign = if diff > 0.0 {
-                1.0
-            } else if diff < 0.0 {
-                -1.0
-            } else {
-                0.0
-            };
-            v + ge * sign
-        } else {
-            v
-        }
+        gi * mg + gp
     };
     if MASK { w * v } else { v }
 }
@@ -461,11 +518,15 @@ mod avx2 {
                 ai = _mm256_fmadd_ps(mp, mg, ai);
                 ap = if SQ {
                     _mm256_fmadd_ps(mp, mp, ap)
+                } else if DIFF {
+                    _mm256_add_ps(ap, _mm256_andnot_ps(sign, mp))
                 } else {
                     _mm256_add_ps(ap, mp)
                 };
                 ag = if SQ {
                     _mm256_fmadd_ps(mg, mg, ag)
+                } else if DIFF {
+                    _mm256_add_ps(ag, _mm256_andnot_ps(sign, mg))
                 } else {
                     _mm256_add_ps(ag, mg)
                 };
@@ -522,13 +583,19 @@ fn class_sums<
     ) {
         let (mp, mg) = if MASK { (w * p, w * g) } else { (p, g) };
         a[0][l] = madd::<FMA>(mp, mg, a[0][l]);
+        // The soft-label form sums |m p| and |m g| (MONAI's L1 norms; the same values for
+        // probabilities and targets in [0, 1], but the gradient of |p| at p = 0 is 0).
         a[1][l] = if SQ {
             madd::<FMA>(mp, mp, a[1][l])
+        } else if DIFF {
+            a[1][l] + mp.abs()
         } else {
             a[1][l] + mp
         };
         a[2][l] = if SQ {
             madd::<FMA>(mg, mg, a[2][l])
+        } else if DIFF {
+            a[2][l] + mg.abs()
         } else {
             a[2][l] + mg
         };
@@ -678,6 +745,263 @@ fn class_grad_in_place<
 }
 
 // ---------------------------------------------------------------------------------------------
+// The pointwise term (cross-entropy and focal). With `Work` carrying a pointwise `gamma`, every
+// class gets four more sums beside its overlap statistics, from the same pass over the logits;
+// the losses combine them with their class weights, `alpha` and label smoothing as arithmetic on
+// `[B, C]` tensors, so that none of those options reaches the kernel. Per voxel and class, with
+// `m` the mask, `g` the target and `h` the pointwise loss:
+//
+// softmax: h = (1 - p)^gamma (-ln p)       rows: sum m g h, sum m h, sum m g, 0
+// sigmoid: h = s(-x z)^gamma BCE(x, g)     rows: sum m g h, sum m h, sum m [g = 1] h, sum m g softplus(-x)
+//          z = 2 g - 1, BCE(x, g) = softplus(x) - x g (MONAI's sigmoid focal loss; gamma 0 is BCE)
+//
+// Gradients, given the gradients `a4..a7` of the four rows:
+// softmax: q_c = -m (a4 g + a5) (1 - p)^gamma (1 + gamma p (-ln p) / (1 - p)), and the softmax
+//          step becomes dx_c = p_c (u_c - sum_j p_j u_j - sum_j q_j) + q_c
+// sigmoid: dx += m (a4 g + a5 + a6 [g = 1]) dh/dx + m a7 g (s - 1),
+//          dh/dx = s(-x z)^gamma ((s - g) - gamma z s(x z) BCE)
+// ---------------------------------------------------------------------------------------------
+
+/// `(1 - p)^gamma` and `1 - p`, clamped to the smallest normal float (as the composed path does,
+/// so that `ln` stays finite and the derivative's division by `1 - p` is defined).
+#[inline(always)]
+fn focal_factor<const FOCAL: bool, const FMA: bool>(p: f32, gamma: f32) -> (f32, f32) {
+    let base = (1.0 - p).max(f32::MIN_POSITIVE);
+    (
+        if FOCAL {
+            exp_poly::<FMA>(gamma * ln_poly::<FMA>(base))
+        } else {
+            1.0
+        },
+        base,
+    )
+}
+
+/// Softmax pointwise sums of one class over one tile: `x` the logits, `e` `exp(x - max)`, `r`
+/// `1 / sum`, `max` and `lse` (`ln sum`) per voxel; adds to `acc[0..4]`.
+#[inline(always)]
+fn softmax_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, const FMA: bool>(
+    x: &[f32],
+    e: &[f32],
+    r: &[f32],
+    max: &[f32],
+    lse: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    gamma: f32,
+    acc: &mut [[f32; LANES]],
+) {
+    let len = x.len();
+    let (e, r, max, lse, t, m) = (
+        &e[..len],
+        &r[..len],
+        &max[..len],
+        &lse[..len],
+        &t[..len],
+        &m[..len],
+    );
+    let mut a: [[f32; LANES]; 3] = [acc[0], acc[1], acc[2]];
+    // Voxel `i` adds to lane `i % 8`, run by run of 8 so that the lanes vectorise.
+    #[inline(always)]
+    fn add<const FMA: bool>(a: &mut [[f32; LANES]; 3], l: usize, h: f32, g: f32, w: f32) {
+        let (mh, mg) = (w * h, w * g);
+        a[0][l] = madd::<FMA>(mh, g, a[0][l]);
+        a[1][l] += mh;
+        a[2][l] += mg;
+    }
+    let one = |i: usize| {
+        let nlp = (lse[i] + max[i] - x[i]).max(0.0);
+        let h = if FOCAL { focal_factor::<true, FMA>(e[i] * r[i], gamma).0 * nlp } else { nlp };
+        (h, target_at::<LAB>(t[i], class), if MASK { m[i] } else { 1.0 })
+    };
+    let full = len - len % LANES;
+    for i0 in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            let (h, g, w) = one(i0 + l);
+            add::<FMA>(&mut a, l, h, g, w);
+        }
+    }
+    for i in full..len {
+        let (h, g, w) = one(i);
+        add::<FMA>(&mut a, i - full, h, g, w);
+    }
+    acc[..3].copy_from_slice(&a);
+}
+
+/// Sigmoid pointwise sums of one class over a run of logits `x`; adds to `acc[0..4]`.
+#[inline(always)]
+fn sigmoid_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, const FMA: bool>(
+    x: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    gamma: f32,
+    acc: &mut [[f32; LANES]],
+) {
+    let len = x.len();
+    let (t, m) = (&t[..len], &m[..len]);
+    let mut a: [[f32; LANES]; 4] = [acc[0], acc[1], acc[2], acc[3]];
+    // Voxel `i` adds to lane `i % 8`, run by run of 8 so that the lanes vectorise.
+    let mut add = |l: usize, i: usize| {
+        let xi = x[i];
+        let (sp, _) = softplus::<FMA>(xi);
+        let g = target_at::<LAB>(t[i], class);
+        let bce = madd::<FMA>(-xi, g, sp);
+        let h = if FOCAL {
+            let (spz, _) = softplus::<FMA>(xi * (2.0 * g - 1.0));
+            exp_poly::<FMA>(-gamma * spz) * bce
+        } else {
+            bce
+        };
+        let w = if MASK { m[i] } else { 1.0 };
+        let (mh, mg) = (w * h, w * g);
+        a[0][l] = madd::<FMA>(mh, g, a[0][l]);
+        a[1][l] += mh;
+        a[2][l] += if g == 1.0 { mh } else { 0.0 };
+        a[3][l] = madd::<FMA>(mg, sp - xi, a[3][l]);
+    };
+    let full = len - len % LANES;
+    for i0 in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            add(l, i0 + l);
+        }
+    }
+    for i in full..len {
+        add(i - full, i);
+    }
+    acc[..4].copy_from_slice(&a);
+}
+
+/// Softmax pointwise `q` of one voxel and class from its probability (see the section's notes).
+#[inline(always)]
+fn softmax_pointwise_q<const LAB: bool, const MASK: bool, const FOCAL: bool, const FMA: bool>(
+    p: f32,
+    t: f32,
+    class: f32,
+    w: f32,
+    [a4, a5, ..]: [f32; 4],
+    gamma: f32,
+) -> f32 {
+    let g = target_at::<LAB>(t, class);
+    let c = if MASK {
+        w * madd::<FMA>(a4, g, a5)
+    } else {
+        madd::<FMA>(a4, g, a5)
+    };
+    if FOCAL {
+        let (fac, base) = focal_factor::<true, FMA>(p, gamma);
+        let nlp = -ln_poly::<FMA>(p.max(f32::MIN_POSITIVE));
+        -c * fac * (1.0 + gamma * p * nlp / base)
+    } else {
+        -c
+    }
+}
+
+/// Sigmoid pointwise gradient of one voxel and class from its logit `x` and sigmoid `s`.
+#[inline(always)]
+fn sigmoid_pointwise_dx<const LAB: bool, const MASK: bool, const FOCAL: bool, const FMA: bool>(
+    x: f32,
+    s: f32,
+    t: f32,
+    class: f32,
+    w: f32,
+    [a4, a5, a6, a7]: [f32; 4],
+    gamma: f32,
+) -> f32 {
+    let g = target_at::<LAB>(t, class);
+    let coef = madd::<FMA>(a4, g, a5) + if g == 1.0 { a6 } else { 0.0 };
+    let dh = if FOCAL {
+        let z = 2.0 * g - 1.0;
+        let (spz, ez) = softplus::<FMA>(x * z);
+        let (sp, _) = softplus::<FMA>(x);
+        let bce = madd::<FMA>(-x, g, sp);
+        exp_poly::<FMA>(-gamma * spz) * ((s - g) - gamma * z * sigmoid_from(x * z, ez) * bce)
+    } else {
+        s - g
+    };
+    let v = madd::<FMA>(coef, dh, a7 * g * (s - 1.0));
+    if MASK { w * v } else { v }
+}
+
+/// Softmax backward with the pointwise term, first pass: adds `q` of one class to `dot`.
+#[inline(always)]
+fn class_pointwise_dot<const LAB: bool, const MASK: bool, const FOCAL: bool, const FMA: bool>(
+    p: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    pw: [f32; 4],
+    gamma: f32,
+    dot: &mut [f32],
+) {
+    let len = p.len();
+    let (t, m, dot) = (&t[..len], &m[..len], &mut dot[..len]);
+    for i in 0..len {
+        dot[i] += softmax_pointwise_q::<LAB, MASK, FOCAL, FMA>(p[i], t[i], class, m[i], pw, gamma);
+    }
+}
+
+/// Softmax backward in place with the pointwise term: `p` becomes `p (u - dot) + q`, where
+/// `dot` holds `sum_j p_j u_j + sum_j q_j`.
+#[inline(always)]
+fn class_grad_in_place_softmax_pw<
+    const LAB: bool,
+    const SQ: bool,
+    const MASK: bool,
+    const DIFF: bool,
+    const FOCAL: bool,
+    const FMA: bool,
+>(
+    p: &mut [f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    pw: [f32; 4],
+    gamma: f32,
+    dot: &[f32],
+) {
+    let len = p.len();
+    let (t, m, dot) = (&t[..len], &m[..len], &dot[..len]);
+    for i in 0..len {
+        let pi = p[i];
+        let u = upstream_at::<SQ, MASK, DIFF>(pi, target_at::<LAB>(t[i], class), m[i], coef);
+        p[i] = pi * (u - dot[i])
+            + softmax_pointwise_q::<LAB, MASK, FOCAL, FMA>(pi, t[i], class, m[i], pw, gamma);
+    }
+}
+
+/// Sigmoid backward in place with the pointwise term, from the logits `x` of the same voxels.
+#[inline(always)]
+fn class_grad_in_place_sigmoid_pw<
+    const LAB: bool,
+    const SQ: bool,
+    const MASK: bool,
+    const DIFF: bool,
+    const FOCAL: bool,
+    const FMA: bool,
+>(
+    p: &mut [f32],
+    x: &[f32],
+    t: &[f32],
+    class: f32,
+    m: &[f32],
+    coef: [f32; 3],
+    pw: [f32; 4],
+    gamma: f32,
+) {
+    let len = p.len();
+    let (x, t, m) = (&x[..len], &t[..len], &m[..len]);
+    for i in 0..len {
+        let s = p[i];
+        let u = upstream_at::<SQ, MASK, DIFF>(s, target_at::<LAB>(t[i], class), m[i], coef);
+        p[i] = u * s * (1.0 - s)
+            + sigmoid_pointwise_dx::<LAB, MASK, FOCAL, FMA>(x[i], s, t[i], class, m[i], pw, gamma);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Tiles and blocks.
 // ---------------------------------------------------------------------------------------------
 
@@ -689,8 +1013,12 @@ struct Scratch {
     dot: Vec<f32>,
     labels: Vec<f32>,
     ones: Vec<f32>,
+    /// `ln sum_c exp(x_c - max)` per voxel of a softmax tile (for the pointwise term).
+    lse: Vec<f32>,
     sink: Vec<MaybeUninit<f32>>,
-    acc: Vec<[[f32; LANES]; 4]>,
+    /// Lane accumulators per (block of the run, class): the overlap statistics, then the
+    /// pointwise term's rows.
+    acc: Vec<[[f32; LANES]; ROWS_MAX]>,
 }
 
 impl Scratch {
@@ -704,8 +1032,9 @@ impl Scratch {
             dot: row(),
             labels: row(),
             ones: vec![1.0; RUN * BLOCK],
+            lse: row(),
             sink: vec![MaybeUninit::uninit(); BLOCK],
-            acc: vec![[[0.0; LANES]; 4]; RUN * d.c],
+            acc: vec![[[0.0; LANES]; ROWS_MAX]; RUN * d.c],
         }
     }
 }
@@ -713,16 +1042,7 @@ impl Scratch {
 /// Softmax of one tile (`len` voxels from voxel `v0` of sample `b`): `e[c * TILE + i] = exp(x -
 /// max)` and `r[i] = 1 / sum_c e`.
 #[inline(always)]
-fn softmax_tile<const FMA: bool>(
-    x: &[f32],
-    d: Dims,
-    b: usize,
-    v0: usize,
-    len: usize,
-    e: &mut [f32],
-    max: &mut [f32],
-    r: &mut [f32],
-) {
+fn softmax_tile<const FMA: bool>(x: &[f32], d: Dims, b: usize, v0: usize, len: usize, e: &mut [f32], max: &mut [f32], r: &mut [f32]) {
     let row = |c: usize| &x[(b * d.c + c) * d.n + v0..][..len];
     let (max, r) = (&mut max[..len], &mut r[..len]);
     max.copy_from_slice(row(0));
@@ -741,6 +1061,14 @@ fn softmax_tile<const FMA: bool>(
     }
     for v in r.iter_mut() {
         *v = 1.0 / *v;
+    }
+}
+
+/// `ln sum_c exp(x_c - max)` of a softmax tile from `r = 1 / sum` (for the pointwise term).
+#[inline(always)]
+fn tile_lse<const FMA: bool>(r: &[f32], lse: &mut [f32]) {
+    for (l, &r) in lse.iter_mut().zip(r) {
+        *l = -ln_poly::<FMA>(r);
     }
 }
 
@@ -793,6 +1121,8 @@ struct Block<'a, L> {
     blk: usize,
     /// The number of blocks of the run.
     nblk: usize,
+    /// The pointwise term's `gamma`, when its sums are wanted (see the pointwise section).
+    pw: Option<f32>,
 }
 
 /// Blocks per task for the element-wise activations: each class row is then read and written in
@@ -858,6 +1188,8 @@ impl<L: Label> Block<'_, L> {
         const SQ: bool,
         const MASK: bool,
         const DIFF: bool,
+        const PW: bool,
+        const FOCAL: bool,
         const FMA: bool,
     >(
         &self,
@@ -866,26 +1198,36 @@ impl<L: Label> Block<'_, L> {
     ) -> Vec<f64> {
         let (d, b, x) = (self.d, self.b, self.x);
         let k = d.k(&self.spec);
-        s.acc[..self.nblk * k].fill([[0.0; LANES]; 4]);
+        s.acc[..self.nblk * k].fill([[0.0; LANES]; ROWS_MAX]);
         if ACT == 0 {
             // Tile by tile, every class of a tile while its softmax is in the L1 cache.
             for (v0, len) in self.tiles::<ACT>() {
                 tile_labels(self.t, d, b, v0, len, &mut s.labels);
                 softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
+                if PW {
+                    tile_lse::<FMA>(&s.r[..len], &mut s.lse[..len]);
+                }
                 let m = self.tile_mask(v0, len, &s.ones);
                 for c in 0..d.c {
                     let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+                    let e = &s.e[c * TILE..][..len];
                     self.class_pass::<ACT, LAB, SQ, MASK, DIFF, FMA>(
                         save,
                         &mut s.acc,
                         &mut s.sink,
                         c,
                         v0,
-                        &s.e[c * TILE..][..len],
+                        e,
                         &s.r[..len],
                         t,
                         m,
                     );
+                    if PW {
+                        // The pointwise term covers every class (`include_background` is checked).
+                        let (xs, acc) = (&x[(b * d.c + c) * d.n + v0..][..len], &mut s.acc[c][4..]);
+                        let (r, max, lse) = (&s.r[..len], &s.max[..len], &s.lse[..len]);
+                        softmax_pointwise_sums::<LAB, MASK, FOCAL, FMA>(xs, e, r, max, lse, t, c as f32, m, self.gamma(), acc);
+                    }
                 }
             }
         } else {
@@ -909,16 +1251,21 @@ impl<L: Label> Block<'_, L> {
                         &t[o..o + l],
                         &m[o..o + l],
                     );
+                    if PW {
+                        let acc = &mut s.acc[i * k + c][4..];
+                        sigmoid_pointwise_sums::<LAB, MASK, FOCAL, FMA>(&xs[o..o + l], &t[o..o + l], c as f32, &m[o..o + l], self.gamma(), acc);
+                    }
                 }
             }
         }
         if save.is_some() {
             store_fence();
         }
-        let mut out = vec![0.0f64; self.nblk * 4 * k];
-        for (i, out) in out.chunks_exact_mut(4 * k).enumerate() {
+        let rows = rows(PW);
+        let mut out = vec![0.0f64; self.nblk * rows * k];
+        for (i, out) in out.chunks_exact_mut(rows * k).enumerate() {
             for (j, acc) in s.acc[i * k..(i + 1) * k].iter().enumerate() {
-                for q in 0..4 {
+                for q in 0..rows {
                     out[q * k + j] = acc[q].iter().map(|&v| v as f64).sum();
                 }
             }
@@ -939,7 +1286,7 @@ impl<L: Label> Block<'_, L> {
     >(
         &self,
         save: Option<DxPtr>,
-        acc: &mut [[[f32; LANES]; 4]],
+        acc: &mut [[[f32; LANES]; ROWS_MAX]],
         sink: &mut [MaybeUninit<f32>],
         c: usize,
         v0: usize,
@@ -949,6 +1296,9 @@ impl<L: Label> Block<'_, L> {
         m: &[f32],
     ) {
         let j = c.checked_sub(self.d.first(&self.spec));
+        fn stats(acc: &mut [[f32; LANES]; ROWS_MAX]) -> &mut [[f32; LANES]; 4] {
+            (&mut acc[..4]).try_into().expect("4 rows")
+        }
         match save {
             Some(save) => {
                 // SAFETY: this task alone writes row (b, c) over these voxels.
@@ -960,7 +1310,7 @@ impl<L: Label> Block<'_, L> {
                         t,
                         c as f32,
                         m,
-                        &mut acc[j],
+                        stats(&mut acc[j]),
                         out,
                     ),
                     None => class_activations::<ACT, FMA, true>(src, r, out),
@@ -974,7 +1324,7 @@ impl<L: Label> Block<'_, L> {
                         t,
                         c as f32,
                         m,
-                        &mut acc[j],
+                        stats(&mut acc[j]),
                         sink,
                     );
                 }
@@ -991,6 +1341,8 @@ impl<L: Label> Block<'_, L> {
         const SQ: bool,
         const MASK: bool,
         const DIFF: bool,
+        const PW: bool,
+        const FOCAL: bool,
         const FMA: bool,
     >(
         &self,
@@ -1011,7 +1363,7 @@ impl<L: Label> Block<'_, L> {
                 // SAFETY: this task alone writes row (b, c) over voxels v0..v0 + len.
                 class_activations::<ACT, FMA, false>(src, r, unsafe { dx.row(b, c, v0, len, d) });
             }
-            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF>(s, dx, v0, len);
+            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, dx, v0, len);
         }
     }
 
@@ -1023,17 +1375,21 @@ impl<L: Label> Block<'_, L> {
         const SQ: bool,
         const MASK: bool,
         const DIFF: bool,
+        const PW: bool,
+        const FOCAL: bool,
+        const FMA: bool,
     >(
         &self,
         s: &mut Scratch,
         p: DxPtr,
     ) {
         for (v0, len) in self.tiles::<ACT>() {
-            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF>(s, p, v0, len);
+            self.grad_tile::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, p, v0, len);
         }
     }
 
-    /// Turns the activations of one tile (`len` voxels from `v0`, in `p`) into the gradient.
+    /// Turns the activations of one tile (`len` voxels from `v0`, in `p`) into the gradient;
+    /// with `PW` the pointwise term's too (`FOCAL`: `gamma != 0`).
     #[inline(always)]
     fn grad_tile<
         const ACT: u8,
@@ -1041,6 +1397,9 @@ impl<L: Label> Block<'_, L> {
         const SQ: bool,
         const MASK: bool,
         const DIFF: bool,
+        const PW: bool,
+        const FOCAL: bool,
+        const FMA: bool,
     >(
         &self,
         s: &mut Scratch,
@@ -1049,6 +1408,7 @@ impl<L: Label> Block<'_, L> {
         len: usize,
     ) {
         let (d, b) = (self.d, self.b);
+        let gamma = self.gamma();
         tile_labels(self.t, d, b, v0, len, &mut s.labels);
         let m = self.tile_mask(v0, len, &s.ones);
         if ACT == 0 {
@@ -1066,21 +1426,69 @@ impl<L: Label> Block<'_, L> {
                     self.coef(c),
                     &mut s.dot,
                 );
+                if PW {
+                    class_pointwise_dot::<LAB, MASK, FOCAL, FMA>(
+                        row,
+                        t,
+                        c as f32,
+                        m,
+                        self.pw_coef(c),
+                        gamma,
+                        &mut s.dot,
+                    );
+                }
             }
         }
         for c in 0..d.c {
             let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
             // SAFETY: as above.
             let row = unsafe { p.row_init(b, c, v0, len, d) };
-            class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(
-                row,
-                t,
-                c as f32,
-                m,
-                self.coef(c),
-                &s.dot,
-            );
+            match (PW, ACT) {
+                (true, 0) => class_grad_in_place_softmax_pw::<LAB, SQ, MASK, DIFF, FOCAL, FMA>(
+                    row,
+                    t,
+                    c as f32,
+                    m,
+                    self.coef(c),
+                    self.pw_coef(c),
+                    gamma,
+                    &s.dot,
+                ),
+                (true, 1) => {
+                    let x = &self.x[(b * d.c + c) * d.n + v0..][..len];
+                    class_grad_in_place_sigmoid_pw::<LAB, SQ, MASK, DIFF, FOCAL, FMA>(
+                        row,
+                        x,
+                        t,
+                        c as f32,
+                        m,
+                        self.coef(c),
+                        self.pw_coef(c),
+                        gamma,
+                    )
+                }
+                _ => class_grad_in_place::<ACT, LAB, SQ, MASK, DIFF>(
+                    row,
+                    t,
+                    c as f32,
+                    m,
+                    self.coef(c),
+                    &s.dot,
+                ),
+            }
         }
+    }
+
+    /// The pointwise term's `gamma` (0 without the term).
+    fn gamma(&self) -> f32 {
+        self.pw.unwrap_or(0.0)
+    }
+
+    /// The gradients `[a4, a5, a6, a7]` of the pointwise rows of channel `c` (every channel is a
+    /// class when the pointwise term is on).
+    fn pw_coef(&self, c: usize) -> [f32; 4] {
+        let (d, k) = (self.d, self.d.k(&self.spec));
+        std::array::from_fn(|q| self.grad[((4 + q) * d.b + self.b) * k + c])
     }
 }
 
@@ -1138,7 +1546,8 @@ enum Work {
 }
 
 /// Runs one block of work with the const parameters matching its options. The `if`s select one
-/// of the 48 variants (activation 3 x label map 2 x squared 2 x mask 2 x difference 2).
+/// of the 80 variants (activation 3 x label map 2 x squared 2 x mask 2 x difference 2, and the
+/// pointwise term on or off for the softmax and the sigmoid).
 #[inline(always)]
 fn run_block<L: Label, const FMA: bool>(
     blk: &Block<'_, L>,
@@ -1153,6 +1562,8 @@ fn run_block<L: Label, const FMA: bool>(
         const SQ: bool,
         const MASK: bool,
         const DIFF: bool,
+        const PW: bool,
+        const FOCAL: bool,
         const FMA: bool,
     >(
         blk: &Block<'_, L>,
@@ -1160,35 +1571,42 @@ fn run_block<L: Label, const FMA: bool>(
         work: Work,
     ) -> Vec<f64> {
         match work {
-            Work::Forward(save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, save),
+            Work::Forward(save) => blk.forward::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, save),
             Work::BackwardInPlace(p) => {
-                blk.backward_in_place::<ACT, LAB, SQ, MASK, DIFF>(s, p);
+                blk.backward_in_place::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, p);
                 Vec::new()
             }
             Work::Backward(dx) => {
-                blk.backward::<ACT, LAB, SQ, MASK, DIFF, FMA>(s, dx);
+                blk.backward::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, dx);
                 Vec::new()
             }
         }
     }
     #[inline(always)]
-    fn diff<
-        L: Label,
-        const ACT: u8,
-        const LAB: bool,
-        const SQ: bool,
-        const MASK: bool,
-        const FMA: bool,
-    >(
-        blk: &Block<'_, L>,
-        s: &mut Scratch,
-        work: Work,
-    ) -> Vec<f64> {
+    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
         if blk.spec.difference {
-            leaf::<L, ACT, LAB, SQ, MASK, true, FMA>(blk, s, work)
+            leaf::<L, ACT, LAB, SQ, MASK, true, false, false, FMA>(blk, s, work)
         } else {
-            leaf::<L, ACT, LAB, SQ, MASK, false, FMA>(blk, s, work)
+            leaf::<L, ACT, LAB, SQ, MASK, false, false, false, FMA>(blk, s, work)
         }
+    }
+    // The pointwise term (softmax or sigmoid, plain sums: checked by the entry points) takes its
+    // own few variants, so that it does not multiply the others.
+    #[inline(always)]
+    fn pointwise<L: Label, const ACT: u8, const LAB: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if blk.gamma() == 0.0 {
+            leaf::<L, ACT, LAB, false, MASK, false, true, false, FMA>(blk, s, work)
+        } else {
+            leaf::<L, ACT, LAB, false, MASK, false, true, true, FMA>(blk, s, work)
+        }
+    }
+    #[inline(always)]
+    fn pointwise_mask<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if blk.mask.is_some() { pointwise::<L, ACT, LAB, true, FMA>(blk, s, work) } else { pointwise::<L, ACT, LAB, false, FMA>(blk, s, work) }
+    }
+    #[inline(always)]
+    fn pointwise_labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { pointwise_mask::<L, ACT, true, FMA>(blk, s, work) } else { pointwise_mask::<L, ACT, false, FMA>(blk, s, work) }
     }
     #[inline(always)]
     fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(
@@ -1227,10 +1645,12 @@ fn run_block<L: Label, const FMA: bool>(
             squared::<L, ACT, false, FMA>(blk, s, work)
         }
     }
-    match blk.spec.act {
-        Act::Softmax => labels::<L, 0, FMA>(blk, s, work),
-        Act::Sigmoid => labels::<L, 1, FMA>(blk, s, work),
-        Act::None => labels::<L, 2, FMA>(blk, s, work),
+    match (blk.spec.act, blk.pw.is_some()) {
+        (Act::Softmax, true) => pointwise_labels::<L, 0, FMA>(blk, s, work),
+        (Act::Sigmoid, true) => pointwise_labels::<L, 1, FMA>(blk, s, work),
+        (Act::Softmax, false) => labels::<L, 0, FMA>(blk, s, work),
+        (Act::Sigmoid, false) => labels::<L, 1, FMA>(blk, s, work),
+        (Act::None, _) => labels::<L, 2, FMA>(blk, s, work),
     }
 }
 
@@ -1269,15 +1689,19 @@ fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work:
 /// per thread; the tasks' results (their block sums for a forward) in task order.
 fn run_tasks<L: Label>(
     tasks: &[(usize, usize, usize)],
-    x: &[f32],
-    t: TargetRef<'_, L>,
-    mask: Option<&[f32]>,
+    p: &Problem<'_, L>,
     grad: &[f32],
-    d: Dims,
-    spec: Spec,
     isa: Isa,
     work: Work,
 ) -> Vec<Vec<f64>> {
+    let &Problem {
+        x,
+        t,
+        mask,
+        d,
+        spec,
+        pw,
+    } = p;
     tasks
         .par_iter()
         .map_init(
@@ -1295,6 +1719,7 @@ fn run_tasks<L: Label>(
                         b,
                         blk,
                         nblk,
+                        pw,
                     },
                     s,
                     work,
@@ -1302,6 +1727,18 @@ fn run_tasks<L: Label>(
             },
         )
         .collect()
+}
+
+/// One call's inputs: the logits (or saved activations: empty for the in-place backward), the
+/// target, the mask, the sizes, the options and the pointwise term's `gamma` when wanted.
+#[derive(Clone, Copy)]
+struct Problem<'a, L> {
+    x: &'a [f32],
+    t: TargetRef<'a, L>,
+    mask: Option<&'a [f32]>,
+    d: Dims,
+    spec: Spec,
+    pw: Option<f32>,
 }
 
 /// Checks the sizes of a call's slices against `d` (and of the statistics' gradient), naming
@@ -1314,7 +1751,19 @@ fn check_sizes<L: Label>(
     grad: Option<&[f32]>,
     d: Dims,
     spec: &Spec,
+    pw: Option<f32>,
 ) {
+    if pw.is_some() {
+        assert!(
+            spec.include_background,
+            "segloss kernel: the pointwise term covers every class; compute the statistics with include_background"
+        );
+        assert!(
+            spec.act != Act::None,
+            "segloss kernel: the pointwise term needs the softmax or the sigmoid"
+        );
+        assert!(!spec.squared && !spec.difference, "segloss kernel: the pointwise term comes with the plain statistics (no squared sums, no difference)");
+    }
     let n = d.b * d.c * d.n;
     assert_eq!(
         x, n,
@@ -1346,11 +1795,12 @@ fn check_sizes<L: Label>(
         );
     }
     if let Some(g) = grad {
-        let k = 4 * d.b * d.k(spec);
+        let rows = rows(pw.is_some());
+        let k = rows * d.b * d.k(spec);
         assert_eq!(
             g.len(),
             k,
-            "segloss kernel: the statistics' gradient has {} values, expected 4 * B * K = {k}",
+            "segloss kernel: the statistics' gradient has {} values, expected {rows} * B * K = {k}",
             g.len()
         );
     }
@@ -1367,7 +1817,18 @@ pub fn forward<L: Label>(
     d: Dims,
     spec: Spec,
 ) -> Vec<f32> {
-    forward_impl(x, t, mask, d, spec, None, Isa::Best)
+    forward_impl(
+        &Problem {
+            x,
+            t,
+            mask,
+            d,
+            spec,
+            pw: None,
+        },
+        None,
+        Isa::Best,
+    )
 }
 
 /// The statistics, as [`forward`], and the activations `p` `[B, C, N]` (written in the same pass),
@@ -1387,31 +1848,43 @@ pub fn forward_saving<L: Label>(
         spec.act != Act::None,
         "segloss kernel: the activations of Act::None are the logits; nothing to save"
     );
-    let mut p = uninit(d.b * d.c * d.n);
-    let stats = forward_impl(x, t, mask, d, spec, Some(DxPtr(p.as_mut_ptr())), Isa::Best);
-    // SAFETY: the blocks cover every (b, c, n) exactly once (every sample, every block of voxels,
-    // every tile of a block, every channel of a tile), so every element has been written.
-    (stats, unsafe { assume_init(p) })
+    saving_impl(&Problem {
+        x,
+        t,
+        mask,
+        d,
+        spec,
+        pw: None,
+    })
 }
 
-fn forward_impl<L: Label>(
-    x: &[f32],
-    t: TargetRef<'_, L>,
-    mask: Option<&[f32]>,
-    d: Dims,
-    spec: Spec,
-    save: Option<DxPtr>,
-    isa: Isa,
-) -> Vec<f32> {
-    check_sizes("the logits", x.len(), t, mask, None, d, &spec);
-    let k = d.k(&spec);
+fn saving_impl<L: Label>(p: &Problem<'_, L>) -> (Vec<f32>, Vec<f32>) {
+    let d = p.d;
+    let mut out = uninit(d.b * d.c * d.n);
+    let stats = forward_impl(p, Some(DxPtr(out.as_mut_ptr())), Isa::Best);
+    // SAFETY: the blocks cover every (b, c, n) exactly once (every sample, every block of voxels,
+    // every tile of a block, every channel of a tile), so every element has been written.
+    (stats, unsafe { assume_init(out) })
+}
+
+fn forward_impl<L: Label>(p: &Problem<'_, L>, save: Option<DxPtr>, isa: Isa) -> Vec<f32> {
+    let &Problem {
+        x,
+        t,
+        mask,
+        d,
+        spec,
+        pw,
+    } = p;
+    check_sizes("the logits", x.len(), t, mask, None, d, &spec, pw);
+    let (k, rows) = (d.k(&spec), rows(pw.is_some()));
     let tasks = Block::<L>::tasks(d, &spec);
-    let partial = run_tasks(&tasks, x, t, mask, &[], d, spec, isa, Work::Forward(save));
+    let partial = run_tasks(&tasks, p, &[], isa, Work::Forward(save));
     // Block totals added in f64 in block order (the order does not depend on the threads).
-    let mut out = vec![0.0f64; 4 * d.b * k];
+    let mut out = vec![0.0f64; rows * d.b * k];
     for (&(b, _, _), sums) in tasks.iter().zip(&partial) {
-        for sums in sums.chunks_exact(4 * k) {
-            for q in 0..4 {
+        for sums in sums.chunks_exact(rows * k) {
+            for q in 0..rows {
                 for j in 0..k {
                     out[(q * d.b + b) * k + j] += sums[q * k + j];
                 }
@@ -1475,28 +1948,54 @@ pub fn backward_in_place<L: Label>(
     d: Dims,
     spec: Spec,
 ) {
-    backward_in_place_impl(p, t, mask, grad, d, spec, Isa::Best)
+    backward_in_place_impl(
+        p,
+        &Problem {
+            x: &[],
+            t,
+            mask,
+            d,
+            spec,
+            pw: None,
+        },
+        grad,
+        Isa::Best,
+    )
 }
 
 fn backward_in_place_impl<L: Label>(
     p: &mut [f32],
-    t: TargetRef<'_, L>,
-    mask: Option<&[f32]>,
+    problem: &Problem<'_, L>,
     grad: &[f32],
-    d: Dims,
-    spec: Spec,
     isa: Isa,
 ) {
-    check_sizes("the activations", p.len(), t, mask, Some(grad), d, &spec);
+    let &Problem {
+        t,
+        mask,
+        d,
+        spec,
+        pw,
+        ..
+    } = problem;
+    check_sizes(
+        "the activations",
+        p.len(),
+        t,
+        mask,
+        Some(grad),
+        d,
+        &spec,
+        pw,
+    );
+    assert!(
+        pw.is_none() || spec.act == Act::Softmax,
+        "segloss kernel: the sigmoid's pointwise gradient needs the logits; use the recomputing backward"
+    );
     let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
     run_tasks(
         &Block::<L>::tasks(d, &spec),
-        &[],
-        t,
-        mask,
+        problem,
         grad,
-        d,
-        spec,
         isa,
         Work::BackwardInPlace(ptr),
     );
@@ -1514,29 +2013,147 @@ pub fn backward<L: Label>(
     d: Dims,
     spec: Spec,
 ) -> Vec<f32> {
-    backward_impl(x, t, mask, grad, d, spec, Isa::Best)
+    backward_impl(
+        &Problem {
+            x,
+            t,
+            mask,
+            d,
+            spec,
+            pw: None,
+        },
+        grad,
+        Isa::Best,
+    )
 }
 
-fn backward_impl<L: Label>(
+/// The overlap statistics and the pointwise term's sums `[8, B, C]` (see the pointwise section:
+/// rows 0-3 as [`forward`], rows 4-7 the pointwise sums with focusing parameter `gamma`).
+///
+/// # Panics
+/// Without `spec.include_background` (the pointwise term covers every class), with `Act::None`,
+/// or if a slice's length does not match `d`.
+pub fn pointwise_forward<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+    spec: Spec,
+    gamma: f32,
+) -> Vec<f32> {
+    forward_impl(
+        &Problem {
+            x,
+            t,
+            mask,
+            d,
+            spec,
+            pw: Some(gamma),
+        },
+        None,
+        Isa::Best,
+    )
+}
+
+/// [`pointwise_forward`] and the activations, for [`pointwise_backward_in_place`] (softmax).
+///
+/// # Panics
+/// As [`pointwise_forward`], and for an activation other than the softmax (the sigmoid's
+/// pointwise gradient reads the logits: use [`pointwise_backward`]).
+pub fn pointwise_forward_saving<L: Label>(
+    x: &[f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+    spec: Spec,
+    gamma: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        spec.act == Act::Softmax,
+        "segloss kernel: only the softmax's pointwise gradient runs from saved activations"
+    );
+    saving_impl(&Problem {
+        x,
+        t,
+        mask,
+        d,
+        spec,
+        pw: Some(gamma),
+    })
+}
+
+/// The gradient with respect to the logits given the gradient `[8, B, C]` of
+/// [`pointwise_forward`]'s output.
+///
+/// # Panics
+/// As [`pointwise_forward`].
+pub fn pointwise_backward<L: Label>(
     x: &[f32],
     t: TargetRef<'_, L>,
     mask: Option<&[f32]>,
     grad: &[f32],
     d: Dims,
     spec: Spec,
-    isa: Isa,
+    gamma: f32,
 ) -> Vec<f32> {
-    check_sizes("the logits", x.len(), t, mask, Some(grad), d, &spec);
+    backward_impl(
+        &Problem {
+            x,
+            t,
+            mask,
+            d,
+            spec,
+            pw: Some(gamma),
+        },
+        grad,
+        Isa::Best,
+    )
+}
+
+/// [`pointwise_backward`] written over the activations of [`pointwise_forward_saving`].
+///
+/// # Panics
+/// As [`pointwise_forward_saving`].
+pub fn pointwise_backward_in_place<L: Label>(
+    p: &mut [f32],
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    grad: &[f32],
+    d: Dims,
+    spec: Spec,
+    gamma: f32,
+) {
+    backward_in_place_impl(
+        p,
+        &Problem {
+            x: &[],
+            t,
+            mask,
+            d,
+            spec,
+            pw: Some(gamma),
+        },
+        grad,
+        Isa::Best,
+    )
+}
+
+fn backward_impl<L: Label>(problem: &Problem<'_, L>, grad: &[f32], isa: Isa) -> Vec<f32> {
+    let &Problem {
+        x,
+        t,
+        mask,
+        d,
+        spec,
+        pw,
+    } = problem;
+    check_sizes("the logits", x.len(), t, mask, Some(grad), d, &spec, pw);
     let mut dx = uninit(d.b * d.c * d.n);
     let ptr = DxPtr(dx.as_mut_ptr());
     run_tasks(
         &Block::<L>::tasks(d, &spec),
-        x,
-        t,
-        mask,
+        problem,
         grad,
-        d,
-        spec,
         isa,
         Work::Backward(ptr),
     );
@@ -1657,14 +2274,22 @@ mod tests {
                     .map(|i| i as f32 * 0.013 - 0.2)
                     .collect();
                 let what = format!("{spec:?} masked {masked} labels {labels}");
-                let stats = |isa| forward_impl(&x, t, mask, d, spec, None, isa);
+                let problem = Problem {
+                    x: &x,
+                    t,
+                    mask,
+                    d,
+                    spec,
+                    pw: None,
+                };
+                let stats = |isa| forward_impl(&problem, None, isa);
                 close(
                     &stats(Isa::Best),
                     &stats(Isa::Baseline),
                     true,
                     &format!("{what}: statistics"),
                 );
-                let dx = |isa| backward_impl(&x, t, mask, &grad, d, spec, isa);
+                let dx = |isa| backward_impl(&problem, &grad, isa);
                 close(
                     &dx(Isa::Best),
                     &dx(Isa::Baseline),
@@ -1674,16 +2299,8 @@ mod tests {
                 if act != Act::None {
                     let saved = |isa| {
                         let mut p = vec![0.0f32; b * c * n];
-                        let stats = forward_impl(
-                            &x,
-                            t,
-                            mask,
-                            d,
-                            spec,
-                            Some(DxPtr(p.as_mut_ptr().cast())),
-                            isa,
-                        );
-                        backward_in_place_impl(&mut p, t, mask, &grad, d, spec, isa);
+                        let stats = forward_impl(&problem, Some(DxPtr(p.as_mut_ptr().cast())), isa);
+                        backward_in_place_impl(&mut p, &Problem { x: &[], ..problem }, &grad, isa);
                         (stats, p)
                     };
                     let (best, base) = (saved(Isa::Best), saved(Isa::Baseline));
@@ -1801,6 +2418,184 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The pointwise rows against the formulas of the pointwise section evaluated in f64 voxel
+    /// by voxel, for the softmax and the sigmoid, gamma 0 and 2, label maps and soft dense
+    /// targets, with a mask; logits up to +-1e4 (saturated probabilities) included.
+    #[test]
+    fn pointwise_rows_match_the_formulas() {
+        let (b, c, n) = (2usize, 3usize, RUN * BLOCK + BLOCK + 29);
+        let x: Vec<f32> = (0..b * c * n)
+            .map(|i| {
+                if i % 641 == 0 {
+                    if i % 2 == 0 { 1e4 } else { -1e4 }
+                } else {
+                    ((i * 7919) % 1013) as f32 / 83.0 - 6.0
+                }
+            })
+            .collect();
+        let l: Vec<i64> = (0..b * n).map(|i| ((i * 31 + i / 7) % c) as i64).collect();
+        let dense: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 13) % 5) as f32 / 4.0)
+            .collect();
+        let m: Vec<f32> = (0..b * n).map(|i| ((i * 17) % 3) as f32 / 2.0).collect();
+        let d = Dims { b, c, n };
+        let sp = |v: f64| v.max(0.0) + (-v.abs()).exp().ln_1p();
+        for act in [Act::Softmax, Act::Sigmoid] {
+            for gamma in [0.0f32, 2.0] {
+                for labels in [true, false] {
+                    let spec = Spec {
+                        act,
+                        include_background: true,
+                        squared: false,
+                        difference: false,
+                    };
+                    let t = if labels {
+                        TargetRef::Labels(&l)
+                    } else {
+                        TargetRef::Dense(&dense)
+                    };
+                    let got = pointwise_forward(&x, t, Some(&m), d, spec, gamma);
+                    let mut want = vec![0.0f64; 8 * b * c];
+                    for bb in 0..b {
+                        for i in 0..n {
+                            let xs: Vec<f64> =
+                                (0..c).map(|cc| x[(bb * c + cc) * n + i] as f64).collect();
+                            let max = xs.iter().cloned().fold(f64::MIN, f64::max);
+                            let lse = xs.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                            let w = m[bb * n + i] as f64;
+                            for cc in 0..c {
+                                let g = if labels {
+                                    f64::from(l[bb * n + i] == cc as i64)
+                                } else {
+                                    dense[(bb * c + cc) * n + i] as f64
+                                };
+                                let xv = xs[cc];
+                                let (h, third, fourth) = match act {
+                                    Act::Softmax => {
+                                        let nlp = lse + max - xv;
+                                        let p = (-nlp).exp();
+                                        (
+                                            (1.0 - p)
+                                                .max(f32::MIN_POSITIVE as f64)
+                                                .powf(gamma as f64)
+                                                * nlp,
+                                            w * g,
+                                            0.0,
+                                        )
+                                    }
+                                    _ => {
+                                        let bce = sp(xv) - xv * g;
+                                        let h = (-(gamma as f64) * sp(xv * (2.0 * g - 1.0))).exp()
+                                            * bce;
+                                        (h, if g == 1.0 { w * h } else { 0.0 }, w * g * sp(-xv))
+                                    }
+                                };
+                                for (q, v) in
+                                    [w * g * h, w * h, third, fourth].into_iter().enumerate()
+                                {
+                                    want[((4 + q) * b + bb) * c + cc] += v;
+                                }
+                            }
+                        }
+                    }
+                    for (q, (g, w)) in got.iter().zip(&want).enumerate().skip(4 * b * c) {
+                        let tol = 2e-5 * w.abs().max(1.0);
+                        assert!(
+                            ((*g as f64) - w).abs() <= tol,
+                            "{act:?} gamma {gamma} labels {labels}: row {} [{q}] {g} vs {w}",
+                            q / (b * c)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pointwise gradient against central differences of the pointwise rows (f64 sums of the
+    /// f32 kernel on a small problem), every row's gradient at once, softmax and sigmoid, gamma
+    /// 0 and 1.5, with a mask and soft targets; and the softmax's in-place backward equals its
+    /// recomputing one.
+    #[test]
+    fn pointwise_gradient_matches_finite_differences() {
+        let (b, c, n) = (1usize, 3usize, 40usize);
+        let x: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 7919) % 1013) as f32 / 250.0 - 2.0)
+            .collect();
+        let dense: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 13) % 5) as f32 / 4.0)
+            .collect();
+        let m: Vec<f32> = (0..b * n).map(|i| 0.5 + (i % 2) as f32 / 2.0).collect();
+        let d = Dims { b, c, n };
+        let grad: Vec<f32> = (0..8 * b * c)
+            .map(|i| {
+                if i < 4 * b * c {
+                    0.0
+                } else {
+                    0.3 + 0.1 * (i % 5) as f32
+                }
+            })
+            .collect();
+        for act in [Act::Softmax, Act::Sigmoid] {
+            for gamma in [0.0f32, 1.5] {
+                let spec = Spec {
+                    act,
+                    include_background: true,
+                    squared: false,
+                    difference: false,
+                };
+                let t = TargetRef::<i64>::Dense(&dense);
+                let objective = |x: &[f32]| -> f64 {
+                    pointwise_forward(x, t, Some(&m), d, spec, gamma)
+                        .iter()
+                        .zip(&grad)
+                        .map(|(v, g)| *v as f64 * *g as f64)
+                        .sum()
+                };
+                let dx = pointwise_backward(&x, t, Some(&m), &grad, d, spec, gamma);
+                for i in (0..x.len()).step_by(7) {
+                    let h = 1e-2f32;
+                    let (mut hi, mut lo) = (x.clone(), x.clone());
+                    hi[i] += h;
+                    lo[i] -= h;
+                    let fd = (objective(&hi) - objective(&lo)) / (2.0 * h as f64);
+                    assert!(
+                        (dx[i] as f64 - fd).abs() <= 1e-3 + 5e-3 * fd.abs(),
+                        "{act:?} gamma {gamma}: dx[{i}] {} vs finite difference {fd}",
+                        dx[i]
+                    );
+                }
+                if act == Act::Softmax {
+                    let (_, mut p) = pointwise_forward_saving(&x, t, Some(&m), d, spec, gamma);
+                    pointwise_backward_in_place(&mut p, t, Some(&m), &grad, d, spec, gamma);
+                    for (a, b) in p.iter().zip(&dx) {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                            "in place {a} vs recomputed {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ln_matches_std_over_the_float_range() {
+        let mut worst = 0.0f64;
+        let mut v = f32::MIN_POSITIVE;
+        while v < 1e38 {
+            for x in [v, v * 1.000_37, v * 1.414, v * 0.7072].into_iter().filter(|&x| x >= f32::MIN_POSITIVE) {
+                let want = (x as f64).ln();
+                let got = ln_f32(x) as f64;
+                worst = worst.max((got - want).abs() / want.abs().max(1.0));
+                let fma = ln_poly::<true>(x) as f64;
+                worst = worst.max((fma - want).abs() / want.abs().max(1.0));
+            }
+            v *= 1.013;
+        }
+        assert!(worst < 3e-7, "error {worst} (relative, absolute below 1)");
+        assert_eq!(ln_f32(1.0), 0.0);
     }
 
     #[test]

@@ -217,6 +217,10 @@ mod kernels {
                     if flags.squared {
                         sp += mp * mp;
                         sg += mg * mg;
+                    } else if flags.difference {
+                        // The soft-label form's L1 norms (as the CPU kernel, `class_sums`).
+                        sp += mp.abs();
+                        sg += mg.abs();
                     } else {
                         sp += mp;
                         sg += mg;
@@ -320,7 +324,11 @@ mod kernels {
             let mg = w * g;
             let d = mp - mg;
             let sign = select(d > 0.0f32, 1.0f32, select(d < 0.0f32, -1.0f32, 0.0f32));
+            let psign = select(mp > 0.0f32, 1.0f32, select(mp < 0.0f32, -1.0f32, 0.0f32));
             let mut v = gi * mg + gp + ge * sign;
+            if flags.difference {
+                v = gi * mg + gp * psign + ge * sign;
+            }
             if flags.squared {
                 v = gi * mg + gp * 2.0f32 * mp + ge * 2.0f32 * d;
             }

@@ -193,6 +193,136 @@ pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
     Shape::new([4, logits[0], k])
 }
 
+/// The overlap statistics of every class and the pointwise term's sums (cross-entropy, focal)
+/// in one pass over the logits: `[8, B, C]`, rows 0-3 as [`FusedStatsOps`] with the background
+/// included, rows 4-7 the pointwise sums with focusing parameter `gamma` (the kernel's pointwise
+/// section, [`super::cpu`]). `activation`: 0 softmax, 1 sigmoid. A compound loss thus reads the
+/// logits once forward and once backward. Flex only for now ([`supports_pointwise`]).
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait FusedPointwiseOps: Backend {
+    /// Against a label map `[B, N]`.
+    fn pointwise_stats_labels(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self>;
+
+    /// Against a dense target `[B, C, N]`.
+    fn pointwise_stats_dense(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self>;
+
+    /// [`pointwise_stats_labels`](FusedPointwiseOps::pointwise_stats_labels) for a recorded
+    /// backward, with what the backward starts from: the softmax's activations, or the logits
+    /// for the sigmoid (whose pointwise gradient reads them).
+    fn pointwise_stats_labels_saving(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`pointwise_stats_labels_saving`](FusedPointwiseOps::pointwise_stats_labels_saving) against a dense target.
+    fn pointwise_stats_dense_saving(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient with respect to the logits, from what the `_saving` forward returned and
+    /// the gradient `[8, B, C]` of its output.
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise_stats_labels_backward_saved(
+        saved: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self>;
+
+    /// [`pointwise_stats_labels_backward_saved`](FusedPointwiseOps::pointwise_stats_labels_backward_saved) against a dense target.
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise_stats_dense_backward_saved(
+        saved: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether the fused pointwise operation ([`FusedPointwiseOps`]) runs on `device`, with or
+/// without autodiff: Flex (feature `flex`). Elsewhere the losses compose the pointwise term from
+/// Burn operations beside the fused overlap statistics.
+pub fn supports_pointwise(device: &Device) -> bool {
+    match without_autodiff(device).as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        _ => false,
+    }
+}
+
+/// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` (softmax or sigmoid).
+pub fn pointwise_stats(
+    logits: Tensor<3>,
+    target: FusedTarget,
+    mask: Option<Tensor<2>>,
+    spec: super::cpu::Spec,
+    gamma: f32,
+) -> Tensor<3> {
+    let act = spec.act.code();
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    POINTWISE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let device = logits.device();
+    let mask = mask
+        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
+        .into_dispatch();
+    let out = match target {
+        FusedTarget::Labels(l) => <Dispatch as FusedPointwiseOps>::pointwise_stats_labels(
+            logits.into_dispatch(),
+            l.into_dispatch(),
+            mask,
+            act,
+            spec.squared,
+            spec.difference,
+            gamma,
+        ),
+        FusedTarget::Dense(t) => <Dispatch as FusedPointwiseOps>::pointwise_stats_dense(
+            logits.into_dispatch(),
+            t.into_dispatch(),
+            mask,
+            act,
+            spec.squared,
+            spec.difference,
+            gamma,
+        ),
+    };
+    Tensor::from_dispatch(out)
+}
+
 /// Whether the fused operation runs on `device`, with or without autodiff: Flex (feature
 /// `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`, `cuda`).
 pub fn supports(device: &Device) -> bool {
@@ -247,6 +377,14 @@ pub fn calls() -> usize {
     CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static POINTWISE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many of [`calls`] were the fused pass with the pointwise term ([`pointwise_stats`]).
+#[doc(hidden)]
+pub fn pointwise_calls() -> usize {
+    POINTWISE_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fused statistics `[4, B, K]` of logits `[B, C, N]`.
 pub fn overlap_stats(
     logits: Tensor<3>,
@@ -290,7 +428,7 @@ mod flex {
     use burn::tensor::{DType, TensorData};
 
     use super::super::cpu::{self, Act, Dims, Label, Spec, TargetRef};
-    use super::FusedStatsOps;
+    use super::{FusedPointwiseOps, FusedStatsOps};
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         assert_eq!(
@@ -330,23 +468,42 @@ mod flex {
 
     /// Runs `job` with the target as a slice: dense values, or labels as `i64` or `i32` (other
     /// integer types are converted). A mask with no elements means no mask.
-    fn run(job: Job<'_>, target: Target<'_>, mask: &FlexTensor, d: Dims, s: Spec) -> Vec<Vec<f32>> {
+    /// `pw`: the pointwise term's `gamma`, when its rows are wanted.
+    fn run(
+        job: Job<'_>,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        d: Dims,
+        s: Spec,
+        pw: Option<f32>,
+    ) -> Vec<Vec<f32>> {
         fn go<L: Label>(
             job: Job<'_>,
             t: TargetRef<'_, L>,
             m: Option<&[f32]>,
             d: Dims,
             s: Spec,
+            pw: Option<f32>,
         ) -> Vec<Vec<f32>> {
-            match job {
-                Job::Stats(x) => vec![cpu::forward(x, t, m, d, s)],
-                Job::Saving(x) => {
-                    let (stats, p) = cpu::forward_saving(x, t, m, d, s);
+            match (job, pw) {
+                (Job::Stats(x), None) => vec![cpu::forward(x, t, m, d, s)],
+                (Job::Stats(x), Some(gamma)) => vec![cpu::pointwise_forward(x, t, m, d, s, gamma)],
+                (Job::Saving(x), pw) => {
+                    let (stats, p) = match pw {
+                        None => cpu::forward_saving(x, t, m, d, s),
+                        Some(gamma) => cpu::pointwise_forward_saving(x, t, m, d, s, gamma),
+                    };
                     vec![stats, p]
                 }
-                Job::Gradient(x, g) => vec![cpu::backward(x, t, m, g, d, s)],
-                Job::InPlace(p, g) => {
-                    cpu::backward_in_place(p, t, m, g, d, s);
+                (Job::Gradient(x, g), None) => vec![cpu::backward(x, t, m, g, d, s)],
+                (Job::Gradient(x, g), Some(gamma)) => {
+                    vec![cpu::pointwise_backward(x, t, m, g, d, s, gamma)]
+                }
+                (Job::InPlace(p, g), pw) => {
+                    match pw {
+                        None => cpu::backward_in_place(p, t, m, g, d, s),
+                        Some(gamma) => cpu::pointwise_backward_in_place(p, t, m, g, d, s, gamma),
+                    }
                     Vec::new()
                 }
             }
@@ -354,7 +511,7 @@ mod flex {
         let m = (mask.shape().num_elements() > 0).then(|| floats(mask));
         let m = m.as_deref();
         match target {
-            Target::Dense(t) => go::<i64>(job, TargetRef::Dense(&floats(t)), m, d, s),
+            Target::Dense(t) => go::<i64>(job, TargetRef::Dense(&floats(t)), m, d, s, pw),
             Target::Labels(l) => {
                 let l = l.to_contiguous();
                 match l.dtype() {
@@ -364,6 +521,7 @@ mod flex {
                         m,
                         d,
                         s,
+                        pw,
                     ),
                     DType::I32 => go(
                         job,
@@ -371,6 +529,7 @@ mod flex {
                         m,
                         d,
                         s,
+                        pw,
                     ),
                     _ => {
                         let v: Vec<i64> = l
@@ -378,7 +537,7 @@ mod flex {
                             .convert::<i64>()
                             .try_to_vec()
                             .expect("labels as i64");
-                        go(job, TargetRef::Labels(&v), m, d, s)
+                        go(job, TargetRef::Labels(&v), m, d, s, pw)
                     }
                 }
             }
@@ -394,10 +553,28 @@ mod flex {
         FlexTensor::from_data(TensorData::new(values, shape))
     }
 
-    fn stats(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor, s: Spec) -> FlexTensor {
+    /// Rows of the output: 4 overlap statistics, and 4 pointwise sums with `pw`.
+    fn rows(pw: Option<f32>) -> usize {
+        if pw.is_some() { cpu::ROWS_MAX } else { 4 }
+    }
+
+    fn stats(
+        logits: &FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        s: Spec,
+        pw: Option<f32>,
+    ) -> FlexTensor {
         let d = dims(logits);
-        let out = run(Job::Stats(&floats(logits)), target, mask, d, s).remove(0);
-        tensor(out, vec![4, d.b, d.k(&s)])
+        let out = run(Job::Stats(&floats(logits)), target, mask, d, s, pw).remove(0);
+        tensor(out, vec![rows(pw), d.b, d.k(&s)])
+    }
+
+    /// Whether the backward starts from the logits rather than saved activations: without an
+    /// activation (they are the logits), and for the sigmoid's pointwise term (its gradient
+    /// needs the logits, which the activations do not give back precisely where they saturate).
+    fn keeps_logits(s: Spec, pw: Option<f32>) -> bool {
+        s.act == Act::None || (pw.is_some() && s.act != Act::Softmax)
     }
 
     /// The statistics and what the backward starts from: the activations, or the logits
@@ -407,15 +584,16 @@ mod flex {
         target: Target<'_>,
         mask: &FlexTensor,
         s: Spec,
+        pw: Option<f32>,
     ) -> (FlexTensor, FlexTensor) {
-        if s.act == Act::None {
-            return (stats(&logits, target, mask, s), logits);
+        if keeps_logits(s, pw) {
+            return (stats(&logits, target, mask, s, pw), logits);
         }
         let d = dims(&logits);
-        let mut out = run(Job::Saving(&floats(&logits)), target, mask, d, s);
+        let mut out = run(Job::Saving(&floats(&logits)), target, mask, d, s, pw);
         let p = out.pop().expect("activations");
         (
-            tensor(out.pop().expect("statistics"), vec![4, d.b, d.k(&s)]),
+            tensor(out.pop().expect("statistics"), vec![rows(pw), d.b, d.k(&s)]),
             tensor(p, vec![d.b, d.c, d.n]),
         )
     }
@@ -426,6 +604,7 @@ mod flex {
         mask: &FlexTensor,
         grad: &FlexTensor,
         s: Spec,
+        pw: Option<f32>,
     ) -> FlexTensor {
         let d = dims(logits);
         let out = run(
@@ -434,6 +613,7 @@ mod flex {
             mask,
             d,
             s,
+            pw,
         )
         .remove(0);
         tensor(out, vec![d.b, d.c, d.n])
@@ -447,9 +627,10 @@ mod flex {
         mask: &FlexTensor,
         grad: &FlexTensor,
         s: Spec,
+        pw: Option<f32>,
     ) -> FlexTensor {
-        if s.act == Act::None {
-            return gradient(&saved, target, mask, grad, s);
+        if keeps_logits(s, pw) {
+            return gradient(&saved, target, mask, grad, s, pw);
         }
         let d = dims(&saved);
         let len = d.b * d.c * d.n;
@@ -462,7 +643,7 @@ mod flex {
             tensor(floats(&saved).into_owned(), vec![d.b, d.c, d.n])
         };
         let values = &mut p.try_storage_mut::<f32>().expect("a uniquely owned buffer")[..len];
-        run(Job::InPlace(values, &floats(grad)), target, mask, d, s);
+        run(Job::InPlace(values, &floats(grad)), target, mask, d, s, pw);
         p
     }
 
@@ -490,6 +671,7 @@ mod flex {
                 Target::Labels(&labels),
                 &mask,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -509,6 +691,7 @@ mod flex {
                 &mask,
                 &grad,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -526,6 +709,7 @@ mod flex {
                 Target::Dense(&target),
                 &mask,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -545,6 +729,7 @@ mod flex {
                 &mask,
                 &grad,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -562,6 +747,7 @@ mod flex {
                 Target::Labels(&labels),
                 &mask,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -581,6 +767,7 @@ mod flex {
                 &mask,
                 &grad,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -598,6 +785,7 @@ mod flex {
                 Target::Dense(&target),
                 &mask,
                 spec(activation, include_background, squared, difference),
+                None,
             )
         }
 
@@ -617,6 +805,121 @@ mod flex {
                 &mask,
                 &grad,
                 spec(activation, include_background, squared, difference),
+                None,
+            )
+        }
+    }
+
+    impl FusedPointwiseOps for Flex {
+        fn pointwise_stats_labels(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> FlexTensor {
+            stats(
+                &logits,
+                Target::Labels(&labels),
+                &mask,
+                spec(activation, true, squared, difference),
+                Some(gamma),
+            )
+        }
+
+        fn pointwise_stats_dense(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> FlexTensor {
+            stats(
+                &logits,
+                Target::Dense(&target),
+                &mask,
+                spec(activation, true, squared, difference),
+                Some(gamma),
+            )
+        }
+
+        fn pointwise_stats_labels_saving(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> (FlexTensor, FlexTensor) {
+            saving(
+                logits,
+                Target::Labels(&labels),
+                &mask,
+                spec(activation, true, squared, difference),
+                Some(gamma),
+            )
+        }
+
+        fn pointwise_stats_dense_saving(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> (FlexTensor, FlexTensor) {
+            saving(
+                logits,
+                Target::Dense(&target),
+                &mask,
+                spec(activation, true, squared, difference),
+                Some(gamma),
+            )
+        }
+
+        fn pointwise_stats_labels_backward_saved(
+            saved: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> FlexTensor {
+            gradient_saved(
+                saved,
+                Target::Labels(&labels),
+                &mask,
+                &grad,
+                spec(activation, true, squared, difference),
+                Some(gamma),
+            )
+        }
+
+        fn pointwise_stats_dense_backward_saved(
+            saved: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+            activation: u8,
+            squared: bool,
+            difference: bool,
+            gamma: f32,
+        ) -> FlexTensor {
+            gradient_saved(
+                saved,
+                Target::Dense(&target),
+                &mask,
+                &grad,
+                spec(activation, true, squared, difference),
+                Some(gamma),
             )
         }
     }
@@ -800,6 +1103,210 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
         unimplemented!(
             "segloss: second derivatives of the fused overlap statistics are not supported"
         )
+    }
+}
+
+/// The options of one pointwise call: activation code, squared, difference, gamma.
+type PointwiseOptions = (u8, bool, bool, f32);
+
+impl<B: FusedPointwiseOps> SavedTarget<B> {
+    fn pointwise(
+        self,
+        x: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        (a, sq, diff, gamma): PointwiseOptions,
+    ) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::pointwise_stats_labels(x, l, mask, a, sq, diff, gamma),
+            SavedTarget::Dense(t) => B::pointwise_stats_dense(x, t, mask, a, sq, diff, gamma),
+        }
+    }
+
+    fn pointwise_saving(
+        self,
+        x: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        (a, sq, diff, gamma): PointwiseOptions,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        match self {
+            SavedTarget::Labels(l) => {
+                B::pointwise_stats_labels_saving(x, l, mask, a, sq, diff, gamma)
+            }
+            SavedTarget::Dense(t) => {
+                B::pointwise_stats_dense_saving(x, t, mask, a, sq, diff, gamma)
+            }
+        }
+    }
+
+    fn pointwise_backward(
+        self,
+        saved: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        (a, sq, diff, gamma): PointwiseOptions,
+    ) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => {
+                B::pointwise_stats_labels_backward_saved(saved, l, mask, grad, a, sq, diff, gamma)
+            }
+            SavedTarget::Dense(t) => {
+                B::pointwise_stats_dense_backward_saved(saved, t, mask, grad, a, sq, diff, gamma)
+            }
+        }
+    }
+}
+
+/// What the pointwise backward step keeps (as [`SavedInputs`]).
+#[derive(Debug, Clone)]
+struct SavedPointwise<B: Backend> {
+    saved: FloatTensor<B>,
+    target: SavedTarget<B>,
+    mask: FloatTensor<B>,
+    options: PointwiseOptions,
+}
+
+#[derive(Debug)]
+struct FusedPointwiseBackward;
+
+impl<B: FusedPointwiseOps> Backward<B, 1> for FusedPointwiseBackward {
+    type State = SavedPointwise<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(
+                node.id,
+                s.target
+                    .pointwise_backward(s.saved, s.mask, grad, s.options),
+            );
+        }
+    }
+}
+
+fn record_pointwise<B: FusedPointwiseOps, C: CheckpointStrategy>(
+    logits: FloatTensor<Autodiff<B, C>>,
+    target: SavedTarget<B>,
+    mask: FloatTensor<Autodiff<B, C>>,
+    options: PointwiseOptions,
+) -> FloatTensor<Autodiff<B, C>> {
+    let node = logits.node();
+    let mask = mask.into_primitive();
+    let x = logits.into_primitive();
+    match FusedPointwiseBackward
+        .prepare::<C>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (stats, saved) = target.clone().pointwise_saving(x, mask.clone(), options);
+            prep.finish(
+                SavedPointwise::<B> {
+                    saved,
+                    target,
+                    mask,
+                    options,
+                },
+                stats,
+            )
+        }
+        OpsKind::UnTracked(prep) => prep.finish(target.pointwise(x, mask, options)),
+    }
+}
+
+impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff<B, C> {
+    fn pointwise_stats_labels(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self> {
+        record_pointwise::<B, C>(
+            logits,
+            SavedTarget::Labels(labels),
+            mask,
+            (activation, squared, difference, gamma),
+        )
+    }
+
+    fn pointwise_stats_dense(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        activation: u8,
+        squared: bool,
+        difference: bool,
+        gamma: f32,
+    ) -> FloatTensor<Self> {
+        record_pointwise::<B, C>(
+            logits,
+            SavedTarget::Dense(target.into_primitive()),
+            mask,
+            (activation, squared, difference, gamma),
+        )
+    }
+
+    fn pointwise_stats_labels_saving(
+        _: FloatTensor<Self>,
+        _: IntTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!(
+            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
+        )
+    }
+
+    fn pointwise_stats_dense_saving(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!(
+            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
+        )
+    }
+
+    fn pointwise_stats_labels_backward_saved(
+        _: FloatTensor<Self>,
+        _: IntTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: f32,
+    ) -> FloatTensor<Self> {
+        unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
+    }
+
+    fn pointwise_stats_dense_backward_saved(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: u8,
+        _: bool,
+        _: bool,
+        _: f32,
+    ) -> FloatTensor<Self> {
+        unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
     }
 }
 

@@ -13,6 +13,7 @@ use super::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, We
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, Target, prepare};
+use crate::stats::fused_pointwise;
 
 /// Configuration of a [`DiceCELoss`]; MONAI's `DiceCELoss` options.
 #[derive(Config, Debug)]
@@ -177,11 +178,22 @@ impl DiceCELoss {
             target.into(),
             self.dice.prepare_options(),
         );
-        let dice = self
-            .dice
-            .config()
-            .reduction
-            .apply(self.dice.forward_prepared(&prepared));
+        let reduction = self.dice.config().reduction;
+        // Both terms from one fused pass over the logits where it runs.
+        let act = CrossEntropyLoss::activation(prepared.channels);
+        if let Some((stats, sums)) = fused_pointwise(
+            "DiceCELoss",
+            &prepared,
+            &self.dice.stats_options(),
+            act,
+            0.0,
+        ) {
+            return (
+                reduction.apply(self.dice.from_stats(stats)),
+                self.ce.from_sums(&prepared, &sums),
+            );
+        }
+        let dice = reduction.apply(self.dice.forward_prepared(&prepared));
         let ce = self.ce.forward_prepared(&prepared);
         (dice, ce)
     }
@@ -352,11 +364,26 @@ impl DiceFocalLoss {
             target.into(),
             self.dice.prepare_options(),
         );
-        let dice = self
-            .dice
-            .config()
-            .reduction
-            .apply(self.dice.forward_prepared(&prepared));
+        let reduction = self.dice.config().reduction;
+        let fused = self
+            .focal
+            .fused_activation(prepared.channels)
+            .and_then(|act| {
+                fused_pointwise(
+                    "DiceFocalLoss",
+                    &prepared,
+                    &self.dice.stats_options(),
+                    act,
+                    self.focal.config().gamma,
+                )
+            });
+        if let Some((stats, sums)) = fused {
+            return (
+                reduction.apply(self.dice.from_stats(stats)),
+                self.focal.from_sums(&prepared, &sums),
+            );
+        }
+        let dice = reduction.apply(self.dice.forward_prepared(&prepared));
         let focal = self.focal.forward_prepared(&prepared);
         (dice, focal)
     }
@@ -514,11 +541,26 @@ impl GeneralizedDiceFocalLoss {
             target.into(),
             self.gdl.prepare_options(),
         );
-        let gdl = self
-            .gdl
-            .config()
-            .reduction
-            .apply(self.gdl.forward_prepared(&prepared));
+        let reduction = self.gdl.config().reduction;
+        let fused = self
+            .focal
+            .fused_activation(prepared.channels)
+            .and_then(|act| {
+                fused_pointwise(
+                    "GeneralizedDiceFocalLoss",
+                    &prepared,
+                    &self.gdl.stats_options(),
+                    act,
+                    self.focal.config().gamma,
+                )
+            });
+        if let Some((stats, sums)) = fused {
+            return (
+                reduction.apply(self.gdl.from_stats(stats)),
+                self.focal.from_sums(&prepared, &sums),
+            );
+        }
+        let gdl = reduction.apply(self.gdl.forward_prepared(&prepared));
         let focal = self.focal.forward_prepared(&prepared);
         (gdl, focal)
     }

@@ -8,7 +8,8 @@ use burn::tensor::activation::{log_sigmoid, log_softmax};
 use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{PrepareOptions, Prepared, Target, prepare};
+use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
+use crate::stats::{PointwiseSums, fused_pointwise};
 
 const NAME: &str = "CrossEntropyLoss";
 
@@ -129,14 +130,87 @@ impl CrossEntropyLoss {
         }
     }
 
-    /// Reduced loss of a prepared input.
+    /// The activation of the cross-entropy of `channels` channels: the softmax, or the sigmoid
+    /// of the binary cross-entropy for a single channel.
+    pub(crate) fn activation(channels: usize) -> Activation {
+        if channels == 1 {
+            Activation::Sigmoid
+        } else {
+            Activation::Softmax
+        }
+    }
+
+    /// Reduced loss of a prepared input: from the fused pass where it runs (its overlap
+    /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
+        let act = Self::activation(prepared.channels);
+        let options = self.prepare_options().stats(act, true, false, false);
+        if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, act, 0.0) {
+            return self.from_sums(prepared, &sums);
+        }
         let (values, normaliser) = self.per_voxel(prepared);
         match self.config.reduction {
             LossReduction::Mean => values
                 .sum()
                 .div(normaliser.clamp_min(f32::MIN_POSITIVE as f64)),
             LossReduction::Sum => values.sum(),
+        }
+    }
+
+    /// The reduced loss from the fused pass's pointwise sums (`gamma = 0`, the activation of
+    /// [`CrossEntropyLoss::activation`]): the per-voxel formula of the type's docs summed per
+    /// class, `(1 - eps) sum m g (-ln p) + (eps / C) sum m (-ln p)` weighted by class, and the
+    /// weighted mean's normaliser `sum_c w_c sum m g_c` (label map) or `sum m` (dense target);
+    /// for a single channel `sum m BCE + (w - 1) sum m g softplus(-x)`.
+    pub(crate) fn from_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+        let cfg = &self.config;
+        let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
+        let device = sums.plain.device();
+        let counted = || match &prepared.mask {
+            Some(m) => m.clone().sum(),
+            None => Tensor::<1>::from_floats([(b * n) as f32], &device),
+        };
+        let (total, normaliser) = if c == 1 {
+            let positive = match &cfg.weight {
+                Some(w) => {
+                    assert!(
+                        w.len() == 1,
+                        "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}",
+                        w.len()
+                    );
+                    w[0] as f64
+                }
+                None => 1.0,
+            };
+            (
+                sums.plain.clone().sum() + sums.fourth.clone().sum().mul_scalar(positive - 1.0),
+                counted(),
+            )
+        } else {
+            let eps = cfg.label_smoothing;
+            let per_class = sums.target_weighted.clone().mul_scalar(1.0 - eps)
+                + sums.plain.clone().mul_scalar(eps / c as f64);
+            let weights = class_weights(
+                NAME,
+                &cfg.weight,
+                c,
+                "all channels, background included",
+                &device,
+            );
+            let weighted = |t: Tensor<2>| match &weights {
+                Some(w) => (t * w.clone()).sum(),
+                None => t.sum(),
+            };
+            let normaliser = if prepared.labels.is_some() {
+                weighted(sums.third.clone())
+            } else {
+                counted()
+            };
+            (weighted(per_class), normaliser)
+        };
+        match cfg.reduction {
+            LossReduction::Mean => total.div(normaliser.clamp_min(f32::MIN_POSITIVE as f64)),
+            LossReduction::Sum => total,
         }
     }
 

@@ -8,7 +8,7 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::prepared_stats;
+use crate::stats::{OverlapStats, StatsOptions, prepared_stats};
 
 const NAME: &str = "DiceLoss";
 
@@ -35,7 +35,12 @@ pub struct DiceLossConfig {
     /// Added to the numerator (MONAI `smooth_nr`), `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Added to the denominator (MONAI `smooth_dr`), `> 0` so that an empty class never divides by 0.
+    /// Added to the denominator (MONAI `smooth_dr`), `>= 0`. With 0 (accepted, as MONAI does) a
+    /// (sample, class) whose denominator is 0, i.e. empty in the target with nothing predicted
+    /// (`P + G = 0`, possible with [`Activation::None`] or masked / ignored voxels, not after a
+    /// softmax or sigmoid), gives NaN with `smooth_nr = 0` (0 / 0) and -inf with `smooth_nr > 0`,
+    /// and a NaN gradient for that class, as in MONAI 1.6.1; the reduced loss is then NaN or -inf.
+    /// Every other class is well-defined (an empty class with `P > 0` gives `1 - smooth_nr / P`).
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Sum the statistics over the batch before the ratio ("batch Dice"); otherwise one Dice per sample.
@@ -66,7 +71,7 @@ impl DiceLossConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = Check { loss: NAME };
         c.non_negative("smooth_nr", self.smooth_nr)?;
-        c.positive("smooth_dr", self.smooth_dr)?;
+        c.non_negative("smooth_dr", self.smooth_dr)?;
         if let Some(w) = &self.weight {
             c.weights("weight", w)?;
         }
@@ -108,8 +113,9 @@ impl DiceLossConfig {
 /// **Range**: for probabilities and targets in `[0, 1]` and no weights, every value is in `[0, 1]`.
 ///
 /// **Empty classes** (no target voxel in a sample): the class's loss is
-/// `1 - s_nr / (P + s_dr)`: 0 when nothing is predicted either, close to 1 (with almost no
-/// gradient) as soon as some probability mass is predicted. Batch Dice avoids most empty classes.
+/// `1 - s_nr / (P + s_dr)`: 0 when nothing is predicted either (NaN or -inf with `s_dr = 0`, see
+/// [`DiceLossConfig::smooth_dr`]), close to 1 (with almost no gradient) as soon as some
+/// probability mass is predicted. Batch Dice avoids most empty classes.
 ///
 /// **Mask**: [`Target::with_mask`] multiplies probabilities and target by the mask after the
 /// activation (MONAI 1.6.1 `MaskedDiceLoss`), so masked voxels count for nothing.
@@ -158,9 +164,18 @@ impl DiceLoss {
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
+        self.from_stats(prepared_stats(NAME, prepared, &self.stats_options()))
+    }
+
+    /// The statistics this loss needs.
+    pub(crate) fn stats_options(&self) -> StatsOptions {
         let cfg = &self.config;
-        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, cfg.squared_pred, cfg.soft_label);
-        let mut stats = prepared_stats(NAME, prepared, &options);
+        self.prepare_options().stats(cfg.activation, cfg.include_background, cfg.squared_pred, cfg.soft_label)
+    }
+
+    /// The loss per (sample, class) from the statistics of [`DiceLoss::stats_options`].
+    pub(crate) fn from_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
+        let cfg = &self.config;
         if cfg.batch {
             stats = stats.sum_batch();
         }

@@ -8,7 +8,8 @@ use burn::tensor::activation::{log_sigmoid, log_softmax};
 use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{PrepareOptions, Prepared, Target, prepare};
+use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
+use crate::stats::{PointwiseSums, fused_pointwise};
 
 const NAME: &str = "FocalLoss";
 
@@ -150,8 +151,35 @@ impl FocalLoss {
         }
     }
 
-    /// Reduced loss of a prepared input.
+    /// The activation of the fused pass for this loss on `channels` channels, or `None` where
+    /// the pass cannot compute it: the softmax focal loss without the background normalises over
+    /// the other channels only (MONAI), and a single channel has no softmax.
+    pub(crate) fn fused_activation(&self, channels: usize) -> Option<Activation> {
+        let cfg = &self.config;
+        if !cfg.include_background {
+            assert!(
+                channels > 1,
+                "{NAME}: `include_background = false` would drop the only channel of a single-channel prediction"
+            );
+        }
+        match cfg.use_softmax {
+            true if cfg.include_background && channels > 1 => Some(Activation::Softmax),
+            true => None,
+            false => Some(Activation::Sigmoid),
+        }
+    }
+
+    /// Reduced loss of a prepared input: from the fused pass where it runs (its overlap
+    /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
+        if let Some(act) = self.fused_activation(prepared.channels) {
+            let options = self.prepare_options().stats(act, true, false, false);
+            if let Some((_, sums)) =
+                fused_pointwise(NAME, prepared, &options, act, self.config.gamma)
+            {
+                return self.from_sums(prepared, &sums);
+            }
+        }
         let values = self.per_voxel(prepared);
         let [b, k, _] = values.dims();
         let eps = f32::EPSILON as f64;
@@ -164,6 +192,73 @@ impl FocalLoss {
             (Some(m), LossReduction::Sum) => {
                 let counted = m.clone().sum_dim(1).reshape([b, 1, 1]).clamp_min(eps);
                 (values.sum_dim(2) / counted).sum()
+            }
+        }
+    }
+
+    /// The reduced loss from the fused pass's pointwise sums (activation of
+    /// [`FocalLoss::fused_activation`], this loss's `gamma`): per (sample, class) the focal sums
+    /// with `alpha` (linear in the target for the sigmoid's scalar `alpha`, on the voxels with
+    /// `g = 1` for its per-class `alpha`) and the class weights, then the reduction of
+    /// [`FocalLossConfig::reduction`].
+    pub(crate) fn from_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+        let cfg = &self.config;
+        let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
+        let first = usize::from(!cfg.include_background);
+        let k = c - first;
+        let cols = |t: &Tensor<2>| t.clone().narrow(1, first, k);
+        let device = sums.plain.device();
+        let per_class = match &cfg.alpha {
+            Some(a) if a.len() > 1 => {
+                class_weights(NAME, &Some(a.clone()), k, "alpha per class", &device)
+            }
+            _ => None,
+        };
+        let scalar = cfg
+            .alpha
+            .as_ref()
+            .filter(|a| a.len() == 1)
+            .map(|a| a[0] as f64);
+        let mut values = if cfg.use_softmax {
+            let f = cols(&sums.target_weighted);
+            match (scalar, per_class) {
+                (Some(a), _) if cfg.include_background => {
+                    let mut factors = vec![a as f32; k];
+                    factors[0] = (1.0 - a) as f32;
+                    f * Tensor::<1>::from_floats(factors.as_slice(), &device).reshape([1, k])
+                }
+                (_, Some(w)) => f * w,
+                _ => f,
+            }
+        } else {
+            let plain = cols(&sums.plain);
+            match (scalar, per_class) {
+                (Some(a), _) => {
+                    plain.mul_scalar(1.0 - a)
+                        + cols(&sums.target_weighted).mul_scalar(2.0 * a - 1.0)
+                }
+                (_, Some(w)) => plain + cols(&sums.third) * w.sub_scalar(1.0),
+                _ => plain,
+            }
+        };
+        let what = if cfg.include_background {
+            "all channels"
+        } else {
+            "background excluded"
+        };
+        if let Some(w) = class_weights(NAME, &cfg.weight, k, what, &device) {
+            values = values * w;
+        }
+        let eps = f32::EPSILON as f64;
+        match (&prepared.mask, cfg.reduction) {
+            (None, LossReduction::Mean) => values.sum().div_scalar((b * k * n) as f64),
+            (None, LossReduction::Sum) => values.sum().div_scalar(n as f64),
+            (Some(m), LossReduction::Mean) => values
+                .sum()
+                .div(m.clone().sum().mul_scalar(k as f64).clamp_min(eps)),
+            (Some(m), LossReduction::Sum) => {
+                let counted = m.clone().sum_dim(1).reshape([b, 1]).clamp_min(eps);
+                (values / counted).sum()
             }
         }
     }

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::prepared_stats;
+use crate::stats::{OverlapStats, StatsOptions, prepared_stats};
 
 const NAME: &str = "GeneralizedDiceLoss";
 
@@ -40,7 +40,12 @@ pub struct GeneralizedDiceLossConfig {
     /// Added to the numerator, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Added to the denominator, `> 0`.
+    /// Added to the denominator (MONAI `smooth_dr`), `>= 0`. With 0 (accepted, as MONAI does) a
+    /// sample (the batch, with `batch`) whose classes are all empty in the target has all weights
+    /// 0 and a denominator of 0: its loss is NaN with `smooth_nr = 0` (0 / 0) and -inf with
+    /// `smooth_nr > 0`, with a NaN gradient for that sample, as in MONAI 1.6.1 (the reduced loss is
+    /// then NaN or -inf). A single empty class is well-defined: it takes the largest weight of the
+    /// other classes.
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Sum the statistics (and compute the weights) over the whole batch; otherwise per sample.
@@ -68,7 +73,7 @@ impl GeneralizedDiceLossConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let c = Check { loss: NAME };
         c.non_negative("smooth_nr", self.smooth_nr)?;
-        c.positive("smooth_dr", self.smooth_dr)
+        c.non_negative("smooth_dr", self.smooth_dr)
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -99,7 +104,8 @@ impl GeneralizedDiceLossConfig {
 /// **Empty classes**: a class with `G_c = 0` would get an infinite weight; as in MONAI it gets
 /// the largest finite weight of its sample (of the batch with `batch`), so an absent class still
 /// penalises false positives without dominating. A sample whose classes are all empty has all
-/// weights 0 and loss `1 - s_nr / s_dr` (0 with the defaults).
+/// weights 0 and loss `1 - s_nr / s_dr` (0 with the defaults; NaN or -inf with `s_dr = 0`, see
+/// [`GeneralizedDiceLossConfig::smooth_dr`]).
 ///
 /// **Range**: in `[0, 1]` for probabilities and targets in `[0, 1]`.
 ///
@@ -148,9 +154,19 @@ impl GeneralizedDiceLoss {
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
+        self.from_stats(prepared_stats(NAME, prepared, &self.stats_options()))
+    }
+
+    /// The statistics this loss needs.
+    pub(crate) fn stats_options(&self) -> StatsOptions {
         let cfg = &self.config;
-        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label);
-        let mut stats = prepared_stats(NAME, prepared, &options);
+        self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label)
+    }
+
+    /// The loss per sample (or `[1, 1]` with `batch`) from the statistics of
+    /// [`GeneralizedDiceLoss::stats_options`].
+    pub(crate) fn from_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
+        let cfg = &self.config;
         if cfg.batch {
             stats = stats.sum_batch();
         }
