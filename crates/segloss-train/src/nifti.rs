@@ -4,12 +4,18 @@
 //!
 //! Arrays are row-major `[z, y, x]` (x fastest, the order on disk); header lists (`dims`,
 //! `spacing`) are in header order `[x, y, z]`.
+//!
+//! Reading is done here rather than by the `nifti` crate's object reader, which starts the
+//! voxels right after the header's 4-byte extender whatever `vox_offset` says: a valid file
+//! whose data starts later (padding, or extensions shorter than the gap) would be read shifted.
+//! [`read_volume`] honours `vox_offset` and checks it against the file.
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use nifti::writer::WriterOptions;
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
 use segloss::metrics::LabelVolume;
 
 /// Where the voxels of an image are in space, from its NIfTI header.
@@ -43,10 +49,7 @@ pub struct LabelImage {
 /// When the file cannot be read or parsed, has not 2 or 3 spatial axes (a 4th axis of length 1
 /// is allowed), has a spacing that is not > 0, or holds a value that is not a valid label.
 pub fn read_label_image(path: &Path) -> Result<LabelImage> {
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
-    let header = obj.header().clone();
+    let (header, vol) = read_volume(path)?;
     let (dims, spacing) = spatial_dims(&header, path)?;
     let geometry = Geometry {
         origin: origin(&header),
@@ -54,7 +57,7 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
         dims: dims.clone(),
         spacing: spacing.clone(),
     };
-    let labels = read_labels(obj.into_volume(), &header)
+    let labels = read_labels(vol, &header)
         .with_context(|| format!("cannot read the labels of {}", path.display()))?;
     // Disk order is x fastest: as a row-major array the axes are [z, y, x].
     let shape: Vec<usize> = dims.iter().rev().copied().collect();
@@ -146,10 +149,7 @@ impl LabelImage {
 /// When the file cannot be read or parsed, has not 2 or 3 spatial axes (further axes of length
 /// 1 are allowed: one channel only), has a spacing that is not > 0, or holds a non-finite value.
 pub fn read_image(path: &Path) -> Result<Image> {
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .with_context(|| format!("cannot read NIfTI file {}", path.display()))?;
-    let header = obj.header().clone();
+    let (header, vol) = read_volume(path)?;
     let (dims, spacing) = spatial_dims(&header, path)?;
     let geometry = Geometry {
         origin: origin(&header),
@@ -157,8 +157,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
         dims,
         spacing,
     };
-    let a = obj
-        .into_volume()
+    let a = vol
         .into_ndarray::<f32>()
         .with_context(|| format!("cannot read the voxels of {}", path.display()))?
         .reversed_axes();
@@ -390,6 +389,242 @@ fn direction(h: &NiftiHeader) -> [[f64; 3]; 3] {
         }
     }
     m
+}
+
+/// Bytes of a NIfTI-1 header; the voxels of a single file start at `vox_offset >= 352`.
+const NIFTI1_HEADER: usize = 348;
+/// Bytes of a NIfTI-2 header; the voxels of a single file start at `vox_offset >= 544`.
+const NIFTI2_HEADER: usize = 540;
+/// The header is followed by a 4-byte extender (whether extensions follow).
+const EXTENDER: usize = 4;
+
+/// Reads a single-file NIfTI-1 or NIfTI-2 image (`.nii`, gzip-compressed or not, recognised by
+/// its first bytes rather than its name): the header, converted to the NIfTI-1 form of the
+/// `nifti` crate, and the voxels that start at the header's `vox_offset`. Extensions between
+/// the header and `vox_offset` are skipped.
+///
+/// # Errors
+/// In words, naming the file: not a NIfTI file (header size neither 348 nor 540, or a wrong
+/// magic), a `.hdr`/`.img` pair's header, a `vox_offset` that is not a whole number, lies inside
+/// the header or beyond the end of the file, an unknown data type, an axis of length 0 or
+/// larger than 65535, a file that ends before the voxels the header's dimensions need, or a
+/// corrupt gzip stream. Memory is allocated as bytes arrive, never from the header's claims
+/// alone.
+pub fn read_volume(path: &Path) -> Result<(NiftiHeader, InMemNiftiVolume)> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buffered = std::io::BufReader::new(file);
+    let gzip = {
+        let head = std::io::BufRead::fill_buf(&mut buffered)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        head.starts_with(&[0x1f, 0x8b])
+    };
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    read_volume_from(reader).with_context(|| format!("cannot read NIfTI file {}", path.display()))
+}
+
+/// [`read_volume`] on a stream that starts with the header.
+fn read_volume_from(mut r: impl Read) -> Result<(NiftiHeader, InMemNiftiVolume)> {
+    let mut raw = [0u8; NIFTI2_HEADER];
+    fill(&mut r, &mut raw[..4], "its header")?;
+    let size_le = i32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));
+    let size_be = i32::from_be_bytes(raw[..4].try_into().expect("4 bytes"));
+    let (header, vox_offset, header_len) = if size_le == NIFTI1_HEADER as i32
+        || size_be == NIFTI1_HEADER as i32
+    {
+        fill(
+            &mut r,
+            &mut raw[4..NIFTI1_HEADER],
+            "its 348-byte NIfTI-1 header",
+        )?;
+        if &raw[344..348] == b"ni1\0" {
+            bail!(
+                "this is the header of a .hdr/.img pair (magic \"ni1\"); give a single-file .nii or .nii.gz image"
+            );
+        }
+        if &raw[344..348] != b"n+1\0" {
+            bail!(
+                "not a NIfTI-1 file: the magic is {:?}, not \"n+1\"",
+                String::from_utf8_lossy(&raw[344..347])
+            );
+        }
+        let header = NiftiHeader::from_reader(&raw[..NIFTI1_HEADER])
+            .map_err(|e| anyhow::anyhow!("invalid NIfTI-1 header: {e}"))?;
+        let offset = f64::from(header.vox_offset);
+        (header, offset, NIFTI1_HEADER)
+    } else if size_le == NIFTI2_HEADER as i32 || size_be == NIFTI2_HEADER as i32 {
+        fill(
+            &mut r,
+            &mut raw[4..NIFTI2_HEADER],
+            "its 540-byte NIfTI-2 header",
+        )?;
+        let (header, offset) = nifti2_header(&raw, size_le == NIFTI2_HEADER as i32)?;
+        (header, offset, NIFTI2_HEADER)
+    } else {
+        bail!(
+            "not a NIfTI file: its first 4 bytes give a header size of {size_le} (NIfTI-1 headers have 348, NIfTI-2 headers 540)"
+        );
+    };
+    let min_offset = header_len + EXTENDER;
+    if !(offset_is_whole(vox_offset) && vox_offset >= min_offset as f64) {
+        bail!(
+            "vox_offset {vox_offset} in the header is not a whole number of bytes >= {min_offset} (where the voxels of a single-file image can start)"
+        );
+    }
+    let datatype = header
+        .data_type()
+        .map_err(|_| anyhow::anyhow!("unknown data type code {} in the header", header.datatype))?;
+    let ndim = usize::from(header.dim[0]);
+    if !(1..=7).contains(&ndim) {
+        bail!("dim[0] is {ndim} in the header: the number of axes must be 1 to 7");
+    }
+    if let Some(i) = (1..=ndim).find(|&i| header.dim[i] == 0) {
+        bail!("dim[{i}] is 0 in the header: every one of the {ndim} axes needs at least one voxel");
+    }
+    let dims = &header.dim[1..=ndim];
+    let nbytes = dims
+        .iter()
+        .try_fold(datatype.size_of(), |acc, &d| {
+            acc.checked_mul(usize::from(d))
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!("the header's dimensions {dims:?} are too large for this machine")
+        })?;
+    // Skip the extender and any extensions or padding up to vox_offset.
+    let skip = vox_offset as u64 - header_len as u64;
+    let skipped = std::io::copy(&mut (&mut r).take(skip), &mut std::io::sink())
+        .context("cannot read the bytes before the voxels")?;
+    if skipped < skip {
+        bail!(
+            "vox_offset {vox_offset} in the header is beyond the end of the file ({} bytes)",
+            header_len as u64 + skipped
+        );
+    }
+    let mut data = Vec::new();
+    let got = (&mut r)
+        .take(nbytes as u64)
+        .read_to_end(&mut data)
+        .context("cannot read the voxels")?;
+    if got < nbytes {
+        bail!(
+            "the file ends {got} bytes after vox_offset {vox_offset}, but the header's dimensions {dims:?} of {datatype:?} need {nbytes} bytes"
+        );
+    }
+    let volume = InMemNiftiVolume::from_raw_fields(
+        header.dim,
+        datatype,
+        header.scl_slope,
+        header.scl_inter,
+        data,
+        header.endianness,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid volume: {e}"))?;
+    Ok((header, volume))
+}
+
+/// Whether a header's byte offset is a finite whole number.
+fn offset_is_whole(v: f64) -> bool {
+    v.is_finite() && v.fract() == 0.0
+}
+
+/// Reads exactly `buf.len()` bytes or fails naming `what` was cut short.
+fn fill(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => bail!("the file ends after {got} bytes, inside {what}"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {what}"))),
+        }
+    }
+    Ok(())
+}
+
+/// A NIfTI-2 header (540 bytes, 64-bit dimensions and offsets, double-precision geometry)
+/// in the `nifti` crate's NIfTI-1 form, and its `vox_offset`. Dimensions must fit NIfTI-1's
+/// 16 bits (65535 voxels per axis); the geometry is rounded to `f32`.
+fn nifti2_header(raw: &[u8; NIFTI2_HEADER], little: bool) -> Result<(NiftiHeader, f64)> {
+    let bytes = |at: usize, n: usize| -> Vec<u8> {
+        let mut b = raw[at..at + n].to_vec();
+        if little != cfg!(target_endian = "little") {
+            b.reverse();
+        }
+        b
+    };
+    let i16_at = |at| i16::from_ne_bytes(bytes(at, 2).try_into().expect("2 bytes"));
+    let i32_at = |at| i32::from_ne_bytes(bytes(at, 4).try_into().expect("4 bytes"));
+    let i64_at = |at| i64::from_ne_bytes(bytes(at, 8).try_into().expect("8 bytes"));
+    let f64_at = |at| f64::from_ne_bytes(bytes(at, 8).try_into().expect("8 bytes"));
+    let f32_at = |at| f64_at(at) as f32;
+    if &raw[4..8] != b"n+2\0" {
+        if &raw[4..8] == b"ni2\0" {
+            bail!(
+                "this is the header of a NIfTI-2 .hdr/.img pair (magic \"ni2\"); give a single-file .nii or .nii.gz image"
+            );
+        }
+        bail!(
+            "not a NIfTI-2 file: the magic is {:?}, not \"n+2\"",
+            String::from_utf8_lossy(&raw[4..7])
+        );
+    }
+    let mut h = NiftiHeader {
+        sizeof_hdr: NIFTI1_HEADER as i32,
+        magic: *b"n+1\0",
+        endianness: if little {
+            Endianness::Little
+        } else {
+            Endianness::Big
+        },
+        datatype: i16_at(12),
+        bitpix: i16_at(14),
+        ..NiftiHeader::default()
+    };
+    for i in 0..8 {
+        let d = i64_at(16 + 8 * i);
+        h.dim[i] = u16::try_from(d).map_err(|_| {
+            anyhow::anyhow!(
+                "dim[{i}] is {d} in the NIfTI-2 header: axes of 0 to 65535 voxels are supported"
+            )
+        })?;
+        h.pixdim[i] = f32_at(104 + 8 * i);
+    }
+    h.intent_p1 = f32_at(80);
+    h.intent_p2 = f32_at(88);
+    h.intent_p3 = f32_at(96);
+    let vox_offset = i64_at(168) as f64;
+    h.vox_offset = vox_offset as f32;
+    h.scl_slope = f32_at(176);
+    h.scl_inter = f32_at(184);
+    h.cal_max = f32_at(192);
+    h.cal_min = f32_at(200);
+    h.slice_duration = f32_at(208);
+    h.toffset = f32_at(216);
+    h.descrip = raw[240..320].to_vec();
+    h.aux_file.copy_from_slice(&raw[320..344]);
+    h.qform_code = i16::try_from(i32_at(344)).unwrap_or(0);
+    h.sform_code = i16::try_from(i32_at(348)).unwrap_or(0);
+    h.quatern_b = f32_at(352);
+    h.quatern_c = f32_at(360);
+    h.quatern_d = f32_at(368);
+    h.quatern_x = f32_at(376);
+    h.quatern_y = f32_at(384);
+    h.quatern_z = f32_at(392);
+    for j in 0..4 {
+        h.srow_x[j] = f32_at(400 + 8 * j);
+        h.srow_y[j] = f32_at(432 + 8 * j);
+        h.srow_z[j] = f32_at(464 + 8 * j);
+    }
+    h.slice_code = u8::try_from(i32_at(496)).unwrap_or(0);
+    h.xyzt_units = u8::try_from(i32_at(500)).unwrap_or(0);
+    h.intent_code = i16::try_from(i32_at(504)).unwrap_or(0);
+    h.intent_name.copy_from_slice(&raw[508..524]);
+    h.dim_info = raw[524];
+    Ok((h, vox_offset))
 }
 
 /// Which geometry differences are accepted between prediction and reference.
