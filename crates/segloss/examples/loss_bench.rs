@@ -2,29 +2,88 @@
 //!
 //! ```text
 //! cargo run --release --example loss_bench -- LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]
-//!   LOSS   dice (softmax, label map, background excluded) | sigmoid-dice (multi-label) | gdl (softmax, label map)
-//!          | wasserstein (Generalized Wasserstein Dice, label map, distance |i - j| / (C - 1); composed ops)
+//!   LOSS   one of LOSSES below
 //!   SHAPE  BxCxS1xS2[xS3], e.g. 3x9x64x64x64
 //!   D      flex (default) | wgpu | wgpu-cpu | wgpu-gpu (feature wgpu) | cuda (feature cuda)
 //!   --no-validate  skip the label-range check (`validate_labels = false`), to time it apart
 //! ```
 //!
+//! Every loss is built with the defaults of its config except what its entry in [`LOSSES`] says;
+//! `bench/compare_monai.py` configures MONAI's class identically. All take the logits `[B, C, N]`
+//! and a label map `[B, N]` (integer labels uniform in `0..C`), except `sigmoid-dice`, whose
+//! target is a dense multi-label `[B, C, N]` (each entry 1 with probability 0.3).
+//!
 //! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
-//! memory-traffic floor measured in the same process (reading the logits and the target twice
-//! and writing a gradient-sized buffer once, with plain copies and sums), and the peak resident
-//! memory added by the first forward + backward beyond the inputs (the OS's peak-resident counter,
-//! reset just before it). On a GPU device (wgpu, CUDA) a step ends with reading back the sum of
-//! the gradient (so the time covers all the queued work), two untimed steps come first (kernel
-//! compilation, autotuning), and the floor and peak memory, which are host measurements, are
-//! `null`.
+//! memory-traffic floor measured in the same process, and the peak resident memory added by the
+//! first forward + backward beyond the inputs (the OS's peak-resident counter, reset just before
+//! it). On a GPU device (wgpu, CUDA) a step ends with reading back the sum of the gradient (so
+//! the time covers all the queued work), two untimed steps come first (kernel compilation,
+//! autotuning), and the floor and peak memory, which are host measurements, are `null`.
+//!
+//! **The floor** is the time to move the bytes any implementation of the loss must move: read the
+//! logits and the target once for the forward and once more for the backward, and write a
+//! gradient-sized buffer once (`floor_bytes`; the target counted at the size the loss reads it,
+//! `target_bytes_per_voxel`). It runs on rayon's pool, the same `RAYON_NUM_THREADS` threads as
+//! the loss (`floor_threads`), over 256 KiB chunks: the reads are wrapping `u32` sums of the raw
+//! bits, which the compiler vectorises and unrolls into independent accumulators (integer adds
+//! are associative, unlike an `f32` `iter().sum()`, which is one chain of dependent adds and
+//! bound by the add latency rather than by memory); the write is a `copy_from_slice` of the
+//! logits into a buffer allocated and touched beforehand (so the floor pays no page faults, while
+//! a loss allocating its gradient does). `floor_gb_s` is `floor_bytes` over the floor's median
+//! time: the bandwidth the machine gave.
 
 #[path = "support/device.rs"]
 mod device;
 
+use std::hint::black_box;
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor};
-use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, GeneralizedWassersteinDiceLossConfig, Kernel, Target, with_kernel};
+use rayon::prelude::*;
+use segloss::{
+    Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
+    FocalLossConfig, GeneralizedDiceFocalLossConfig, GeneralizedDiceLossConfig,
+    GeneralizedWassersteinDiceLossConfig, Kernel, Target, TverskyLossConfig, with_kernel,
+};
+
+/// Every loss by name, with its configuration (options not named keep their defaults, which are
+/// MONAI's).
+const LOSSES: [(&str, &str); 10] = [
+    (
+        "dice",
+        "DiceLoss: softmax, label map, include_background false",
+    ),
+    (
+        "sigmoid-dice",
+        "DiceLoss: sigmoid, dense multi-label target",
+    ),
+    ("gdl", "GeneralizedDiceLoss: softmax, label map"),
+    (
+        "tversky",
+        "TverskyLoss: softmax, label map, include_background false, alpha 0.3, beta 0.7",
+    ),
+    (
+        "dice-ce",
+        "DiceCELoss: softmax, label map, include_background false",
+    ),
+    (
+        "dice-focal",
+        "DiceFocalLoss: softmax, label map, include_background false, focal_use_softmax",
+    ),
+    (
+        "gdl-focal",
+        "GeneralizedDiceFocalLoss: softmax, label map, focal_use_softmax",
+    ),
+    ("focal", "FocalLoss: use_softmax, label map"),
+    ("ce", "CrossEntropyLoss: label map"),
+    (
+        "wasserstein",
+        "GeneralizedWassersteinDiceLoss: label map, distance |i - j| / (C - 1)",
+    ),
+];
+
+/// Bytes per chunk of the floor's parallel loops.
+const CHUNK: usize = 1 << 16;
 
 /// A `/proc/self/status` field in KiB (`VmRSS`: resident now, `VmHWM`: peak resident).
 fn status_kib(field: &str) -> u64 {
@@ -42,27 +101,72 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The raw bytes of a tensor's data as 32-bit words (every dtype used here is 4 or 8 bytes).
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// Reads every word, in parallel chunks; a wrapping integer sum, which vectorises.
+fn read_all(w: &[u32]) -> u32 {
+    w.par_chunks(CHUNK / 4)
+        .map(|c| c.iter().fold(0u32, |a, &v| a.wrapping_add(v)))
+        .reduce(|| 0, u32::wrapping_add)
+}
+
+/// Writes `out` from `src`, in parallel chunks.
+fn copy_all(out: &mut [u32], src: &[u32]) {
+    out.par_chunks_mut(CHUNK / 4)
+        .zip(src.par_chunks(CHUNK / 4))
+        .for_each(|(o, s)| o.copy_from_slice(s));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loss_bench LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]";
-    let loss = args.first().expect(usage).clone();
-    let shape: Vec<usize> = args.get(1).expect(usage).split('x').map(|v| v.parse().expect("shape: BxCxS...")).collect();
+    let names: Vec<&str> = LOSSES.iter().map(|(n, _)| *n).collect();
+    let usage = format!(
+        "usage: loss_bench LOSS SHAPE [--kernel auto|composed] [--iters N] [--device D] [--no-validate]; LOSS one of {}",
+        names.join(", ")
+    );
+    let loss = args.first().unwrap_or_else(|| panic!("{usage}")).clone();
+    if !names.contains(&loss.as_str()) {
+        panic!("unknown loss {loss:?}; {usage}");
+    }
+    let shape: Vec<usize> = args
+        .get(1)
+        .unwrap_or_else(|| panic!("{usage}"))
+        .split('x')
+        .map(|v| v.parse().expect("shape: BxCxS..."))
+        .collect();
+    assert!(
+        shape.len() >= 3,
+        "shape: BxCxS... (at least one spatial dimension)"
+    );
     let mut kernel = Kernel::Auto;
     let mut iters = 10usize;
     let mut device_name = "flex".to_string();
     let mut validate = true;
     let mut i = 2;
+    let value = |i: usize| {
+        args.get(i + 1)
+            .unwrap_or_else(|| panic!("{} needs a value; {usage}", args[i]))
+            .clone()
+    };
     while i < args.len() {
         match args[i].as_str() {
             "--kernel" => {
-                kernel = match args[i + 1].as_str() {
+                kernel = match value(i).as_str() {
                     "composed" => Kernel::Composed,
-                    _ => Kernel::Auto,
+                    "auto" => Kernel::Auto,
+                    other => panic!("--kernel {other:?}: auto or composed"),
                 };
                 i += 2;
             }
             "--iters" => {
-                iters = args[i + 1].parse().expect("--iters N");
+                iters = value(i).parse().expect("--iters N");
+                assert!(iters > 0, "--iters N with N >= 1");
                 i += 2;
             }
             "--no-validate" => {
@@ -70,7 +174,7 @@ fn main() {
                 i += 1;
             }
             "--device" => {
-                device_name = args[i + 1].clone();
+                device_name = value(i);
                 i += 2;
             }
             other => panic!("unknown argument {other}; {usage}"),
@@ -79,34 +183,116 @@ fn main() {
     let (b, c) = (shape[0], shape[1]);
     let n: usize = shape[2..].iter().product();
     let device = device::by_name(&device_name)
-        .unwrap_or_else(|| panic!("unknown device {device_name:?}, or its feature (wgpu, cuda) is not compiled in"))
+        .unwrap_or_else(|| {
+            panic!("unknown device {device_name:?}, or its feature (wgpu, cuda) is not compiled in")
+        })
         .autodiff();
     let on_host = device_name == "flex";
     device.seed(1);
     let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
     let labels = Tensor::<2, Int>::random([b, n], Distribution::Uniform(0.0, c as f64), &device);
-    let multi = (loss == "sigmoid-dice").then(|| Tensor::<3>::random([b, c, n], Distribution::Bernoulli(0.3), &device));
-    let _ = (logits.to_data(), labels.to_data());
+    let multi = (loss == "sigmoid-dice")
+        .then(|| Tensor::<3>::random([b, c, n], Distribution::Bernoulli(0.3), &device));
+    let logits_data = logits.to_data();
+    // The target the loss reads: the label map, or the multi-label target of sigmoid-dice.
+    let target_data = match &multi {
+        Some(t) => t.to_data(),
+        None => labels.to_data(),
+    };
+
+    let act = Activation::Softmax;
+    let target = || match &multi {
+        Some(t) => Target::dense(t.clone()),
+        None => Target::labels(labels.clone()),
+    };
+    // The loss, built once: logits in, the reduced loss `[1]` out.
+    let forward: Box<dyn Fn(Tensor<3>) -> Tensor<1>> = match loss.as_str() {
+        "dice" => {
+            let l = DiceLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "sigmoid-dice" => {
+            let l = DiceLossConfig::new(Activation::Sigmoid).init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "gdl" => {
+            let l = GeneralizedDiceLossConfig::new(act)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "tversky" => {
+            let l = TverskyLossConfig::new(act)
+                .with_include_background(false)
+                .with_alpha(0.3)
+                .with_beta(0.7)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "dice-ce" => {
+            let l = DiceCELossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "dice-focal" => {
+            let l = DiceFocalLossConfig::new(act)
+                .with_include_background(false)
+                .with_focal_use_softmax(true)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "gdl-focal" => {
+            let l = GeneralizedDiceFocalLossConfig::new(act)
+                .with_focal_use_softmax(true)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "focal" => {
+            let l = FocalLossConfig::new()
+                .with_use_softmax(true)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "ce" => {
+            let l = CrossEntropyLossConfig::new()
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        "wasserstein" => {
+            let dist = (0..c)
+                .map(|i| {
+                    (0..c)
+                        .map(|j| i.abs_diff(j) as f32 / (c - 1) as f32)
+                        .collect()
+                })
+                .collect();
+            let l = GeneralizedWassersteinDiceLossConfig::new(dist)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x| l.forward(x, target()))
+        }
+        other => unreachable!("{other} is checked above"),
+    };
 
     let step = || {
         let x = logits.clone().require_grad();
-        let value = match loss.as_str() {
-            "dice" => DiceLossConfig::new(Activation::Softmax).with_include_background(false).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
-            "sigmoid-dice" => DiceLossConfig::new(Activation::Sigmoid).init().forward(x.clone(), Target::dense(multi.clone().unwrap())),
-            "gdl" => GeneralizedDiceLossConfig::new(Activation::Softmax).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone())),
-            "wasserstein" => {
-                let dist = (0..c).map(|i| (0..c).map(|j| i.abs_diff(j) as f32 / (c - 1) as f32).collect()).collect();
-                GeneralizedWassersteinDiceLossConfig::new(dist).with_validate_labels(validate).init().forward(x.clone(), Target::labels(labels.clone()))
-            }
-            other => panic!("unknown loss {other}"),
-        };
-        let grads = value.backward();
+        let grads = forward(x.clone()).backward();
         let g = x.grad(&grads).expect("gradient");
         if on_host {
-            std::hint::black_box(g);
+            black_box(g);
         } else {
             // Waits for every queued kernel of the step.
-            std::hint::black_box(g.sum().into_scalar::<f32>());
+            black_box(g.sum().into_scalar::<f32>());
         }
     };
 
@@ -124,39 +310,43 @@ fn main() {
         with_kernel(kernel, step);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times.sort_by(|a, b| a.total_cmp(b));
 
-    // The memory-traffic floor: read logits and target twice, write a gradient once (on the host).
-    let mut floor = vec![0.0];
+    // The memory-traffic floor (see the module docs): forward reads logits and target, backward
+    // reads them again and writes the gradient.
+    let target_bytes_per_voxel = target_data.as_bytes().len() as f64 / (b * n) as f64;
+    let floor_bytes = 2 * (logits_data.as_bytes().len() + target_data.as_bytes().len())
+        + logits_data.as_bytes().len();
+    let mut floor = Vec::new();
     if on_host {
-        floor.clear();
+        let xs = words(logits_data.as_bytes());
+        let ts = words(target_data.as_bytes());
+        let mut out = vec![1u32; xs.len()];
+        for _ in 0..iters.max(5) {
+            let t = Instant::now();
+            let fwd = read_all(black_box(&xs)).wrapping_add(read_all(black_box(&ts)));
+            let bwd = read_all(black_box(&ts)).wrapping_add(read_all(black_box(&xs)));
+            copy_all(&mut out, black_box(&xs));
+            black_box((fwd, bwd, &out));
+            floor.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        floor.sort_by(|a, b| a.total_cmp(b));
     }
-    let xs: Vec<f32> = if on_host { logits.to_data().try_to_vec().unwrap() } else { Vec::new() };
-    // The target the loss reads: the label map, or the multi-label target of sigmoid-dice.
-    let ls: Vec<i64> = if on_host && multi.is_none() { labels.to_data().iter::<i64>().collect() } else { Vec::new() };
-    let ts: Vec<f32> = match &multi {
-        Some(t) if on_host => t.to_data().try_to_vec().unwrap(),
-        _ => Vec::new(),
-    };
-    let mut out = vec![0.0f32; xs.len()];
-    for _ in 0..if on_host { iters.max(5) } else { 0 } {
-        let t = Instant::now();
-        let s1: f32 = xs.iter().sum::<f32>() + ls.iter().sum::<i64>() as f32 + ts.iter().sum::<f32>();
-        out.copy_from_slice(&xs);
-        let s2: f32 = ls.iter().sum::<i64>() as f32 + ts.iter().sum::<f32>();
-        std::hint::black_box((s1, s2, &out));
-        floor.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let host = |v: f64| if on_host { format!("{v:.3}") } else { "null".to_string() };
+    let floor_ms = floor.get(floor.len() / 2).copied();
+    let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
     println!(
-        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"device\": \"{device_name}\", \"validate_labels\": {validate}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {}, \"peak_extra_mib\": {}, \"gradient_mib\": {:.1}}}",
+        "{{\"loss\": \"{loss}\", \"shape\": \"{}\", \"kernel\": \"{kernel:?}\", \"device\": \"{device_name}\", \"validate_labels\": {validate}, \"median_ms\": {:.3}, \"min_ms\": {:.3}, \"floor_ms\": {}, \"floor_threads\": {}, \"floor_bytes\": {floor_bytes}, \"floor_gb_s\": {}, \"target_bytes_per_voxel\": {target_bytes_per_voxel}, \"peak_extra_mib\": {}, \"gradient_mib\": {:.1}}}",
         args[1],
         times[times.len() / 2],
         times[0],
-        host(floor[floor.len() / 2]),
-        host(peak_extra_mib),
+        num(floor_ms),
+        if on_host {
+            rayon::current_num_threads().to_string()
+        } else {
+            "null".to_string()
+        },
+        num(floor_ms.map(|ms| floor_bytes as f64 / (ms * 1e6))),
+        num(on_host.then_some(peak_extra_mib)),
         (b * c * n * 4) as f64 / (1024.0 * 1024.0)
     );
 }
-
