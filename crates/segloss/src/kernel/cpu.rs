@@ -238,7 +238,9 @@ fn ln_poly<const FMA: bool>(x: f32) -> f32 {
     y = y * f * z;
     y = madd::<FMA>(e, -2.121_944_4e-4, y);
     y = madd::<FMA>(z, -0.5, y);
-    madd::<FMA>(e, 0.693_359_4, f + y)
+    let ln = madd::<FMA>(e, 0.693_359_4, f + y);
+    // A NaN stays NaN (the bit manipulation above would turn it into a finite value).
+    if x.is_nan() { x } else { ln }
 }
 
 /// `ln(x)` for `x >= f32::MIN_POSITIVE` (see `ln_poly`).
@@ -811,7 +813,9 @@ fn softmax_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, 
         a[2][l] += mg;
     }
     let one = |i: usize| {
-        let nlp = (lse[i] + max[i] - x[i]).max(0.0);
+        // Clamped at 0 from rounding; a NaN logit stays NaN (unlike `f32::max`).
+        let v = lse[i] + max[i] - x[i];
+        let nlp = if v < 0.0 { 0.0 } else { v };
         let h = if FOCAL { focal_factor::<true, FMA>(e[i] * r[i], gamma).0 * nlp } else { nlp };
         (h, target_at::<LAB>(t[i], class), if MASK { m[i] } else { 1.0 })
     };
@@ -2596,6 +2600,7 @@ mod tests {
         }
         assert!(worst < 3e-7, "error {worst} (relative, absolute below 1)");
         assert_eq!(ln_f32(1.0), 0.0);
+        assert!(ln_f32(f32::NAN).is_nan());
     }
 
     #[test]

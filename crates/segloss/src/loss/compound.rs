@@ -189,8 +189,8 @@ impl DiceCELoss {
             0.0,
         ) {
             return (
-                reduction.apply(self.dice.from_stats(stats)),
-                self.ce.from_sums(&prepared, &sums),
+                reduction.apply(self.dice.loss_of_stats(stats)),
+                self.ce.loss_of_sums(&prepared, &sums),
             );
         }
         let dice = reduction.apply(self.dice.forward_prepared(&prepared));
@@ -379,8 +379,8 @@ impl DiceFocalLoss {
             });
         if let Some((stats, sums)) = fused {
             return (
-                reduction.apply(self.dice.from_stats(stats)),
-                self.focal.from_sums(&prepared, &sums),
+                reduction.apply(self.dice.loss_of_stats(stats)),
+                self.focal.loss_of_sums(&prepared, &sums),
             );
         }
         let dice = reduction.apply(self.dice.forward_prepared(&prepared));
@@ -556,8 +556,8 @@ impl GeneralizedDiceFocalLoss {
             });
         if let Some((stats, sums)) = fused {
             return (
-                reduction.apply(self.gdl.from_stats(stats)),
-                self.focal.from_sums(&prepared, &sums),
+                reduction.apply(self.gdl.loss_of_stats(stats)),
+                self.focal.loss_of_sums(&prepared, &sums),
             );
         }
         let gdl = reduction.apply(self.gdl.forward_prepared(&prepared));

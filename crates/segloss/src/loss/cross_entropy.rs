@@ -146,7 +146,7 @@ impl CrossEntropyLoss {
         let act = Self::activation(prepared.channels);
         let options = self.prepare_options().stats(act, true, false, false);
         if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, act, 0.0) {
-            return self.from_sums(prepared, &sums);
+            return self.loss_of_sums(prepared, &sums);
         }
         let (values, normaliser) = self.per_voxel(prepared);
         match self.config.reduction {
@@ -162,7 +162,7 @@ impl CrossEntropyLoss {
     /// class, `(1 - eps) sum m g (-ln p) + (eps / C) sum m (-ln p)` weighted by class, and the
     /// weighted mean's normaliser `sum_c w_c sum m g_c` (label map) or `sum m` (dense target);
     /// for a single channel `sum m BCE + (w - 1) sum m g softplus(-x)`.
-    pub(crate) fn from_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+    pub(crate) fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
         let cfg = &self.config;
         let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
         let device = sums.plain.device();

@@ -164,7 +164,7 @@ impl DiceLoss {
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
-        self.from_stats(prepared_stats(NAME, prepared, &self.stats_options()))
+        self.loss_of_stats(prepared_stats(NAME, prepared, &self.stats_options()))
     }
 
     /// The statistics this loss needs.
@@ -174,7 +174,7 @@ impl DiceLoss {
     }
 
     /// The loss per (sample, class) from the statistics of [`DiceLoss::stats_options`].
-    pub(crate) fn from_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
+    pub(crate) fn loss_of_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
         let cfg = &self.config;
         if cfg.batch {
             stats = stats.sum_batch();

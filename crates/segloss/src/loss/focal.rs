@@ -177,7 +177,7 @@ impl FocalLoss {
             if let Some((_, sums)) =
                 fused_pointwise(NAME, prepared, &options, act, self.config.gamma)
             {
-                return self.from_sums(prepared, &sums);
+                return self.loss_of_sums(prepared, &sums);
             }
         }
         let values = self.per_voxel(prepared);
@@ -201,7 +201,7 @@ impl FocalLoss {
     /// with `alpha` (linear in the target for the sigmoid's scalar `alpha`, on the voxels with
     /// `g = 1` for its per-class `alpha`) and the class weights, then the reduction of
     /// [`FocalLossConfig::reduction`].
-    pub(crate) fn from_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+    pub(crate) fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
         let cfg = &self.config;
         let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
         let first = usize::from(!cfg.include_background);

@@ -154,7 +154,7 @@ impl GeneralizedDiceLoss {
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
-        self.from_stats(prepared_stats(NAME, prepared, &self.stats_options()))
+        self.loss_of_stats(prepared_stats(NAME, prepared, &self.stats_options()))
     }
 
     /// The statistics this loss needs.
@@ -165,7 +165,7 @@ impl GeneralizedDiceLoss {
 
     /// The loss per sample (or `[1, 1]` with `batch`) from the statistics of
     /// [`GeneralizedDiceLoss::stats_options`].
-    pub(crate) fn from_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
+    pub(crate) fn loss_of_stats(&self, mut stats: OverlapStats) -> Tensor<2> {
         let cfg = &self.config;
         if cfg.batch {
             stats = stats.sum_batch();
