@@ -9,14 +9,14 @@ use core::fmt;
 /// An invalid option value in a loss configuration.
 ///
 /// The message names the loss, the parameter, the rule it breaks and the value given, e.g.
-/// `DiceLoss: invalid `smooth_dr`: must be finite and > 0, got -1`.
+/// `DiceLoss: invalid `smooth_dr`: must be finite and >= 0, got -1`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
     /// The loss being configured, e.g. `"DiceLoss"`.
     pub loss: &'static str,
     /// The offending option, with the config's field name, e.g. `"smooth_dr"`.
     pub parameter: &'static str,
-    /// The rule the value must follow, e.g. `"finite and > 0"`.
+    /// The rule the value must follow, e.g. `"finite and >= 0"`.
     pub rule: String,
     /// The value that was given, formatted for people.
     pub value: String,
@@ -41,7 +41,12 @@ pub(crate) struct Check {
 
 impl Check {
     fn err(&self, parameter: &'static str, rule: &str, value: String) -> ConfigError {
-        ConfigError { loss: self.loss, parameter, rule: rule.to_string(), value }
+        ConfigError {
+            loss: self.loss,
+            parameter,
+            rule: rule.to_string(),
+            value,
+        }
     }
 
     /// `v` is finite and `>= 0`.
@@ -53,17 +58,14 @@ impl Check {
         }
     }
 
-    /// `v` is finite and `> 0`.
-    pub fn positive(&self, parameter: &'static str, v: f64) -> Result<(), ConfigError> {
-        if v.is_finite() && v > 0.0 {
-            Ok(())
-        } else {
-            Err(self.err(parameter, "finite and > 0", format!("{v}")))
-        }
-    }
-
     /// `v` lies in `[lo, hi]`.
-    pub fn in_range(&self, parameter: &'static str, v: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+    pub fn in_range(
+        &self,
+        parameter: &'static str,
+        v: f64,
+        lo: f64,
+        hi: f64,
+    ) -> Result<(), ConfigError> {
         if v.is_finite() && v >= lo && v <= hi {
             Ok(())
         } else {
@@ -74,9 +76,17 @@ impl Check {
     /// Every entry of `w` is finite and `>= 0`, and there is at least one.
     pub fn weights(&self, parameter: &'static str, w: &[f32]) -> Result<(), ConfigError> {
         if w.is_empty() {
-            return Err(self.err(parameter, "a non-empty list of per-class weights", "[]".into()));
+            return Err(self.err(
+                parameter,
+                "a non-empty list of per-class weights",
+                "[]".into(),
+            ));
         }
-        if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        if let Some((i, v)) = w
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+        {
             return Err(self.err(
                 parameter,
                 "finite and >= 0 for every class",
@@ -87,7 +97,17 @@ impl Check {
     }
 
     /// A custom rule.
-    pub fn rule(&self, ok: bool, parameter: &'static str, rule: &str, value: String) -> Result<(), ConfigError> {
-        if ok { Ok(()) } else { Err(self.err(parameter, rule, value)) }
+    pub fn rule(
+        &self,
+        ok: bool,
+        parameter: &'static str,
+        rule: &str,
+        value: String,
+    ) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.err(parameter, rule, value))
+        }
     }
 }

@@ -31,7 +31,12 @@ pub struct TverskyLossConfig {
     /// Added to the numerator, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Added to the denominator, `> 0`.
+    /// Added to the denominator (MONAI `smooth_dr`), `>= 0`. With 0 (accepted, as MONAI does) a
+    /// (sample, class) whose denominator `tp + alpha fp + beta fn` is 0, e.g. empty in the target
+    /// with nothing predicted (`P = G = 0`, possible with [`Activation::None`] or masked / ignored
+    /// voxels, not after a softmax or sigmoid), gives NaN with `smooth_nr = 0` (0 / 0) and -inf with
+    /// `smooth_nr > 0`, and a NaN gradient for that class, as in MONAI 1.6.1; the reduced loss is
+    /// then NaN or -inf.
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Sum the statistics over the batch before the ratio.
@@ -54,7 +59,7 @@ impl TverskyLossConfig {
         c.non_negative("alpha", self.alpha)?;
         c.non_negative("beta", self.beta)?;
         c.non_negative("smooth_nr", self.smooth_nr)?;
-        c.positive("smooth_dr", self.smooth_dr)
+        c.non_negative("smooth_dr", self.smooth_dr)
     }
 
     /// Builds the loss, or returns the first invalid option.

@@ -35,7 +35,11 @@ pub struct GeneralizedWassersteinDiceLossConfig {
     /// Added to the numerator, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Added to the denominator, `> 0`.
+    /// Added to the denominator (MONAI `smooth_dr`), `>= 0`. With 0 (accepted, as MONAI does) the
+    /// denominator `2 TP + total Wasserstein error` of a sample is 0 only when both terms are: no
+    /// true-positive weight (e.g. every voxel background with the default weighting) and a
+    /// prediction exactly equal to the labels, which a softmax reaches in float32 only for
+    /// extreme logits; that sample's loss is then NaN (`smooth_nr = 0`) or -inf, as in MONAI 1.6.1.
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Label value whose voxels count for nothing.
@@ -62,7 +66,7 @@ impl GeneralizedWassersteinDiceLossConfig {
         let max = m.iter().flatten().fold(0.0f32, |a, &b| a.max(b));
         c.rule(max > 0.0, "dist_matrix", "not all zero", "an all-zero matrix".into())?;
         c.non_negative("smooth_nr", self.smooth_nr)?;
-        c.positive("smooth_dr", self.smooth_dr)
+        c.non_negative("smooth_dr", self.smooth_dr)
     }
 
     /// Builds the loss, or returns the first invalid option.

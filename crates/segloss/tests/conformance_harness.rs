@@ -1,0 +1,304 @@
+//! The MONAI conformance harness (`tests/support/monai.rs`) is strict: hand-written cases and
+//! files with something it does not understand must fail, naming it, instead of running with a
+//! default or being skipped; and its comparisons accept only what MONAI gives (shapes, NaN,
+//! infinities).
+
+#[path = "support/monai.rs"]
+mod monai;
+
+use burn::tensor::Device;
+use segloss::Kernel;
+use serde_json::{Value, json};
+
+/// A small case for `loss` with `options`: a [1, 2, 3] probability input, a label map (without
+/// channel axis for the Wasserstein loss), placeholder results.
+fn case(loss: &str, options: Value) -> Value {
+    let target = if loss == "GeneralizedWassersteinDiceLoss" {
+        json!({"shape": [1, 3], "data": [0, 1, 0]})
+    } else {
+        json!({"shape": [1, 1, 3], "data": [0, 1, 0]})
+    };
+    json!({
+        "name": "hand_written",
+        "options": options,
+        "input": {"shape": [1, 2, 3], "data": [0.75, 0.25, 0.5, 0.25, 0.75, 0.5]},
+        "target": target,
+        "expected": {"shape": [], "data": [0.0]},
+        "grad_input": {"shape": [1, 2, 3], "data": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]},
+    })
+}
+
+/// The error the harness gives for `case` of `loss`; panics if it runs the case without one.
+fn rejected(loss: &str, case: &Value) -> String {
+    let device = Device::flex().autodiff();
+    match monai::run_case(loss, case, case, Kernel::Auto, &device) {
+        Err(e) => e,
+        Ok(r) => panic!("{loss}: the harness ran {case} ({r:?}) instead of rejecting it"),
+    }
+}
+
+/// The options every loss needs to be built at all (the Wasserstein loss's distance matrix).
+fn base(loss: &str) -> serde_json::Map<String, Value> {
+    let mut o = serde_json::Map::new();
+    if loss == "GeneralizedWassersteinDiceLoss" {
+        o.insert("dist_matrix".into(), json!([[0.0, 1.0], [1.0, 0.0]]));
+    } else if loss != "FocalLoss" {
+        o.insert("to_onehot_y".into(), json!(true));
+    }
+    o
+}
+
+#[test]
+fn an_unknown_option_fails_for_every_loss() {
+    for &loss in monai::LOSSES {
+        let mut o = base(loss);
+        o.insert("frobnicate".into(), json!(true));
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains("options not understood") && e.contains("frobnicate"),
+            "{loss}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_option_of_another_loss_fails() {
+    // MONAI's Wasserstein loss takes neither `to_onehot_y` nor `batch`; the focal loss no `smooth_nr`;
+    // MaskedDiceLoss no `ignore_index`.
+    for (loss, k, v) in [
+        ("GeneralizedWassersteinDiceLoss", "to_onehot_y", json!(true)),
+        ("GeneralizedWassersteinDiceLoss", "batch", json!(false)),
+        ("FocalLoss", "smooth_nr", json!(0.0)),
+        ("MaskedDiceLoss", "ignore_index", json!(255)),
+        ("GeneralizedDiceLoss", "weight", json!([1.0, 2.0])),
+    ] {
+        let mut o = base(loss);
+        o.insert(k.into(), v);
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains("options not understood") && e.contains(k),
+            "{loss} {k}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_string_value_fails_instead_of_falling_back() {
+    for (loss, k, v) in [
+        ("GeneralizedDiceLoss", "w_type", "cubic"),
+        ("GeneralizedDiceFocalLoss", "w_type", "Square"),
+        ("GeneralizedWassersteinDiceLoss", "weighting_mode", "gdl"),
+        ("DiceLoss", "reduction", "average"),
+        ("FocalLoss", "reduction", "max"),
+        ("GeneralizedWassersteinDiceLoss", "reduction", "batchmean"),
+    ] {
+        let mut o = base(loss);
+        o.insert(k.into(), json!(v));
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains(k) && e.contains(v) && e.contains("is not one of"),
+            "{loss} {k} = {v}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_option_of_the_wrong_type_fails() {
+    for (loss, k, v) in [
+        ("DiceLoss", "batch", json!("yes")),
+        ("TverskyLoss", "alpha", json!("0.3")),
+        ("DiceLoss", "weight", json!({"a": 1})),
+        ("DiceLoss", "ignore_index", json!(2.5)),
+        ("GeneralizedDiceLoss", "w_type", json!(2)),
+        (
+            "GeneralizedWassersteinDiceLoss",
+            "dist_matrix",
+            json!([[0.0, "far"], [1.0, 0.0]]),
+        ),
+    ] {
+        let mut o = base(loss);
+        o.insert(k.into(), v.clone());
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains(&format!("option `{k}`")),
+            "{loss} {k} = {v}: {e}"
+        );
+    }
+}
+
+#[test]
+fn softmax_and_sigmoid_both_true_fail() {
+    for loss in [
+        "DiceLoss",
+        "MaskedDiceLoss",
+        "GeneralizedDiceLoss",
+        "TverskyLoss",
+        "DiceCELoss",
+        "DiceFocalLoss",
+        "GeneralizedDiceFocalLoss",
+    ] {
+        let mut o = base(loss);
+        o.insert("softmax".into(), json!(true));
+        o.insert("sigmoid".into(), json!(true));
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains("`softmax` and `sigmoid` are both true"),
+            "{loss}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_loss_fails_with_its_name() {
+    let e = rejected("SoftclDiceLoss", &case("SoftclDiceLoss", json!({})));
+    assert!(e.contains("unknown loss \"SoftclDiceLoss\""), "{e}");
+}
+
+#[test]
+fn compound_losses_with_reduction_none_fail_as_not_supported() {
+    for loss in ["DiceCELoss", "DiceFocalLoss", "GeneralizedDiceFocalLoss"] {
+        let mut o = base(loss);
+        o.insert("reduction".into(), json!("none"));
+        let e = rejected(loss, &case(loss, Value::Object(o)));
+        assert!(
+            e.contains("reduction \"none\" is not supported"),
+            "{loss}: {e}"
+        );
+    }
+}
+
+#[test]
+fn segloss_refusing_the_options_fails_the_case() {
+    let e = rejected(
+        "DiceLoss",
+        &case("DiceLoss", json!({"to_onehot_y": true, "smooth_dr": -1.0})),
+    );
+    assert!(
+        e.contains("segloss refuses the options") && e.contains("smooth_dr"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_or_malformed_case_fields_fail() {
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c["tolerance"] = json!(1e-3);
+    assert!(rejected("DiceLoss", &c).contains("case field `tolerance` not understood"));
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c["mask"] = json!({"shape": [1, 1, 3], "data": [1, 1, 0]});
+    assert!(rejected("DiceLoss", &c).contains("does not take"));
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c.as_object_mut().unwrap().remove("grad_input");
+    assert!(rejected("DiceLoss", &c).contains("no `grad_input`"));
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c["input"]["data"] = json!([0.5, 0.5]);
+    let e = rejected("DiceLoss", &c);
+    assert!(e.contains("shape [1, 2, 3] (6 values) but 2 values"), "{e}");
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c["expected"]["data"] = json!(["nan"]);
+    let e = rejected("DiceLoss", &c);
+    assert!(e.contains("not a number, null (NaN)"), "{e}");
+    let mut c = case("DiceLoss", json!({"to_onehot_y": true}));
+    c["target"]["data"] = json!([0, 0.5, 1]);
+    let e = rejected("DiceLoss", &c);
+    assert!(e.contains("not a class index"), "{e}");
+}
+
+#[test]
+fn file_fields_are_checked() {
+    let cases = json!([]);
+    let ok = json!({"generator": "MONAI 1.6.1", "seed": 1, "loss": "DiceLoss", "cases": cases});
+    assert!(matches!(monai::loss_set(&ok), Ok(Some(("DiceLoss", _)))));
+    assert!(matches!(
+        monai::loss_set(&json!({"loss": "metrics", "cases": [], "extra": 1})),
+        Ok(None)
+    ));
+    for (file, want) in [
+        (json!({"cases": []}), "no `loss` field"),
+        (json!({"loss": 3, "cases": []}), "`loss` is 3"),
+        (json!({"loss": "DiceLoss"}), "no `cases` field"),
+        (json!({"loss": "DiceLoss", "cases": {"a": 1}}), "`cases` is"),
+        (
+            json!({"loss": "DiceLoss", "cases": [], "library": "smp"}),
+            "file field `library` not understood",
+        ),
+        (
+            json!({"loss": "DiceLoss", "cases": [], "seed": "x"}),
+            "`seed` is \"x\"",
+        ),
+        (
+            json!({"loss": "DiceLoss", "cases": [], "generator": 1}),
+            "`generator` is 1",
+        ),
+        (json!([1, 2]), "not a JSON object"),
+    ] {
+        let e = monai::loss_set(&file).expect_err(&file.to_string());
+        assert!(e.contains(want), "{file}: {e}");
+    }
+}
+
+#[test]
+fn an_infinity_matches_only_the_same_infinity_and_nan_only_nan() {
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    assert!(monai::compare(&[inf, -inf, nan, 1.0], &[inf, -inf, nan, 1.0]).is_ok());
+    for (ours, monai) in [
+        (-inf, inf),
+        (1e300, inf),
+        (inf, 1.0),
+        (nan, inf),
+        (inf, nan),
+        (0.0, nan),
+        (nan, 0.0),
+        (inf, -inf),
+    ] {
+        assert!(
+            monai::compare(&[ours], &[monai]).is_err(),
+            "ours {ours} accepted for MONAI {monai}"
+        );
+    }
+    assert!(monai::compare(&[1.0, 2.0], &[1.0]).is_err());
+}
+
+/// The first `reduction = "none"` case of a fixture file.
+fn fixture_case(file: &str) -> (String, Value) {
+    let path = format!("{}/tests/fixtures/monai/{file}", env!("CARGO_MANIFEST_DIR"));
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let loss = json["loss"].as_str().unwrap().to_string();
+    let case = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["options"]["reduction"] == "none")
+        .unwrap()
+        .clone();
+    (loss, case)
+}
+
+#[test]
+fn shapes_are_compared_not_only_lengths() {
+    let device = Device::flex().autodiff();
+    for file in [
+        "dice_loss.json",
+        "generalized_dice_loss.json",
+        "tversky_loss.json",
+        "focal_loss.json",
+        "generalized_wasserstein_dice_loss.json",
+    ] {
+        let (loss, c) = fixture_case(file);
+        monai::run_case(&loss, &c, &c, Kernel::Auto, &device)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        // The same values with the expected loss flattened: same length, another shape.
+        let mut flat = c.clone();
+        let n = c["expected"]["data"].as_array().unwrap().len();
+        flat["expected"]["shape"] = json!([n]);
+        if flat["expected"]["shape"] != c["expected"]["shape"] {
+            let e = rejected(&loss, &flat);
+            assert!(e.starts_with("value shape"), "{file}: {e}");
+        }
+        let mut flat = c.clone();
+        let n = c["grad_input"]["data"].as_array().unwrap().len();
+        flat["grad_input"]["shape"] = json!([n]);
+        let e = rejected(&loss, &flat);
+        assert!(e.starts_with("gradient shape"), "{file}: {e}");
+    }
+}
