@@ -35,7 +35,7 @@ pub struct DiceCELossConfig {
     /// Dice numerator smoothing, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Dice denominator smoothing, `> 0`.
+    /// Dice denominator smoothing, `>= 0` (see [`DiceLossConfig::smooth_dr`] for 0).
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Batch Dice.
@@ -219,7 +219,7 @@ pub struct DiceFocalLossConfig {
     /// Dice numerator smoothing, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Dice denominator smoothing, `> 0`.
+    /// Dice denominator smoothing, `>= 0` (see [`DiceLossConfig::smooth_dr`] for 0).
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Batch Dice.
@@ -406,7 +406,7 @@ pub struct GeneralizedDiceFocalLossConfig {
     /// Numerator smoothing, `>= 0`.
     #[config(default = 1e-5)]
     pub smooth_nr: f64,
-    /// Denominator smoothing, `> 0`.
+    /// Denominator smoothing, `>= 0` (see [`GeneralizedDiceLossConfig::smooth_dr`] for 0).
     #[config(default = 1e-5)]
     pub smooth_dr: f64,
     /// Batch Generalized Dice.

@@ -102,7 +102,7 @@ impl DiceLossConfig {
 ///
 /// with `tp = sum p g` (or the soft-label form), `P = sum p`, `G = sum g` (squared with
 /// `squared_pred`) over the voxels, per sample, or over the batch too with `batch`
-/// ([`OverlapStats`](crate::OverlapStats)).
+/// ([`OverlapStats`]).
 /// Milletari et al., "V-Net", 3DV 2016; Sudre et al. 2017 for the multi-class soft Dice; MONAI
 /// `DiceLoss` 1.6.1 (whose numbers it matches, see the README's conformance section).
 ///

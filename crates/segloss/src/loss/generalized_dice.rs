@@ -97,7 +97,7 @@ impl GeneralizedDiceLossConfig {
 /// 1 - (2 sum_c w_c tp_c + s_nr) / (sum_c w_c (P_c + G_c) + s_dr)
 /// ```
 ///
-/// with the [`OverlapStats`](crate::OverlapStats) `tp`, `P`, `G` per class and `w_c` from
+/// with the [`OverlapStats`] `tp`, `P`, `G` per class and `w_c` from
 /// [`WeightType`]. Sudre et al., "Generalised Dice overlap as a deep learning loss function for
 /// highly unbalanced segmentations", DLMIA 2017; MONAI `GeneralizedDiceLoss` 1.6.1.
 ///
