@@ -31,19 +31,36 @@ pub struct CompareArgs {
 
 /// Runs `segloss compare`.
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
-    let losses: Vec<LossKind> = args.losses.iter().map(|l| LossKind::parse(l.trim())).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let losses: Vec<LossKind> = args
+        .losses
+        .iter()
+        .map(|l| LossKind::parse(l.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
     check_opts(&args.opts)?;
     if args.report_only {
         let base = args.opts.config(losses[0], args.out.clone());
         segloss_train::compare::report_only(&base, &losses)?;
-        println!("rebuilt {} from the runs in {}", args.out.join("report.md").display(), args.out.display());
+        println!(
+            "rebuilt {} from the runs in {}",
+            args.out.join("report.md").display(),
+            args.out.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let device = parse_device(&args.opts.device)?;
     let base = args.opts.config(losses[0], args.out.clone());
     let names: Vec<&str> = losses.iter().map(|l| l.name()).collect();
-    println!("comparing {} losses ({}): each trains {}", losses.len(), names.join(", "), args.opts.describe(&base));
-    let mut progress = Progress::new(losses.len() * base.epochs * base.steps_per_epoch, String::new());
+    println!(
+        "comparing {} losses ({}): each trains {}",
+        losses.len(),
+        names.join(", "),
+        args.opts.describe(&base)
+    );
+    let mut progress = Progress::new(
+        losses.len() * base.epochs * base.steps_per_epoch,
+        String::new(),
+    );
     let runs = compare(&base, &losses, &device.autodiff(), |loss, e| {
         progress.set_prefix(format!("{:>10}  ", loss.name()));
         progress.event(e);
@@ -53,7 +70,12 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
     for r in &runs {
         let last = r.epochs.last().expect("at least one epoch");
         let dice: Vec<String> = last.valid_dice.iter().map(|d| format!("{d:.3}")).collect();
-        println!("  {:>10}  [{}]  mean {:.3}", r.loss.name(), dice.join(", "), last.mean_foreground_dice());
+        println!(
+            "  {:>10}  [{}]  mean {:.3}",
+            r.loss.name(),
+            dice.join(", "),
+            last.mean_foreground_dice()
+        );
     }
     println!(
         "wrote {} with {} and {}",

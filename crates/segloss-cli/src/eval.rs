@@ -13,8 +13,8 @@ use segloss::metrics::{
     Boundary, CaseMetrics, EmptyPolicy, MetricOptions, PercentileRule, WorstDistance, evaluate,
 };
 
-use segloss_train::nifti::{GeometryTolerance, check_geometry, read_label_image};
 use crate::report::{self, Format};
+use segloss_train::nifti::{GeometryTolerance, check_geometry, read_label_image};
 
 /// Exit status when every case was evaluated.
 pub const EXIT_OK: u8 = 0;
@@ -129,7 +129,10 @@ pub enum Metric {
 impl Metric {
     /// Whether the metric needs the distance transforms.
     pub fn is_distance(self) -> bool {
-        matches!(self, Metric::Hd | Metric::Hd95 | Metric::Asd | Metric::Assd | Metric::Masd | Metric::Nsd)
+        matches!(
+            self,
+            Metric::Hd | Metric::Hd95 | Metric::Asd | Metric::Assd | Metric::Masd | Metric::Nsd
+        )
     }
 
     /// Every metric, in report order.
@@ -193,9 +196,18 @@ pub enum Outcome {
 /// # Errors
 /// Usage errors (exit code 2); per-case failures are not errors but make the exit code 1.
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
-    let metrics = if args.metrics.is_empty() { Metric::all() } else { args.metrics.clone() };
+    let metrics = if args.metrics.is_empty() {
+        Metric::all()
+    } else {
+        args.metrics.clone()
+    };
     let options = metric_options(args, &metrics)?;
-    let cases = match (&args.pred_dir, &args.ref_dir, &args.prediction, &args.reference) {
+    let cases = match (
+        &args.pred_dir,
+        &args.ref_dir,
+        &args.prediction,
+        &args.reference,
+    ) {
         (Some(p), Some(r), _, _) => folder_cases(p, r)?,
         (None, None, Some(p), Some(r)) => vec![CaseSpec {
             name: case_name(p),
@@ -208,8 +220,15 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         ignore_spacing: args.ignore_spacing || args.ignore_geometry,
         ignore_position: args.ignore_position || args.ignore_geometry,
     };
-    let show_progress = args.pred_dir.is_some() && !args.no_progress && std::io::stderr().is_terminal();
-    let outcomes = run_cases(&cases, &options, tolerance, usize::from(args.jobs), show_progress);
+    let show_progress =
+        args.pred_dir.is_some() && !args.no_progress && std::io::stderr().is_terminal();
+    let outcomes = run_cases(
+        &cases,
+        &options,
+        tolerance,
+        usize::from(args.jobs),
+        show_progress,
+    );
 
     let mut failed = 0;
     for (case, outcome) in cases.iter().zip(&outcomes) {
@@ -269,8 +288,14 @@ fn metric_options(args: &EvalArgs, metrics: &[Metric]) -> Result<MetricOptions> 
 }
 
 fn case_name(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii")).unwrap_or(&name).to_string()
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))
+        .unwrap_or(&name)
+        .to_string()
 }
 
 fn nifti_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -278,8 +303,13 @@ fn nifti_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("cannot read folder {}", dir.display()))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = entry
+            .with_context(|| format!("cannot read folder {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if path.is_file() && (name.ends_with(".nii") || name.ends_with(".nii.gz")) {
             files.push((name, path));
         }
@@ -297,7 +327,11 @@ fn folder_cases(pred_dir: &Path, ref_dir: &Path) -> Result<Vec<CaseSpec>> {
     names.sort();
     names.dedup();
     if names.is_empty() {
-        bail!("no .nii or .nii.gz file in {} or {}", pred_dir.display(), ref_dir.display());
+        bail!(
+            "no .nii or .nii.gz file in {} or {}",
+            pred_dir.display(),
+            ref_dir.display()
+        );
     }
     let find = |files: &[(String, PathBuf)], n: &str| {
         files.iter().find(|(m, _)| m == n).map(|(_, p)| p.clone())
@@ -321,7 +355,9 @@ fn run_cases(
 ) -> Vec<Outcome> {
     let bar = if show_progress {
         let bar = ProgressBar::new(cases.len() as u64);
-        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} cases, {elapsed} {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} cases, {elapsed} {msg}")
+        {
             bar.set_style(style);
         }
         bar
@@ -355,7 +391,11 @@ fn run_cases(
         .collect()
 }
 
-fn evaluate_case(case: &CaseSpec, options: &MetricOptions, tol: GeometryTolerance) -> Result<CaseMetrics> {
+fn evaluate_case(
+    case: &CaseSpec,
+    options: &MetricOptions,
+    tol: GeometryTolerance,
+) -> Result<CaseMetrics> {
     let (pred_path, ref_path) = match (&case.prediction, &case.reference) {
         (Some(p), Some(r)) => (p, r),
         (Some(p), None) => bail!("no reference file for prediction {}", p.display()),

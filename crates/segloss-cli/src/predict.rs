@@ -40,7 +40,10 @@ fn is_nifti_name(p: &Path) -> bool {
 /// Runs `segloss predict`.
 pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     let card = ModelCard::read(&args.model)?;
-    let weights = args.weights.clone().unwrap_or_else(|| args.model.join("model.bpk"));
+    let weights = args
+        .weights
+        .clone()
+        .unwrap_or_else(|| args.model.join("model.bpk"));
     let device = parse_device(&args.device)?;
     let model = load_model(&weights, &card, &device)?;
     if args.inputs.is_empty() {
@@ -52,7 +55,11 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
             written.images.display(),
             written.references.display()
         );
-        println!("evaluate with: segloss eval --pred-dir {} --ref-dir {}", written.predictions.display(), written.references.display());
+        println!(
+            "evaluate with: segloss eval --pred-dir {} --ref-dir {}",
+            written.predictions.display(),
+            written.references.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut files = Vec::new();
@@ -64,13 +71,19 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
                 .filter(|p| p.is_file() && is_nifti_name(p))
                 .collect();
             if found.is_empty() {
-                bail!("{}: no .nii or .nii.gz file in this folder", input.display());
+                bail!(
+                    "{}: no .nii or .nii.gz file in this folder",
+                    input.display()
+                );
             }
             found.sort();
             files.extend(found);
         } else if input.is_file() {
             if !is_nifti_name(input) {
-                bail!("{}: not a NIfTI file name (.nii or .nii.gz)", input.display());
+                bail!(
+                    "{}: not a NIfTI file name (.nii or .nii.gz)",
+                    input.display()
+                );
             }
             files.push(input.clone());
         } else {

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use clap::ValueEnum;
-use segloss::metrics::{Boundary, EmptyPolicy, LabelMetrics, MetricOptions, PercentileRule, WorstDistance};
+use segloss::metrics::{
+    Boundary, EmptyPolicy, LabelMetrics, MetricOptions, PercentileRule, WorstDistance,
+};
 use serde_json::{Value, json};
 
 use crate::eval::{CaseSpec, Metric, Outcome};
@@ -29,8 +31,16 @@ struct Column {
     get: Getter,
 }
 
-fn col(name: impl Into<String>, in_table: bool, get: impl Fn(&LabelMetrics, f64) -> f64 + 'static) -> Column {
-    Column { name: name.into(), in_table, get: Box::new(get) }
+fn col(
+    name: impl Into<String>,
+    in_table: bool,
+    get: impl Fn(&LabelMetrics, f64) -> f64 + 'static,
+) -> Column {
+    Column {
+        name: name.into(),
+        in_table,
+        get: Box::new(get),
+    }
 }
 
 fn dist(l: &LabelMetrics, f: impl Fn(&segloss::metrics::DistanceMetrics) -> f64) -> f64 {
@@ -38,7 +48,11 @@ fn dist(l: &LabelMetrics, f: impl Fn(&segloss::metrics::DistanceMetrics) -> f64)
 }
 
 fn number_name(x: f64) -> String {
-    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") }
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
+    }
 }
 
 fn columns(metrics: &[Metric], o: &MetricOptions) -> Vec<Column> {
@@ -51,29 +65,47 @@ fn columns(metrics: &[Metric], o: &MetricOptions) -> Vec<Column> {
             Metric::Precision => cols.push(col("precision", true, |l, _| l.precision)),
             Metric::Recall => cols.push(col("recall", true, |l, _| l.recall)),
             Metric::Specificity => cols.push(col("specificity", true, |l, _| l.specificity)),
-            Metric::VolumeDifference => cols.push(col("volume_difference", true, |l, _| l.volume_difference)),
+            Metric::VolumeDifference => {
+                cols.push(col("volume_difference", true, |l, _| l.volume_difference))
+            }
             Metric::Gds => cols.push(col("gds", true, |_, gds| gds)),
             Metric::Hd => {
                 cols.push(col("hd", true, |l, _| dist(l, |d| d.hausdorff)));
-                cols.push(col("hd_pred_to_ref", false, |l, _| dist(l, |d| d.hausdorff_pred_to_ref)));
-                cols.push(col("hd_ref_to_pred", false, |l, _| dist(l, |d| d.hausdorff_ref_to_pred)));
+                cols.push(col("hd_pred_to_ref", false, |l, _| {
+                    dist(l, |d| d.hausdorff_pred_to_ref)
+                }));
+                cols.push(col("hd_ref_to_pred", false, |l, _| {
+                    dist(l, |d| d.hausdorff_ref_to_pred)
+                }));
             }
             Metric::Hd95 => {
-                cols.push(col(p.clone(), true, |l, _| dist(l, |d| d.percentile_hausdorff)));
-                cols.push(col(format!("{p}_pred_to_ref"), false, |l, _| dist(l, |d| d.percentile_pred_to_ref)));
-                cols.push(col(format!("{p}_ref_to_pred"), false, |l, _| dist(l, |d| d.percentile_ref_to_pred)));
+                cols.push(col(p.clone(), true, |l, _| {
+                    dist(l, |d| d.percentile_hausdorff)
+                }));
+                cols.push(col(format!("{p}_pred_to_ref"), false, |l, _| {
+                    dist(l, |d| d.percentile_pred_to_ref)
+                }));
+                cols.push(col(format!("{p}_ref_to_pred"), false, |l, _| {
+                    dist(l, |d| d.percentile_ref_to_pred)
+                }));
             }
             Metric::Asd => {
-                cols.push(col("asd_pred_to_ref", true, |l, _| dist(l, |d| d.asd_pred_to_ref)));
-                cols.push(col("asd_ref_to_pred", true, |l, _| dist(l, |d| d.asd_ref_to_pred)));
+                cols.push(col("asd_pred_to_ref", true, |l, _| {
+                    dist(l, |d| d.asd_pred_to_ref)
+                }));
+                cols.push(col("asd_ref_to_pred", true, |l, _| {
+                    dist(l, |d| d.asd_ref_to_pred)
+                }));
             }
             Metric::Assd => cols.push(col("assd", true, |l, _| dist(l, |d| d.assd))),
             Metric::Masd => cols.push(col("masd", true, |l, _| dist(l, |d| d.masd))),
             Metric::Nsd => {
                 for (i, t) in o.nsd_tolerances.iter().enumerate() {
-                    cols.push(col(format!("nsd@{}", number_name(*t)), true, move |l, _| {
-                        dist(l, |d| d.nsd[i])
-                    }));
+                    cols.push(col(
+                        format!("nsd@{}", number_name(*t)),
+                        true,
+                        move |l, _| dist(l, |d| d.nsd[i]),
+                    ));
                 }
             }
         }
@@ -97,7 +129,14 @@ fn stats(values: &[f64], empty: usize) -> Stats {
     let n = v.len();
     let nan = values.len() - n;
     if n == 0 {
-        return Stats { mean: f64::NAN, std: f64::NAN, median: f64::NAN, n, nan, empty };
+        return Stats {
+            mean: f64::NAN,
+            std: f64::NAN,
+            median: f64::NAN,
+            n,
+            nan,
+            empty,
+        };
     }
     let mean = v.iter().sum::<f64>() / n as f64;
     let std = if mean.is_finite() {
@@ -106,17 +145,33 @@ fn stats(values: &[f64], empty: usize) -> Stats {
         f64::NAN
     };
     v.sort_by(f64::total_cmp);
-    let median = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
-    Stats { mean, std, median, n, nan, empty }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    };
+    Stats {
+        mean,
+        std,
+        median,
+        n,
+        nan,
+        empty,
+    }
 }
 
 /// Per label: the values of every column over the successful cases, and how many cases had the
 /// label empty in the prediction or the reference.
-fn summary(cases: &[&(String, Vec<LabelMetrics>, f64)], cols: &[Column]) -> BTreeMap<u16, Vec<Stats>> {
+fn summary(
+    cases: &[&(String, Vec<LabelMetrics>, f64)],
+    cols: &[Column],
+) -> BTreeMap<u16, Vec<Stats>> {
     let mut per_label: BTreeMap<u16, (Vec<Vec<f64>>, usize)> = BTreeMap::new();
     for (_, labels, gds) in cases {
         for l in labels {
-            let entry = per_label.entry(l.label).or_insert_with(|| (vec![Vec::new(); cols.len()], 0));
+            let entry = per_label
+                .entry(l.label)
+                .or_insert_with(|| (vec![Vec::new(); cols.len()], 0));
             for (vals, c) in entry.0.iter_mut().zip(cols) {
                 vals.push((c.get)(l, *gds));
             }
@@ -157,7 +212,11 @@ fn json_num(x: f64) -> Value {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 fn empty_flag(l: &LabelMetrics) -> &'static str {
@@ -208,7 +267,9 @@ fn describe(o: &MetricOptions) -> String {
     };
     let empty = match o.empty {
         EmptyPolicy::Monai => "MONAI (NaN/inf)".to_string(),
-        EmptyPolicy::WorstCase(WorstDistance::Diagonal) => "worst case (distance = image diagonal)".into(),
+        EmptyPolicy::WorstCase(WorstDistance::Diagonal) => {
+            "worst case (distance = image diagonal)".into()
+        }
         EmptyPolicy::WorstCase(WorstDistance::Value(v)) => format!("worst case (distance = {v})"),
     };
     format!(
@@ -219,14 +280,27 @@ fn describe(o: &MetricOptions) -> String {
 
 fn aligned(rows: &[Vec<String>]) -> String {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..ncol).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
-            .map(|(c, s)| if c < 2 { format!("{s:<w$}", w = widths[c]) } else { format!("{s:>w$}", w = widths[c]) })
+            .map(|(c, s)| {
+                if c < 2 {
+                    format!("{s:<w$}", w = widths[c])
+                } else {
+                    format!("{s:>w$}", w = widths[c])
+                }
+            })
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
@@ -239,7 +313,11 @@ fn table(
     cols: &[Column],
     o: &MetricOptions,
 ) -> String {
-    let shown: Vec<(usize, &Column)> = cols.iter().enumerate().filter(|(_, c)| c.in_table).collect();
+    let shown: Vec<(usize, &Column)> = cols
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.in_table)
+        .collect();
     let mut rows = vec![
         ["case", "label"]
             .iter()
@@ -281,13 +359,21 @@ fn table(
                 srows.push(r);
             }
         }
-        let _ = write!(out, "\nsummary over {} case(s) (NaN values left out of mean/std/median and counted):\n", done.len());
+        let _ = write!(
+            out,
+            "\nsummary over {} case(s) (NaN values left out of mean/std/median and counted):\n",
+            done.len()
+        );
         out.push_str(&aligned(&srows));
     }
     out
 }
 
-fn csv(done: &[(String, Vec<LabelMetrics>, f64)], summ: &BTreeMap<u16, Vec<Stats>>, cols: &[Column]) -> String {
+fn csv(
+    done: &[(String, Vec<LabelMetrics>, f64)],
+    summ: &BTreeMap<u16, Vec<Stats>>,
+    cols: &[Column],
+) -> String {
     let mut out = String::from("case,label,pred_empty,ref_empty,tp,fp,fn,tn");
     for c in cols {
         let _ = write!(out, ",{}", c.name);

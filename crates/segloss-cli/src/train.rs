@@ -72,12 +72,22 @@ impl TrainOpts {
     /// The library's run settings for these options (loss and output folder set by the caller).
     pub fn config(&self, loss: LossKind, out: PathBuf) -> TrainConfig {
         let data = match (&self.images, &self.labels) {
-            (Some(images), Some(labels)) => {
-                DataSource::Nifti { images: images.clone(), labels: labels.clone(), valid_fraction: self.valid_fraction, patch: self.size }
-            }
+            (Some(images), Some(labels)) => DataSource::Nifti {
+                images: images.clone(),
+                labels: labels.clone(),
+                valid_fraction: self.valid_fraction,
+                patch: self.size,
+            },
             _ => match DataSource::default() {
-                DataSource::Synthetic { config, train_volumes, valid_volumes } => DataSource::Synthetic {
-                    config: SyntheticConfig { size: self.size, ..config },
+                DataSource::Synthetic {
+                    config,
+                    train_volumes,
+                    valid_volumes,
+                } => DataSource::Synthetic {
+                    config: SyntheticConfig {
+                        size: self.size,
+                        ..config
+                    },
                     train_volumes,
                     valid_volumes,
                 },
@@ -102,18 +112,18 @@ impl TrainOpts {
     pub fn describe(&self, cfg: &TrainConfig) -> String {
         let data = match &cfg.data {
             DataSource::Synthetic { config, .. } => {
-                format!("the built-in data ({}^3 volumes, {} classes)", config.size, config.classes)
+                format!(
+                    "the built-in data ({}^3 volumes, {} classes)",
+                    config.size, config.classes
+                )
             }
-            DataSource::Nifti { images, patch, .. } => format!("NIfTI images from {} ({patch}^3 patches)", images.display()),
+            DataSource::Nifti { images, patch, .. } => {
+                format!("NIfTI images from {} ({patch}^3 patches)", images.display())
+            }
         };
         format!(
             "a 3D U-Net (width {}, depth {}) on {data}, {} epochs x {} steps of {} on {}",
-            cfg.base_width,
-            cfg.depth,
-            cfg.epochs,
-            cfg.steps_per_epoch,
-            cfg.batch_size,
-            self.device
+            cfg.base_width, cfg.depth, cfg.epochs, cfg.steps_per_epoch, cfg.batch_size, self.device
         )
     }
 }
@@ -133,7 +143,12 @@ pub struct TrainArgs {
 
 /// The line printed after each epoch.
 pub fn epoch_line(s: &EpochSummary) -> String {
-    let dice: Vec<String> = s.valid_dice.iter().enumerate().map(|(c, d)| format!("{}: {d:.3}", c + 1)).collect();
+    let dice: Vec<String> = s
+        .valid_dice
+        .iter()
+        .enumerate()
+        .map(|(c, d)| format!("{}: {d:.3}", c + 1))
+        .collect();
     format!(
         "epoch {:>3}  train loss {:.4}  validation Dice [{}]  mean {:.3}  ({:.1} s)",
         s.epoch,
@@ -155,7 +170,12 @@ impl Progress {
     pub fn new(steps: usize, prefix: String) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::new(steps as u64);
-            bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps, {elapsed} (eta {eta}) {msg}").expect("a valid template"));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps, {elapsed} (eta {eta}) {msg}",
+                )
+                .expect("a valid template"),
+            );
             bar
         });
         Self { bar, prefix }
@@ -225,6 +245,10 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         cfg.out_dir.join("checkpoints").display(),
         cfg.out_dir.join("model.bpk").display()
     );
-    println!("next: segloss predict --model {} --out {}", cfg.out_dir.display(), cfg.out_dir.join("predict").display());
+    println!(
+        "next: segloss predict --model {} --out {}",
+        cfg.out_dir.display(),
+        cfg.out_dir.join("predict").display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -20,14 +20,26 @@ fn write_labels(
     let [nz, ny, nx] = dims_zyx;
     let data = Array3::from_shape_fn((nx, ny, nz), |(x, y, z)| f(z, y, x));
     let header = NiftiHeader {
-        pixdim: [1.0, spacing_xyz[0], spacing_xyz[1], spacing_xyz[2], 1.0, 1.0, 1.0, 1.0],
+        pixdim: [
+            1.0,
+            spacing_xyz[0],
+            spacing_xyz[1],
+            spacing_xyz[2],
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        ],
         sform_code: 1,
         srow_x: [spacing_xyz[0], 0.0, 0.0, origin_xyz[0]],
         srow_y: [0.0, spacing_xyz[1], 0.0, origin_xyz[1]],
         srow_z: [0.0, 0.0, spacing_xyz[2], origin_xyz[2]],
         ..NiftiHeader::default()
     };
-    WriterOptions::new(path).reference_header(&header).write_nifti(&data).unwrap();
+    WriterOptions::new(path)
+        .reference_header(&header)
+        .write_nifti(&data)
+        .unwrap();
 }
 
 /// Reference: label 1 on a box, label 2 on another; prediction: both shifted by `shift` along x.
@@ -51,7 +63,10 @@ fn write_pair(dir: &Path, name: &str, shift: usize) -> (PathBuf, PathBuf) {
 }
 
 fn segloss(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segloss")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_segloss"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -74,11 +89,27 @@ fn test_table_output_lists_every_metric_per_label() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let header = text.lines().nth(1).unwrap();
-    for col in ["case", "label", "dice", "iou", "hd", "hd95", "asd_pred_to_ref", "assd", "nsd@1"] {
-        assert!(header.split_whitespace().any(|c| c == col), "missing column {col} in {header}");
+    for col in [
+        "case",
+        "label",
+        "dice",
+        "iou",
+        "hd",
+        "hd95",
+        "asd_pred_to_ref",
+        "assd",
+        "nsd@1",
+    ] {
+        assert!(
+            header.split_whitespace().any(|c| c == col),
+            "missing column {col} in {header}"
+        );
     }
     // Label 1: a 4x5x6 box shifted by one voxel along x: Dice = 2 * 4*5*5 / (2 * 4*5*6) = 5/6.
-    let row = text.lines().find(|l| l.starts_with("pred_a ") && l.split_whitespace().nth(1) == Some("1")).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("pred_a ") && l.split_whitespace().nth(1) == Some("1"))
+        .unwrap();
     let dice: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
     assert!((dice - 5.0 / 6.0).abs() < 1e-4, "{row}");
     // HD of a one-voxel shift along x is the x spacing, 1.0 (header order x, y, z).
@@ -86,14 +117,27 @@ fn test_table_output_lists_every_metric_per_label() {
     let hd_at = cols.iter().position(|c| *c == "hd").unwrap();
     let hd: f64 = row.split_whitespace().nth(hd_at).unwrap().parse().unwrap();
     assert_eq!(hd, 1.0, "{row}");
-    assert!(text.starts_with("boundary: inner boundary voxels"), "definitions are echoed: {text}");
+    assert!(
+        text.starts_with("boundary: inner boundary voxels"),
+        "definitions are echoed: {text}"
+    );
 }
 
 #[test]
 fn test_csv_output_has_rows_and_summary() {
     let dir = tempfile::tempdir().unwrap();
     let (p, r) = write_pair(dir.path(), "a", 2);
-    let out = segloss(&["eval", s(&p), s(&r), "--format", "csv", "--metrics", "dice,hd95,nsd", "--nsd-tolerance", "1,2"]);
+    let out = segloss(&[
+        "eval",
+        s(&p),
+        s(&r),
+        "--format",
+        "csv",
+        "--metrics",
+        "dice,hd95,nsd",
+        "--nsd-tolerance",
+        "1,2",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let mut lines = text.lines();
@@ -101,9 +145,16 @@ fn test_csv_output_has_rows_and_summary() {
         lines.next().unwrap(),
         "case,label,pred_empty,ref_empty,tp,fp,fn,tn,dice,hd95,hd95_pred_to_ref,hd95_ref_to_pred,nsd@1,nsd@2"
     );
-    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     assert!(rows.iter().all(|r| r.len() == 14), "{text}");
-    let label1 = rows.iter().find(|r| r[0] == "pred_a" && r[1] == "1").unwrap();
+    let label1 = rows
+        .iter()
+        .find(|r| r[0] == "pred_a" && r[1] == "1")
+        .unwrap();
     // 4x5x6 box shifted by 2: tp = 4*5*4.
     assert_eq!(label1[4], "80");
     let dice: f64 = label1[8].parse().unwrap();
@@ -116,7 +167,19 @@ fn test_csv_output_has_rows_and_summary() {
 fn test_json_output_and_worst_case_policy_for_missing_label() {
     let dir = tempfile::tempdir().unwrap();
     let (p, r) = write_pair(dir.path(), "a", 0);
-    let out = segloss(&["eval", s(&p), s(&r), "--format", "json", "--labels", "1,3", "--empty", "worst", "--worst-distance", "50"]);
+    let out = segloss(&[
+        "eval",
+        s(&p),
+        s(&r),
+        "--format",
+        "json",
+        "--labels",
+        "1,3",
+        "--empty",
+        "worst",
+        "--worst-distance",
+        "50",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let labels = doc["cases"][0]["labels"].as_array().unwrap();
@@ -154,15 +217,50 @@ fn test_folder_with_corrupt_file_and_missing_counterpart() {
     std::fs::copy(&r, rd.join("broken.nii.gz")).unwrap();
     std::fs::copy(&p, pd.join("lonely.nii.gz")).unwrap();
     // Two cases at a time (--jobs) must give the same report order.
-    let out = segloss(&["eval", "--pred-dir", s(&pd), "--ref-dir", s(&rd), "--format", "json", "--jobs", "2"]);
-    assert_eq!(out.status.code(), Some(1), "some cases failed: {}", stderr(&out));
+    let out = segloss(&[
+        "eval",
+        "--pred-dir",
+        s(&pd),
+        "--ref-dir",
+        s(&rd),
+        "--format",
+        "json",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "some cases failed: {}",
+        stderr(&out)
+    );
     let err = stderr(&out);
-    assert!(err.contains("broken.nii.gz"), "the corrupt file is named: {err}");
-    assert!(err.contains("no reference file for prediction") && err.contains("lonely.nii.gz"), "{err}");
+    assert!(
+        err.contains("broken.nii.gz"),
+        "the corrupt file is named: {err}"
+    );
+    assert!(
+        err.contains("no reference file for prediction") && err.contains("lonely.nii.gz"),
+        "{err}"
+    );
     let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let done: Vec<&str> = doc["cases"].as_array().unwrap().iter().map(|c| c["case"].as_str().unwrap()).collect();
-    assert_eq!(done, ["case1", "case2"], "the other cases are still evaluated");
-    let failed: Vec<&str> = doc["failures"].as_array().unwrap().iter().map(|c| c["case"].as_str().unwrap()).collect();
+    let done: Vec<&str> = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        ["case1", "case2"],
+        "the other cases are still evaluated"
+    );
+    let failed: Vec<&str> = doc["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
     assert_eq!(failed, ["broken", "lonely"]);
     // The summary covers the two good cases.
     assert_eq!(doc["summary"][0]["metrics"]["dice"]["n"], 2);
@@ -175,7 +273,9 @@ fn test_mismatched_geometry_fails_unless_ignored() {
     let shape_p = dir.path().join("shape.nii");
     let spacing_p = dir.path().join("spacing.nii");
     let origin_p = dir.path().join("origin.nii");
-    let f = |z: usize, y: usize, x: usize| u8::from((2..5).contains(&z) && (2..5).contains(&y) && (2..5).contains(&x));
+    let f = |z: usize, y: usize, x: usize| {
+        u8::from((2..5).contains(&z) && (2..5).contains(&y) && (2..5).contains(&x))
+    };
     write_labels(&r, [8, 8, 8], [1.0, 1.0, 1.0], [0.0; 3], f);
     write_labels(&shape_p, [8, 8, 9], [1.0, 1.0, 1.0], [0.0; 3], f);
     write_labels(&spacing_p, [8, 8, 8], [1.0, 1.0, 2.0], [0.0; 3], f);
@@ -185,7 +285,11 @@ fn test_mismatched_geometry_fails_unless_ignored() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("shape differs"), "{}", stderr(&out));
     let out = segloss(&["eval", s(&shape_p), s(&r), "--ignore-geometry"]);
-    assert_eq!(out.status.code(), Some(1), "a different shape is never accepted");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a different shape is never accepted"
+    );
 
     let out = segloss(&["eval", s(&spacing_p), s(&r)]);
     assert_eq!(out.status.code(), Some(1));
@@ -207,17 +311,38 @@ fn test_usage_errors_exit_2() {
     // Unknown metric name (clap), bad percentile (library validation), missing folder.
     let out = segloss(&["eval", s(&p), s(&r), "--metrics", "dise"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("dice"), "suggests the right name: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dice"),
+        "suggests the right name: {}",
+        stderr(&out)
+    );
     let out = segloss(&["eval", s(&p), s(&r), "--percentile", "120"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("percentile must be in [0, 100], got 120"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("percentile must be in [0, 100], got 120"),
+        "{}",
+        stderr(&out)
+    );
     let missing = dir.path().join("nope");
-    let out = segloss(&["eval", "--pred-dir", s(&missing), "--ref-dir", s(dir.path())]);
+    let out = segloss(&[
+        "eval",
+        "--pred-dir",
+        s(&missing),
+        "--ref-dir",
+        s(dir.path()),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read folder"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read folder"),
+        "{}",
+        stderr(&out)
+    );
     let out = segloss(&["eval", "--help"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(stdout(&out).contains("Exit codes:"), "exit codes are documented in --help");
+    assert!(
+        stdout(&out).contains("Exit codes:"),
+        "exit codes are documented in --help"
+    );
 }
 
 #[test]
@@ -225,11 +350,23 @@ fn test_output_file_and_surfel_option() {
     let dir = tempfile::tempdir().unwrap();
     let (p, r) = write_pair(dir.path(), "a", 1);
     let report = dir.path().join("report.json");
-    let out = segloss(&["eval", s(&p), s(&r), "--boundary", "surfels", "--format", "json", "-o", s(&report)]);
+    let out = segloss(&[
+        "eval",
+        s(&p),
+        s(&r),
+        "--boundary",
+        "surfels",
+        "--format",
+        "json",
+        "-o",
+        s(&report),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(doc["options"]["boundary"], "Surfels");
-    let hd = doc["cases"][0]["labels"][0]["metrics"]["hd"].as_f64().unwrap();
+    let hd = doc["cases"][0]["labels"][0]["metrics"]["hd"]
+        .as_f64()
+        .unwrap();
     assert_eq!(hd, 1.0, "a one-voxel shift of 1 mm along x");
 }

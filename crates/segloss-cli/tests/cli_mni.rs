@@ -21,10 +21,16 @@ fn test_mni_pair_matches_monai_expected_metrics() {
         .args(["--format", "json", "--labels", "1,2"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_metrics.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_metrics.json")).unwrap())
+            .unwrap();
     let want = &expected["mni_tissue"]["monai_1.6.1"];
     let labels = doc["cases"][0]["labels"].as_array().unwrap();
     let pairs = [

@@ -16,18 +16,20 @@ mod device;
 
 /// The device named by `name` (see the crate docs), or why there is none in this build.
 pub fn device_named(name: &str) -> Result<Device, String> {
-    device::by_name(name).filter(|_| name != "flex").ok_or_else(|| {
-        format!(
-            "unknown or not compiled in: {name:?} (this build knows: {})",
-            [
-                #[cfg(feature = "wgpu")]
-                "wgpu, wgpu-cpu, wgpu-gpu",
-                #[cfg(feature = "cuda")]
-                "cuda",
-            ]
-            .join(", ")
-        )
-    })
+    device::by_name(name)
+        .filter(|_| name != "flex")
+        .ok_or_else(|| {
+            format!(
+                "unknown or not compiled in: {name:?} (this build knows: {})",
+                [
+                    #[cfg(feature = "wgpu")]
+                    "wgpu, wgpu-cpu, wgpu-gpu",
+                    #[cfg(feature = "cuda")]
+                    "cuda",
+                ]
+                .join(", ")
+            )
+        })
 }
 
 /// Opens `device` and runs one small operation on it: `Ok` with the device's own name (the
@@ -48,6 +50,9 @@ pub fn probe(device: &Device) -> Result<String, String> {
     });
     std::panic::set_hook(previous);
     result.map_err(|p| {
-        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
     })
 }

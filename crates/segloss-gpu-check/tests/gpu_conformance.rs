@@ -27,7 +27,9 @@ fn skip(name: &str, required: bool, why: &str) -> ! {
         eprintln!("gpu conformance: {name}: no usable device ({why}), and SEGLOSS_REQUIRE_WGPU=1");
         std::process::exit(1);
     }
-    println!("gpu conformance: {name}: SKIPPED, no usable device: {why} (set SEGLOSS_REQUIRE_WGPU=1 to fail instead)");
+    println!(
+        "gpu conformance: {name}: SKIPPED, no usable device: {why} (set SEGLOSS_REQUIRE_WGPU=1 to fail instead)"
+    );
     std::process::exit(0);
 }
 
@@ -43,7 +45,10 @@ fn main() {
         Err(e) => skip(&name, required, &e),
     };
     let device = device.autodiff();
-    assert!(segloss::kernel::fused::supports(&device), "the fused kernel does not claim {device:?}");
+    assert!(
+        segloss::kernel::fused::supports(&device),
+        "the fused kernel does not claim {device:?}"
+    );
 
     let dirs = monai::reference_dirs();
     let calls_before = segloss::kernel::fused::calls();
@@ -80,26 +85,48 @@ const LARGE_LIMIT: f64 = 1e-5;
 
 /// The statistics `[4, B, K]` and the gradient of `sum(stats * weights)` with respect to the
 /// logits, on `device` (with autodiff), for one option combination.
-fn stats_and_grad(device: &burn::tensor::Device, spec: Spec, dense: bool, mask: bool) -> (Vec<f64>, Vec<f64>) {
+fn stats_and_grad(
+    device: &burn::tensor::Device,
+    spec: Spec,
+    dense: bool,
+    mask: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let (b, c, n) = (2usize, 5usize, 3089usize);
     // Deterministic inputs from fixed formulas: logits in [-6, 6) (probabilities in [0, 1]
     // without an activation, as the losses expect), labels in [0, C), a mask with zeros and
     // fractions, a soft dense target.
-    let (scale, shift) = if spec.act == Act::None { (1200.0, 0.0) } else { (100.0, 6.0) };
-    let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919 + 13) % 1201) as f32 / scale - shift).collect();
+    let (scale, shift) = if spec.act == Act::None {
+        (1200.0, 0.0)
+    } else {
+        (100.0, 6.0)
+    };
+    let x: Vec<f32> = (0..b * c * n)
+        .map(|i| ((i * 7919 + 13) % 1201) as f32 / scale - shift)
+        .collect();
     let l: Vec<i64> = (0..b * n).map(|i| ((i * 31 + i / 7) % c) as i64).collect();
-    let m: Vec<f32> = (0..b * n).map(|i| [1.0, 0.0, 0.25, 1.0, 0.5][i % 5]).collect();
-    let t: Vec<f32> = (0..b * c * n).map(|i| ((i * 4099) % 101) as f32 / 100.0).collect();
+    let m: Vec<f32> = (0..b * n)
+        .map(|i| [1.0, 0.0, 0.25, 1.0, 0.5][i % 5])
+        .collect();
+    let t: Vec<f32> = (0..b * c * n)
+        .map(|i| ((i * 4099) % 101) as f32 / 100.0)
+        .collect();
     let x = Tensor::<3>::from_data(TensorData::new(x, [b, c, n]), device).require_grad();
     let target = if dense {
         FusedTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
     } else {
-        FusedTarget::Labels(Tensor::<2, Int>::from_data(TensorData::new(l, [b, n]), device))
+        FusedTarget::Labels(Tensor::<2, Int>::from_data(
+            TensorData::new(l, [b, n]),
+            device,
+        ))
     };
     let mask = mask.then(|| Tensor::<2>::from_data(TensorData::new(m, [b, n]), device));
-    let stats = with_kernel(Kernel::Auto, || overlap_stats(x.clone(), target, mask, spec));
+    let stats = with_kernel(Kernel::Auto, || {
+        overlap_stats(x.clone(), target, mask, spec)
+    });
     let [_, _, k] = stats.dims();
-    let w: Vec<f32> = (0..4 * b * k).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let w: Vec<f32> = (0..4 * b * k)
+        .map(|i| (i % 7) as f32 * 0.25 - 0.75)
+        .collect();
     let w = Tensor::<3>::from_data(TensorData::new(w, [4, b, k]), device);
     let grads = (stats.clone() * w).sum().backward();
     let g = x.grad(&grads).expect("the logits are tracked");
@@ -116,25 +143,43 @@ fn large_cases(device: &burn::tensor::Device) -> (usize, Vec<String>, f64) {
         for include_background in [true, false] {
             for squared in [false, true] {
                 for (dense, mask) in [(false, false), (false, true), (true, false), (true, true)] {
-                    let spec = Spec { act, include_background, squared, difference: true };
+                    let spec = Spec {
+                        act,
+                        include_background,
+                        squared,
+                        difference: true,
+                    };
                     checked += 1;
-                    let what = format!("{act:?}, background {include_background}, squared {squared}, dense {dense}, mask {mask}");
+                    let what = format!(
+                        "{act:?}, background {include_background}, squared {squared}, dense {dense}, mask {mask}"
+                    );
                     let run = |d: &burn::tensor::Device| {
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stats_and_grad(d, spec, dense, mask)))
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            stats_and_grad(d, spec, dense, mask)
+                        }))
                     };
                     let (gpu, cpu) = match (run(device), run(&flex)) {
                         (Ok(g), Ok(c)) => (g, c),
                         (Err(p), _) | (_, Err(p)) => {
-                            failed.push(format!("larger input ({what}): panicked: {}", monai::panic_message(&*p)));
+                            failed.push(format!(
+                                "larger input ({what}): panicked: {}",
+                                monai::panic_message(&*p)
+                            ));
                             continue;
                         }
                     };
                     let mut bad = None;
-                    for (part, (a, b)) in [("statistics", (&gpu.0, &cpu.0)), ("gradient", (&gpu.1, &cpu.1))] {
+                    for (part, (a, b)) in [
+                        ("statistics", (&gpu.0, &cpu.0)),
+                        ("gradient", (&gpu.1, &cpu.1)),
+                    ] {
                         for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
                             let d = (x - y).abs() / y.abs().max(1.0);
                             if d.is_nan() || d > LARGE_LIMIT {
-                                bad.get_or_insert(format!("{part}[{i}]: {name} {x} vs Flex {y}", name = "gpu"));
+                                bad.get_or_insert(format!(
+                                    "{part}[{i}]: {name} {x} vs Flex {y}",
+                                    name = "gpu"
+                                ));
                             } else {
                                 worst = worst.max(d);
                             }

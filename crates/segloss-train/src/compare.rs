@@ -48,11 +48,25 @@ pub fn compare(
     let mut runs = Vec::new();
     for &loss in losses {
         let dir = base.out_dir.join(loss.name());
-        let cfg = TrainConfig { loss, out_dir: dir.clone(), ..base.clone() };
-        let outcome = train(&cfg, device, |e| on_event(loss, e)).with_context(|| format!("training with {}", loss.name()))?;
-        runs.push(LossRun { loss, epochs: outcome.epochs, dir });
+        let cfg = TrainConfig {
+            loss,
+            out_dir: dir.clone(),
+            ..base.clone()
+        };
+        let outcome = train(&cfg, device, |e| on_event(loss, e))
+            .with_context(|| format!("training with {}", loss.name()))?;
+        runs.push(LossRun {
+            loss,
+            epochs: outcome.epochs,
+            dir,
+        });
     }
-    write_report(&base.out_dir, &runs, &class_names(&base.data), &describe(base))?;
+    write_report(
+        &base.out_dir,
+        &runs,
+        &class_names(&base.data),
+        &describe(base),
+    )?;
     Ok(runs)
 }
 
@@ -71,25 +85,41 @@ pub fn report_only(base: &TrainConfig, losses: &[LossKind]) -> Result<Vec<LossRu
             Ok(LossRun { loss, epochs, dir })
         })
         .collect::<Result<Vec<_>>>()?;
-    write_report(&base.out_dir, &runs, &class_names(&base.data), &describe(base))?;
+    write_report(
+        &base.out_dir,
+        &runs,
+        &class_names(&base.data),
+        &describe(base),
+    )?;
     Ok(runs)
 }
 
 /// Names of the foreground classes, for the report.
 pub fn class_names(data: &DataSource) -> Vec<String> {
     match data {
-        DataSource::Synthetic { config, .. } => (1..config.classes).map(|c| config.class_name(c)).collect(),
+        DataSource::Synthetic { config, .. } => {
+            (1..config.classes).map(|c| config.class_name(c)).collect()
+        }
         DataSource::Nifti { .. } => Vec::new(),
     }
 }
 
 fn describe(cfg: &TrainConfig) -> String {
     let data = match &cfg.data {
-        DataSource::Synthetic { config, train_volumes, valid_volumes } => format!(
+        DataSource::Synthetic {
+            config,
+            train_volumes,
+            valid_volumes,
+        } => format!(
             "the built-in data ({}^3 volumes, {} classes, noise {}, data seed {}; {train_volumes} training and {valid_volumes} validation volumes)",
             config.size, config.classes, config.noise, config.seed
         ),
-        DataSource::Nifti { images, labels, valid_fraction, patch } => format!(
+        DataSource::Nifti {
+            images,
+            labels,
+            valid_fraction,
+            patch,
+        } => format!(
             "NIfTI images from `{}` with labels from `{}` ({patch}^3 patches, {:.0}% of the cases for validation)",
             images.display(),
             labels.display(),
@@ -98,13 +128,22 @@ fn describe(cfg: &TrainConfig) -> String {
     };
     format!(
         "A 3D U-Net (width {}, depth {}) trained from the same initial weights (seed {}) on {data}, {} epochs of {} Adam steps (batch {}, learning rate {}), once per loss.",
-        cfg.base_width, cfg.depth, cfg.seed, cfg.epochs, cfg.steps_per_epoch, cfg.batch_size, cfg.learning_rate
+        cfg.base_width,
+        cfg.depth,
+        cfg.seed,
+        cfg.epochs,
+        cfg.steps_per_epoch,
+        cfg.batch_size,
+        cfg.learning_rate
     )
 }
 
 /// The first epoch at which a class's validation Dice reached `level`.
 fn first_epoch_at(epochs: &[EpochSummary], class: usize, level: f64) -> Option<usize> {
-    epochs.iter().find(|e| e.valid_dice.get(class).is_some_and(|d| *d >= level)).map(|e| e.epoch)
+    epochs
+        .iter()
+        .find(|e| e.valid_dice.get(class).is_some_and(|d| *d >= level))
+        .map(|e| e.epoch)
 }
 
 /// Writes `report.md`, `training_loss.png` and `validation_dice.png` into `out` for `runs`.
@@ -113,19 +152,40 @@ fn first_epoch_at(epochs: &[EpochSummary], class: usize, level: f64) -> Option<u
 ///
 /// # Errors
 /// Runs without epochs or with different numbers of classes, or a file that cannot be written.
-pub fn write_report(out: &Path, runs: &[LossRun], class_names: &[String], description: &str) -> Result<()> {
-    let classes = runs.first().and_then(|r| r.epochs.first()).map(|e| e.valid_dice.len()).context("compare: no epochs to report")?;
-    if runs.iter().any(|r| r.epochs.is_empty() || r.epochs.iter().any(|e| e.valid_dice.len() != classes)) {
+pub fn write_report(
+    out: &Path,
+    runs: &[LossRun],
+    class_names: &[String],
+    description: &str,
+) -> Result<()> {
+    let classes = runs
+        .first()
+        .and_then(|r| r.epochs.first())
+        .map(|e| e.valid_dice.len())
+        .context("compare: no epochs to report")?;
+    if runs
+        .iter()
+        .any(|r| r.epochs.is_empty() || r.epochs.iter().any(|e| e.valid_dice.len() != classes))
+    {
         bail!("compare: every run needs epochs with {classes} classes");
     }
-    let name = |c: usize| class_names.get(c).cloned().unwrap_or_else(|| format!("class {}", c + 1));
+    let name = |c: usize| {
+        class_names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class {}", c + 1))
+    };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     plot_training_loss(&out.join("training_loss.png"), runs)?;
     plot_validation_dice(&out.join("validation_dice.png"), runs, classes, &name)?;
 
     let mut md = String::new();
     writeln!(md, "# Loss comparison\n\n{description}\n").unwrap();
-    writeln!(md, "## Final validation Dice (pooled per class over the validation volumes)\n").unwrap();
+    writeln!(
+        md,
+        "## Final validation Dice (pooled per class over the validation volumes)\n"
+    )
+    .unwrap();
     let mut header = String::from("| loss |");
     let mut rule = String::from("|---|");
     for c in 0..classes {
@@ -157,7 +217,11 @@ pub fn write_report(out: &Path, runs: &[LossRun], class_names: &[String], descri
                 None => row.push_str(" never |"),
             }
         }
-        let mean_at = r.epochs.iter().find(|e| e.mean_foreground_dice() >= 0.8).map_or("never".to_string(), |e| e.epoch.to_string());
+        let mean_at = r
+            .epochs
+            .iter()
+            .find(|e| e.mean_foreground_dice() >= 0.8)
+            .map_or("never".to_string(), |e| e.epoch.to_string());
         write!(row, " {mean_at} |").unwrap();
         writeln!(md, "{row}").unwrap();
     }
@@ -175,8 +239,12 @@ static FONT: Once = Once::new();
 /// Registers the bundled DejaVu Sans as plotters' `sans-serif` (no system fonts needed).
 fn register_font() {
     FONT.call_once(|| {
-        plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
-            .unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
+        plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            include_bytes!("../assets/DejaVuSans.ttf"),
+        )
+        .unwrap_or_else(|_| panic!("the bundled font is a valid TrueType file"));
     });
 }
 
@@ -209,9 +277,25 @@ fn plot_training_loss(path: &Path, runs: &[LossRun]) -> Result<()> {
     let epochs = runs.iter().map(|r| r.epochs.len()).max().unwrap_or(1);
     let rel = |r: &LossRun| -> Vec<(f64, f64)> {
         let first = r.epochs[0].train_loss;
-        r.epochs.iter().map(|e| (e.epoch as f64, if first > 0.0 { e.train_loss / first } else { 0.0 })).collect()
+        r.epochs
+            .iter()
+            .map(|e| {
+                (
+                    e.epoch as f64,
+                    if first > 0.0 {
+                        e.train_loss / first
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect()
     };
-    let top = runs.iter().flat_map(|r| rel(r).into_iter().map(|p| p.1)).fold(1.0f64, f64::max) * 1.05;
+    let top = runs
+        .iter()
+        .flat_map(|r| rel(r).into_iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.05;
     let mut chart = ChartBuilder::on(&root)
         .caption("Training loss (relative to epoch 1)", ("sans-serif", 24))
         .margin(15)
@@ -234,11 +318,21 @@ fn plot_training_loss(path: &Path, runs: &[LossRun]) -> Result<()> {
             .label(r.loss.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
 }
 
-fn plot_validation_dice(path: &Path, runs: &[LossRun], classes: usize, name: &dyn Fn(usize) -> String) -> Result<()> {
+fn plot_validation_dice(
+    path: &Path,
+    runs: &[LossRun],
+    classes: usize,
+    name: &dyn Fn(usize) -> String,
+) -> Result<()> {
     register_font();
     let root = BitMapBackend::new(path, (420 * classes.max(1) as u32, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
@@ -271,7 +365,9 @@ fn plot_validation_dice(path: &Path, runs: &[LossRun], classes: usize, name: &dy
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                 .map_err(|e| plot_err(path, e))?
                 .label(r.loss.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
         }
         if c == 0 {
             chart
@@ -296,7 +392,12 @@ mod tests {
             epochs: dice
                 .iter()
                 .enumerate()
-                .map(|(i, d)| EpochSummary { epoch: i + 1, train_loss: 1.0 / (i + 1) as f64, valid_dice: d.to_vec(), seconds: 2.0 })
+                .map(|(i, d)| EpochSummary {
+                    epoch: i + 1,
+                    train_loss: 1.0 / (i + 1) as f64,
+                    valid_dice: d.to_vec(),
+                    seconds: 2.0,
+                })
                 .collect(),
             dir: PathBuf::new(),
         }
@@ -311,15 +412,30 @@ mod tests {
         ];
         write_report(&dir, &runs, &["large".into(), "small".into()], "Two runs.").unwrap();
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-        assert!(md.contains("| loss | large | small | mean | seconds per epoch |"), "{md}");
-        assert!(md.contains("| dice | 0.900 | 0.200 | 0.550 | 2.0 |"), "{md}");
+        assert!(
+            md.contains("| loss | large | small | mean | seconds per epoch |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| dice | 0.900 | 0.200 | 0.550 | 2.0 |"),
+            "{md}"
+        );
         // dice reaches 0.8 on the large class at epoch 2 and never on the small one.
-        assert!(md.contains("| loss | large | small | mean |\n|---|---|---|---|\n| dice | 2 | never | never |\n"), "{md}");
+        assert!(
+            md.contains(
+                "| loss | large | small | mean |\n|---|---|---|---|\n| dice | 2 | never | never |\n"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| dice-ce | 2 | 2 | 2 |\n"), "{md}");
         for png in ["training_loss.png", "validation_dice.png"] {
             let bytes = std::fs::read(dir.join(png)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{png} is a PNG file");
-            assert!(bytes.len() > 5_000, "{png} has content ({} bytes)", bytes.len());
+            assert!(
+                bytes.len() > 5_000,
+                "{png} has content ({} bytes)",
+                bytes.len()
+            );
         }
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -328,9 +444,13 @@ mod tests {
     fn empty_or_repeated_loss_lists_are_refused() {
         let device = Device::flex().autodiff();
         let cfg = TrainConfig::default();
-        let e = compare(&cfg, &[], &device, |_, _| {}).unwrap_err().to_string();
+        let e = compare(&cfg, &[], &device, |_, _| {})
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "compare: give at least one loss");
-        let e = compare(&cfg, &[LossKind::Dice, LossKind::Dice], &device, |_, _| {}).unwrap_err().to_string();
+        let e = compare(&cfg, &[LossKind::Dice, LossKind::Dice], &device, |_, _| {})
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "compare: the loss `dice` is listed twice");
     }
 }

@@ -34,7 +34,13 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self { size: 32, classes: 4, noise: 0.5, seed: 42, sphere_radius: [1.5, 2.5] }
+        Self {
+            size: 32,
+            classes: 4,
+            noise: 0.5,
+            seed: 42,
+            sphere_radius: [1.5, 2.5],
+        }
     }
 }
 
@@ -62,19 +68,33 @@ impl SyntheticConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), String> {
         if self.size < 8 {
-            return Err(format!("synthetic data: `size` must be at least 8, got {}", self.size));
+            return Err(format!(
+                "synthetic data: `size` must be at least 8, got {}",
+                self.size
+            ));
         }
         if !(2..=8).contains(&self.classes) {
-            return Err(format!("synthetic data: `classes` must be in 2..=8, got {}", self.classes));
+            return Err(format!(
+                "synthetic data: `classes` must be in 2..=8, got {}",
+                self.classes
+            ));
         }
         let [lo, hi] = self.sphere_radius;
-        if !(lo.is_finite() && hi.is_finite() && 0.5 <= lo && lo < hi && hi <= self.size as f32 / 4.0) {
+        if !(lo.is_finite()
+            && hi.is_finite()
+            && 0.5 <= lo
+            && lo < hi
+            && hi <= self.size as f32 / 4.0)
+        {
             return Err(format!(
                 "synthetic data: `sphere_radius` must be a range [min, max) with 0.5 <= min < max <= size / 4, got [{lo}, {hi})"
             ));
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
-            return Err(format!("synthetic data: `noise` must be finite and >= 0, got {}", self.noise));
+            return Err(format!(
+                "synthetic data: `noise` must be finite and >= 0, got {}",
+                self.noise
+            ));
         }
         Ok(())
     }
@@ -101,7 +121,9 @@ impl SyntheticConfig {
             Split::Train => 0u64,
             Split::Valid => 1u64,
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (stream << 62) ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ (stream << 62) ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let s = self.size as f32;
         let n = self.size;
         let mut labels = vec![0u8; n * n * n];
@@ -111,7 +133,11 @@ impl SyntheticConfig {
             for z in lo(centre[0], radii[0])..=hi(centre[0], radii[0]) {
                 for y in lo(centre[1], radii[1])..=hi(centre[1], radii[1]) {
                     for x in lo(centre[2], radii[2])..=hi(centre[2], radii[2]) {
-                        let d = [(z as f32 - centre[0]) / radii[0], (y as f32 - centre[1]) / radii[1], (x as f32 - centre[2]) / radii[2]];
+                        let d = [
+                            (z as f32 - centre[0]) / radii[0],
+                            (y as f32 - centre[1]) / radii[1],
+                            (x as f32 - centre[2]) / radii[2],
+                        ];
                         if d.iter().map(|v| v * v).sum::<f32>() <= 1.0 {
                             labels[(z * n + y) * n + x] = class;
                         }
@@ -150,11 +176,20 @@ impl SyntheticConfig {
                 means[l as usize] + self.noise * normal
             })
             .collect();
-        Volume { size: n, image, labels }
+        Volume {
+            size: n,
+            image,
+            labels,
+        }
     }
 
     /// A batch of volumes `indices` of `split`: images `[B, 1, S, S, S]` and labels `[B, 1, S, S, S]`.
-    pub fn batch(&self, split: Split, indices: &[usize], device: &Device) -> (Tensor<5>, Tensor<5, Int>) {
+    pub fn batch(
+        &self,
+        split: Split,
+        indices: &[usize],
+        device: &Device,
+    ) -> (Tensor<5>, Tensor<5, Int>) {
         let n = self.size;
         let b = indices.len();
         let mut images = Vec::with_capacity(b * n * n * n);
@@ -179,10 +214,22 @@ mod tests {
     fn volumes_are_deterministic_and_splits_differ() {
         let cfg = SyntheticConfig::default();
         assert_eq!(cfg.volume(Split::Train, 3), cfg.volume(Split::Train, 3));
-        assert_ne!(cfg.volume(Split::Train, 3).labels, cfg.volume(Split::Train, 4).labels);
-        assert_ne!(cfg.volume(Split::Train, 0).labels, cfg.volume(Split::Valid, 0).labels);
-        let other_seed = SyntheticConfig { seed: 7, ..cfg.clone() };
-        assert_ne!(cfg.volume(Split::Train, 0).labels, other_seed.volume(Split::Train, 0).labels);
+        assert_ne!(
+            cfg.volume(Split::Train, 3).labels,
+            cfg.volume(Split::Train, 4).labels
+        );
+        assert_ne!(
+            cfg.volume(Split::Train, 0).labels,
+            cfg.volume(Split::Valid, 0).labels
+        );
+        let other_seed = SyntheticConfig {
+            seed: 7,
+            ..cfg.clone()
+        };
+        assert_ne!(
+            cfg.volume(Split::Train, 0).labels,
+            other_seed.volume(Split::Train, 0).labels
+        );
     }
 
     #[test]
@@ -196,18 +243,39 @@ mod tests {
         }
         // Every class is present, and each is much smaller than the one before.
         assert!(counts.iter().all(|&c| c > 0), "{counts:?}");
-        assert!(counts[1] > 5 * counts[2] && counts[2] > counts[3] && counts[0] > 5 * counts[1], "{counts:?}");
+        assert!(
+            counts[1] > 5 * counts[2] && counts[2] > counts[3] && counts[0] > 5 * counts[1],
+            "{counts:?}"
+        );
         // The small spheres are well under 1% of the volume.
-        assert!((counts[3] as f64) < 0.01 * counts.iter().sum::<usize>() as f64, "{counts:?}");
+        assert!(
+            (counts[3] as f64) < 0.01 * counts.iter().sum::<usize>() as f64,
+            "{counts:?}"
+        );
     }
 
     #[test]
     fn bad_settings_are_refused() {
-        let e = SyntheticConfig { size: 4, ..Default::default() }.validate().unwrap_err();
+        let e = SyntheticConfig {
+            size: 4,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
         assert_eq!(e, "synthetic data: `size` must be at least 8, got 4");
-        let e = SyntheticConfig { classes: 9, ..Default::default() }.validate().unwrap_err();
+        let e = SyntheticConfig {
+            classes: 9,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("`classes` must be in 2..=8"), "{e}");
-        let e = SyntheticConfig { sphere_radius: [2.0, 1.0], ..Default::default() }.validate().unwrap_err();
+        let e = SyntheticConfig {
+            sphere_radius: [2.0, 1.0],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("`sphere_radius` must be a range"), "{e}");
     }
 }

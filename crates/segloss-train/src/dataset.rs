@@ -53,7 +53,11 @@ pub enum DataSource {
 
 impl Default for DataSource {
     fn default() -> Self {
-        DataSource::Synthetic { config: SyntheticConfig::default(), train_volumes: 32, valid_volumes: 8 }
+        DataSource::Synthetic {
+            config: SyntheticConfig::default(),
+            train_volumes: 32,
+            valid_volumes: 8,
+        }
     }
 }
 
@@ -76,7 +80,10 @@ pub struct Case {
 
 impl fmt::Debug for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Case").field("name", &self.name).field("shape", &self.shape).finish_non_exhaustive()
+        f.debug_struct("Case")
+            .field("name", &self.name)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,14 +131,29 @@ impl DataSource {
     /// class. Messages name the file and both shapes where relevant.
     pub fn load(&self) -> Result<Dataset> {
         match self {
-            DataSource::Synthetic { config, train_volumes, valid_volumes } => {
+            DataSource::Synthetic {
+                config,
+                train_volumes,
+                valid_volumes,
+            } => {
                 config.validate().map_err(anyhow::Error::msg)?;
                 if *train_volumes == 0 || *valid_volumes == 0 {
-                    bail!("synthetic data: the numbers of training and validation volumes must be at least 1");
+                    bail!(
+                        "synthetic data: the numbers of training and validation volumes must be at least 1"
+                    );
                 }
-                Ok(Dataset::Synthetic { config: config.clone(), train_volumes: *train_volumes, valid_volumes: *valid_volumes })
+                Ok(Dataset::Synthetic {
+                    config: config.clone(),
+                    train_volumes: *train_volumes,
+                    valid_volumes: *valid_volumes,
+                })
             }
-            DataSource::Nifti { images, labels, valid_fraction, patch } => load_nifti(images, labels, *valid_fraction, *patch),
+            DataSource::Nifti {
+                images,
+                labels,
+                valid_fraction,
+                patch,
+            } => load_nifti(images, labels, *valid_fraction, *patch),
         }
     }
 }
@@ -155,7 +177,9 @@ fn nifti_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>> {
 /// The file name without `.nii` / `.nii.gz`, or `None` for other files.
 pub fn stem(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    name.strip_suffix(".nii.gz").or_else(|| name.strip_suffix(".nii")).map(str::to_string)
+    name.strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))
+        .map(str::to_string)
 }
 
 fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -> Result<Dataset> {
@@ -168,7 +192,10 @@ fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -
     let image_files = nifti_files(images, "--images")?;
     let label_files = nifti_files(labels, "--labels")?;
     if image_files.len() < 2 {
-        bail!("--images: {} holds one case; training needs at least two (one is kept for validation)", images.display());
+        bail!(
+            "--images: {} holds one case; training needs at least two (one is kept for validation)",
+            images.display()
+        );
     }
     let mut cases = Vec::new();
     for path in &image_files {
@@ -177,7 +204,13 @@ fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -
         let label_path = label_files
             .iter()
             .find(|p| stem(p).as_deref() == Some(&name) || stem(p).as_deref() == Some(label_name))
-            .with_context(|| format!("--labels: no label map for image {} (expected {}/{name}.nii.gz)", path.display(), labels.display()))?;
+            .with_context(|| {
+                format!(
+                    "--labels: no label map for image {} (expected {}/{name}.nii.gz)",
+                    path.display(),
+                    labels.display()
+                )
+            })?;
         let image = read_image(path)?;
         let label = read_label_image(label_path)?;
         if image.geometry.dims != label.geometry.dims {
@@ -193,29 +226,64 @@ fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -
             .volume
             .labels()
             .iter()
-            .map(|&l| u8::try_from(l).map_err(|_| anyhow::anyhow!("{}: label {l} is above 255", label_path.display())))
+            .map(|&l| {
+                u8::try_from(l).map_err(|_| {
+                    anyhow::anyhow!("{}: label {l} is above 255", label_path.display())
+                })
+            })
             .collect::<Result<_>>()?;
         let shape = image.shape_zyx();
-        let foreground = labels.iter().enumerate().filter(|(_, l)| **l > 0).map(|(i, _)| i).collect();
-        cases.push(Case { name, image: zscore(&image.data), labels, shape, foreground, header: image.header });
+        let foreground = labels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l > 0)
+            .map(|(i, _)| i)
+            .collect();
+        cases.push(Case {
+            name,
+            image: zscore(&image.data),
+            labels,
+            shape,
+            foreground,
+            header: image.header,
+        });
     }
-    let classes = cases.iter().flat_map(|c| c.labels.iter()).copied().max().unwrap_or(0) as usize + 1;
+    let classes = cases
+        .iter()
+        .flat_map(|c| c.labels.iter())
+        .copied()
+        .max()
+        .unwrap_or(0) as usize
+        + 1;
     if classes < 2 {
         bail!("--labels: every label map is all background (0); there is nothing to learn");
     }
-    let n_valid = ((cases.len() as f64 * valid_fraction).round() as usize).clamp(1, cases.len() - 1);
+    let n_valid =
+        ((cases.len() as f64 * valid_fraction).round() as usize).clamp(1, cases.len() - 1);
     let valid = cases.split_off(cases.len() - n_valid);
-    Ok(Dataset::Nifti { train: cases, valid, classes, patch })
+    Ok(Dataset::Nifti {
+        train: cases,
+        valid,
+        classes,
+        patch,
+    })
 }
 
 /// Per-volume z-score normalisation (a constant image becomes zeros).
 pub fn zscore(values: &[f32]) -> Vec<f32> {
     let n = values.len().max(1) as f64;
     let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let var = values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
     let std = var.sqrt();
     let scale = if std > 0.0 { 1.0 / std } else { 0.0 };
-    values.iter().map(|&v| ((v as f64 - mean) * scale) as f32).collect()
+    values
+        .iter()
+        .map(|&v| ((v as f64 - mean) * scale) as f32)
+        .collect()
 }
 
 impl Dataset {
@@ -245,14 +313,28 @@ impl Dataset {
 
     /// The training batch of optimisation step `step` (counted from 0 over the whole run):
     /// images `[B, 1, P, P, P]` and labels `[B, 1, P, P, P]`. Deterministic in `(seed, step)`.
-    pub fn train_batch(&self, step: usize, batch: usize, seed: u64, device: &Device) -> (Tensor<5>, Tensor<5, Int>) {
+    pub fn train_batch(
+        &self,
+        step: usize,
+        batch: usize,
+        seed: u64,
+        device: &Device,
+    ) -> (Tensor<5>, Tensor<5, Int>) {
         match self {
-            Dataset::Synthetic { config, train_volumes, .. } => {
-                let idx: Vec<usize> = (0..batch).map(|j| (step * batch + j) % train_volumes).collect();
+            Dataset::Synthetic {
+                config,
+                train_volumes,
+                ..
+            } => {
+                let idx: Vec<usize> = (0..batch)
+                    .map(|j| (step * batch + j) % train_volumes)
+                    .collect();
                 config.batch(Split::Train, &idx, device)
             }
             Dataset::Nifti { train, patch, .. } => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
                 let p = *patch;
                 let mut images = Vec::with_capacity(batch * p * p * p);
                 let mut labels = Vec::with_capacity(batch * p * p * p);
@@ -287,7 +369,10 @@ impl Dataset {
                 let [d, h, w] = c.shape;
                 ValidVolume {
                     name: c.name.clone(),
-                    image: Tensor::from_data(TensorData::new(c.image.clone(), [1, 1, d, h, w]), device),
+                    image: Tensor::from_data(
+                        TensorData::new(c.image.clone(), [1, 1, d, h, w]),
+                        device,
+                    ),
                     labels: c.labels.clone(),
                 }
             }
@@ -299,14 +384,21 @@ impl Dataset {
 fn random_patch(case: &Case, p: usize, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<u8>) {
     let [d, h, w] = case.shape;
     let centre_on_fg = rng.random_range(0..3) == 0;
-    let fg = (centre_on_fg && !case.foreground.is_empty()).then(|| case.foreground[rng.random_range(0..case.foreground.len())]);
+    let fg = (centre_on_fg && !case.foreground.is_empty())
+        .then(|| case.foreground[rng.random_range(0..case.foreground.len())]);
     // Start of the patch along each axis (may be negative or past the end: padded).
     let start: [isize; 3] = match fg {
         Some(i) => {
             let c = [i / (h * w), (i / w) % h, i % w];
             [0, 1, 2].map(|a| c[a] as isize - (p / 2) as isize)
         }
-        None => [d, h, w].map(|n| if n > p { rng.random_range(0..=(n - p)) as isize } else { -(((p - n) / 2) as isize) }),
+        None => [d, h, w].map(|n| {
+            if n > p {
+                rng.random_range(0..=(n - p)) as isize
+            } else {
+                -(((p - n) / 2) as isize)
+            }
+        }),
     };
     let mut img = vec![0.0f32; p * p * p];
     let mut lab = vec![0u8; p * p * p];
@@ -366,7 +458,10 @@ mod tests {
                 }
             }
         }
-        assert!(saw_fg, "foreground-centred patches contain the single foreground voxel");
+        assert!(
+            saw_fg,
+            "foreground-centred patches contain the single foreground voxel"
+        );
     }
 
     #[test]

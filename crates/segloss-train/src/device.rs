@@ -33,24 +33,38 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
     if let Some(index) = name.strip_prefix("cuda") {
         let index = match index.strip_prefix(':') {
-            Some(i) => i.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {name}: expected cuda:N with N a GPU number"))?,
+            Some(i) => i.parse::<usize>().map_err(|_| {
+                anyhow::anyhow!("--device {name}: expected cuda:N with N a GPU number")
+            })?,
             None if index.is_empty() => 0,
-            None => bail!("unknown device `{name}`; choose one of: {}", device_names().join(", ")),
+            None => bail!(
+                "unknown device `{name}`; choose one of: {}",
+                device_names().join(", ")
+            ),
         };
         return cuda(index);
     }
-    bail!("unknown device `{name}`; choose one of: {}", device_names().join(", "))
+    bail!(
+        "unknown device `{name}`; choose one of: {}",
+        device_names().join(", ")
+    )
 }
 
 #[cfg(feature = "wgpu")]
 fn wgpu(software: bool) -> Result<Device> {
     use burn::tensor::DeviceKind;
-    Ok(Device::wgpu(if software { DeviceKind::Cpu } else { DeviceKind::DefaultDevice }))
+    Ok(Device::wgpu(if software {
+        DeviceKind::Cpu
+    } else {
+        DeviceKind::DefaultDevice
+    }))
 }
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu(_software: bool) -> Result<Device> {
-    bail!("this build has no wgpu backend: rebuild with `--features wgpu` (e.g. `cargo run --release --features wgpu -p segloss-cli -- train --device wgpu`)")
+    bail!(
+        "this build has no wgpu backend: rebuild with `--features wgpu` (e.g. `cargo run --release --features wgpu -p segloss-cli -- train --device wgpu`)"
+    )
 }
 
 #[cfg(feature = "cuda")]
@@ -60,7 +74,9 @@ fn cuda(index: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_index: usize) -> Result<Device> {
-    bail!("this build has no CUDA backend: rebuild with `--features cuda` (e.g. `cargo run --release --features cuda -p segloss-cli -- train --device cuda`)")
+    bail!(
+        "this build has no CUDA backend: rebuild with `--features cuda` (e.g. `cargo run --release --features cuda -p segloss-cli -- train --device cuda`)"
+    )
 }
 
 #[cfg(test)]
@@ -71,7 +87,10 @@ mod tests {
     fn cpu_is_always_there_and_unknown_names_are_listed() {
         assert!(parse_device("cpu").is_ok());
         let e = parse_device("tpu").unwrap_err().to_string();
-        assert!(e.starts_with("unknown device `tpu`; choose one of: cpu"), "{e}");
+        assert!(
+            e.starts_with("unknown device `tpu`; choose one of: cpu"),
+            "{e}"
+        );
         if !cfg!(feature = "cuda") {
             let e = parse_device("cuda:1").unwrap_err().to_string();
             assert!(e.contains("rebuild with `--features cuda`"), "{e}");

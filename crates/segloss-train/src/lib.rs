@@ -27,13 +27,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod data;
 pub mod dataset;
 pub mod device;
-pub mod nifti;
-pub mod unet;
 pub mod losses;
-pub mod train;
-pub mod run;
+pub mod nifti;
 pub mod predict;
-pub mod compare;
+pub mod run;
+pub mod train;
+pub mod unet;

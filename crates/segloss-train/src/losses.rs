@@ -2,8 +2,8 @@
 
 use burn::tensor::{Int, Tensor};
 use segloss::{
-    Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, FocalLossConfig,
-    GeneralizedDiceLossConfig, TverskyLossConfig,
+    Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
+    FocalLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig,
 };
 
 /// A loss for multi-class training from logits `[B, C, D, H, W]` and a label map `[B, 1, D, H, W]`.
@@ -39,24 +39,41 @@ impl LossKind {
 
     /// Parses a command-line name.
     pub fn parse(name: &str) -> Result<Self, String> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
-            format!("unknown loss `{name}`; choose one of: {}", names.join(", "))
-        })
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown loss `{name}`; choose one of: {}", names.join(", "))
+            })
     }
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).expect("every kind is named")
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .expect("every kind is named")
     }
 
     /// The loss of `logits` against `labels`, shape `[1]`.
     pub fn compute(self, logits: Tensor<5>, labels: Tensor<5, Int>) -> Tensor<1> {
         let act = Activation::Softmax;
         match self {
-            LossKind::Dice => DiceLossConfig::new(act).with_include_background(false).init().forward(logits, labels),
-            LossKind::Gdl => GeneralizedDiceLossConfig::new(act).with_normalize_weights(true).init().forward(logits, labels),
-            LossKind::DiceCe => DiceCELossConfig::new(act).with_include_background(false).init().forward(logits, labels),
+            LossKind::Dice => DiceLossConfig::new(act)
+                .with_include_background(false)
+                .init()
+                .forward(logits, labels),
+            LossKind::Gdl => GeneralizedDiceLossConfig::new(act)
+                .with_normalize_weights(true)
+                .init()
+                .forward(logits, labels),
+            LossKind::DiceCe => DiceCELossConfig::new(act)
+                .with_include_background(false)
+                .init()
+                .forward(logits, labels),
             LossKind::DiceFocal => DiceFocalLossConfig::new(act)
                 .with_include_background(false)
                 .with_focal_use_softmax(true)
@@ -68,7 +85,10 @@ impl LossKind {
                 .with_beta(0.7)
                 .init()
                 .forward(logits, labels),
-            LossKind::Focal => FocalLossConfig::new().with_use_softmax(true).init().forward(logits, labels),
+            LossKind::Focal => FocalLossConfig::new()
+                .with_use_softmax(true)
+                .init()
+                .forward(logits, labels),
             LossKind::Ce => CrossEntropyLossConfig::new().init().forward(logits, labels),
         }
     }

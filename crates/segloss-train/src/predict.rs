@@ -24,7 +24,11 @@ use crate::unet::UNet3d;
 /// If `image` is not `[1, 1, D, H, W]` or the network has more than 256 classes.
 pub fn predict_labels(model: &UNet3d, image: Tensor<5>) -> Vec<u8> {
     let [b, c, d, h, w] = image.dims();
-    assert!(b == 1 && c == 1, "predict_labels: expected an image [1, 1, D, H, W], got {:?}", image.dims());
+    assert!(
+        b == 1 && c == 1,
+        "predict_labels: expected an image [1, 1, D, H, W], got {:?}",
+        image.dims()
+    );
     let f = model.size_factor();
     let up = |n: usize| n.div_ceil(f) * f;
     let (pd, ph, pw) = (up(d), up(h), up(w));
@@ -32,9 +36,13 @@ pub fn predict_labels(model: &UNet3d, image: Tensor<5>) -> Vec<u8> {
     let padded = if (pd, ph, pw) == (d, h, w) {
         image
     } else {
-        Tensor::zeros([1, 1, pd, ph, pw], &device).slice_assign([0..1, 0..1, 0..d, 0..h, 0..w], image)
+        Tensor::zeros([1, 1, pd, ph, pw], &device)
+            .slice_assign([0..1, 0..1, 0..d, 0..h, 0..w], image)
     };
-    let labels = model.forward(padded).argmax(1).slice([0..1, 0..1, 0..d, 0..h, 0..w]);
+    let labels = model
+        .forward(padded)
+        .argmax(1)
+        .slice([0..1, 0..1, 0..d, 0..h, 0..w]);
     labels
         .into_data()
         .iter::<i64>()
@@ -46,10 +54,23 @@ pub fn predict_labels(model: &UNet3d, image: Tensor<5>) -> Vec<u8> {
 ///
 /// # Panics
 /// If `values.len() != D * H * W`.
-pub fn predict_array(model: &UNet3d, values: Vec<f32>, shape: [usize; 3], device: &Device) -> Vec<u8> {
+pub fn predict_array(
+    model: &UNet3d,
+    values: Vec<f32>,
+    shape: [usize; 3],
+    device: &Device,
+) -> Vec<u8> {
     let [d, h, w] = shape;
-    assert_eq!(values.len(), d * h * w, "predict_array: {} values for shape {shape:?}", values.len());
-    predict_labels(model, Tensor::from_data(TensorData::new(values, [1, 1, d, h, w]), device))
+    assert_eq!(
+        values.len(),
+        d * h * w,
+        "predict_array: {} values for shape {shape:?}",
+        values.len()
+    );
+    predict_labels(
+        model,
+        Tensor::from_data(TensorData::new(values, [1, 1, d, h, w]), device),
+    )
 }
 
 /// Predicts the label map of the NIfTI image `input` and writes it to `output` (a `uint8`
@@ -58,7 +79,13 @@ pub fn predict_array(model: &UNet3d, values: Vec<f32>, shape: [usize; 3], device
 ///
 /// # Errors
 /// An unreadable input, an unknown normalisation, or an unwritable output (named).
-pub fn predict_file(model: &UNet3d, card: &ModelCard, input: &Path, output: &Path, device: &Device) -> Result<()> {
+pub fn predict_file(
+    model: &UNet3d,
+    card: &ModelCard,
+    input: &Path,
+    output: &Path,
+    device: &Device,
+) -> Result<()> {
     let image = read_image(input)?;
     let shape = image.shape_zyx();
     let values = match card.normalization.as_str() {
@@ -109,9 +136,16 @@ pub struct BuiltinPredictions {
 ///
 /// # Errors
 /// A model not trained on the built-in data, or files that cannot be written.
-pub fn predict_builtin_valid(model: &UNet3d, card: &ModelCard, out: &Path, device: &Device) -> Result<BuiltinPredictions> {
+pub fn predict_builtin_valid(
+    model: &UNet3d,
+    card: &ModelCard,
+    out: &Path,
+    device: &Device,
+) -> Result<BuiltinPredictions> {
     let Some((data, volumes)) = &card.synthetic else {
-        bail!("this model was trained on NIfTI data, not the built-in data: give the images to predict");
+        bail!(
+            "this model was trained on NIfTI data, not the built-in data: give the images to predict"
+        );
     };
     let result = BuiltinPredictions {
         images: out.join("images"),
@@ -128,7 +162,12 @@ pub fn predict_builtin_valid(model: &UNet3d, card: &ModelCard, out: &Path, devic
         let v = data.volume(Split::Valid, i);
         let name = format!("valid-{i:03}.nii.gz");
         let n = v.size;
-        write_image(&result.images.join(&name), &v.image, [n, n, n], &image_header)?;
+        write_image(
+            &result.images.join(&name),
+            &v.image,
+            [n, n, n],
+            &image_header,
+        )?;
         write_label_map(&result.references.join(&name), &v.labels, &labels_header)?;
         let pred = predict_array(model, v.image, [n, n, n], device);
         write_label_map(&result.predictions.join(&name), &pred, &labels_header)?;
@@ -139,7 +178,9 @@ pub fn predict_builtin_valid(model: &UNet3d, card: &ModelCard, out: &Path, devic
 /// Writes a float image (row-major `[z, y, x]`) with `header`'s geometry.
 fn write_image(path: &Path, values: &[f32], shape: [usize; 3], header: &NiftiHeader) -> Result<()> {
     let [z, y, x] = shape;
-    let array = ndarray::Array::from_shape_vec((z, y, x), values.to_vec()).context("image shape")?.reversed_axes();
+    let array = ndarray::Array::from_shape_vec((z, y, x), values.to_vec())
+        .context("image shape")?
+        .reversed_axes();
     nifti::writer::WriterOptions::new(path)
         .reference_header(header)
         .write_nifti(&array)
@@ -156,10 +197,19 @@ mod tests {
     fn odd_sizes_are_padded_and_cropped_back_consistently() {
         let device = Device::flex();
         device.seed(5);
-        let net = UNet3dConfig::new(3).with_base_width(2).with_depth(3).init(&device);
+        let net = UNet3dConfig::new(3)
+            .with_base_width(2)
+            .with_depth(3)
+            .init(&device);
         let x = Tensor::<5>::random([1, 1, 8, 8, 8], Distribution::Normal(0.0, 1.0), &device);
         // A size the network takes as is: same as argmax of the logits.
-        let direct: Vec<u8> = net.forward(x.clone()).argmax(1).into_data().iter::<i64>().map(|l| l as u8).collect();
+        let direct: Vec<u8> = net
+            .forward(x.clone())
+            .argmax(1)
+            .into_data()
+            .iter::<i64>()
+            .map(|l| l as u8)
+            .collect();
         assert_eq!(predict_labels(&net, x.clone()), direct);
         // 5 x 7 x 3 is padded to 8 x 8 x 4 and cropped back: one label per voxel.
         let y = x.slice([0..1, 0..1, 0..5, 0..7, 0..3]);

@@ -87,14 +87,22 @@ impl ModelCard {
     /// A missing or malformed file (named).
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join("model.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {} (is {} a folder written by `segloss train`?)", path.display(), run_dir.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid model description", path.display()))
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (is {} a folder written by `segloss train`?)",
+                path.display(),
+                run_dir.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid model description", path.display()))
     }
 
     /// The network architecture.
     pub fn unet(&self) -> UNet3dConfig {
-        UNet3dConfig::new(self.classes).with_base_width(self.base_width).with_depth(self.depth)
+        UNet3dConfig::new(self.classes)
+            .with_base_width(self.base_width)
+            .with_depth(self.depth)
     }
 }
 
@@ -131,8 +139,17 @@ pub struct EpochSummary {
 impl EpochSummary {
     /// Mean of the per-class validation Dice, NaN classes left out.
     pub fn mean_foreground_dice(&self) -> f64 {
-        let v: Vec<f64> = self.valid_dice.iter().copied().filter(|d| !d.is_nan()).collect();
-        if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+        let v: Vec<f64> = self
+            .valid_dice
+            .iter()
+            .copied()
+            .filter(|d| !d.is_nan())
+            .collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
     }
 }
 
@@ -142,7 +159,11 @@ impl EpochSummary {
 /// # Panics
 /// If a label is `>= classes` or the slices differ in length.
 pub fn foreground_dice(pred: &[u8], reference: &[u8], classes: usize) -> Vec<f64> {
-    assert_eq!(pred.len(), reference.len(), "prediction and reference differ in length");
+    assert_eq!(
+        pred.len(),
+        reference.len(),
+        "prediction and reference differ in length"
+    );
     let mut inter = vec![0u64; classes];
     let mut sizes = vec![0u64; classes];
     for (&p, &r) in pred.iter().zip(reference) {
@@ -153,7 +174,13 @@ pub fn foreground_dice(pred: &[u8], reference: &[u8], classes: usize) -> Vec<f64
         }
     }
     (1..classes)
-        .map(|c| if sizes[c] == 0 { f64::NAN } else { 2.0 * inter[c] as f64 / sizes[c] as f64 })
+        .map(|c| {
+            if sizes[c] == 0 {
+                f64::NAN
+            } else {
+                2.0 * inter[c] as f64 / sizes[c] as f64
+            }
+        })
         .collect()
 }
 
@@ -193,18 +220,31 @@ fn csv_row(e: &EpochSummary) -> String {
 /// # Errors
 /// A missing file or a line that does not parse (named with its line number).
 pub fn read_metrics(path: &Path) -> Result<Vec<EpochSummary>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let v: Vec<f64> = line
             .split(',')
             .map(|f| f.parse::<f64>())
             .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("{}: line {} does not parse: {line}", path.display(), n + 1))?;
+            .with_context(|| {
+                format!("{}: line {} does not parse: {line}", path.display(), n + 1)
+            })?;
         if v.len() < 5 {
-            bail!("{}: line {} has {} fields, expected at least 5", path.display(), n + 1, v.len());
+            bail!(
+                "{}: line {} has {} fields, expected at least 5",
+                path.display(),
+                n + 1,
+                v.len()
+            );
         }
-        out.push(EpochSummary { epoch: v[0] as usize, train_loss: v[1], valid_dice: v[2..v.len() - 2].to_vec(), seconds: v[v.len() - 1] });
+        out.push(EpochSummary {
+            epoch: v[0] as usize,
+            train_loss: v[1],
+            valid_dice: v[2..v.len() - 2].to_vec(),
+            seconds: v[v.len() - 1],
+        });
     }
     Ok(out)
 }
@@ -228,17 +268,34 @@ pub struct TrainOutcome {
 /// # Errors
 /// Invalid settings, data that cannot be loaded, or a file that cannot be written (named in the
 /// message).
-pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event)) -> Result<TrainOutcome> {
-    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.steps_per_epoch == 0 || cfg.base_width == 0 || cfg.depth == 0 {
-        bail!("training: batch size, epochs, steps per epoch, width and depth must all be at least 1");
+pub fn train(
+    cfg: &TrainConfig,
+    device: &Device,
+    mut on_event: impl FnMut(&Event),
+) -> Result<TrainOutcome> {
+    if cfg.batch_size == 0
+        || cfg.epochs == 0
+        || cfg.steps_per_epoch == 0
+        || cfg.base_width == 0
+        || cfg.depth == 0
+    {
+        bail!(
+            "training: batch size, epochs, steps per epoch, width and depth must all be at least 1"
+        );
     }
     if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
-        bail!("training: the learning rate must be > 0, got {}", cfg.learning_rate);
+        bail!(
+            "training: the learning rate must be > 0, got {}",
+            cfg.learning_rate
+        );
     }
     let data = cfg.data.load()?;
     let factor = 1usize << (cfg.depth - 1);
     if !data.patch().is_multiple_of(factor) {
-        bail!("training: the volume or patch size {} must be divisible by 2^(depth - 1) = {factor}", data.patch());
+        bail!(
+            "training: the volume or patch size {} must be divisible by 2^(depth - 1) = {factor}",
+            data.patch()
+        );
     }
     let card = ModelCard {
         classes: data.classes(),
@@ -251,18 +308,27 @@ pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event
         .into(),
         loss: cfg.loss.name().into(),
         synthetic: match &data {
-            Dataset::Synthetic { config, valid_volumes, .. } => Some((config.clone(), *valid_volumes)),
+            Dataset::Synthetic {
+                config,
+                valid_volumes,
+                ..
+            } => Some((config.clone(), *valid_volumes)),
             Dataset::Nifti { .. } => None,
         },
     };
     let checkpoints = cfg.out_dir.join("checkpoints");
-    std::fs::create_dir_all(&checkpoints).with_context(|| format!("cannot create {}", checkpoints.display()))?;
+    std::fs::create_dir_all(&checkpoints)
+        .with_context(|| format!("cannot create {}", checkpoints.display()))?;
     let card_path = cfg.out_dir.join("model.json");
-    std::fs::write(&card_path, serde_json::to_string_pretty(&card).expect("serialisable"))
-        .with_context(|| format!("cannot write {}", card_path.display()))?;
+    std::fs::write(
+        &card_path,
+        serde_json::to_string_pretty(&card).expect("serialisable"),
+    )
+    .with_context(|| format!("cannot write {}", card_path.display()))?;
     let metrics_path = cfg.out_dir.join("metrics.csv");
     let mut csv = csv_header(data.classes());
-    std::fs::write(&metrics_path, &csv).with_context(|| format!("cannot write {}", metrics_path.display()))?;
+    std::fs::write(&metrics_path, &csv)
+        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
 
     device.seed(cfg.seed);
     let model = card.unet().init(device);
@@ -282,17 +348,32 @@ pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event
         let valid_model = trainer.valid_model();
         let valid_dice = validate(&valid_model, &data, &valid_device);
         let ckpt = checkpoints.join(format!("epoch-{epoch}.bpk"));
-        valid_model.save_file(&ckpt).map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", ckpt.display()))?;
-        let summary = EpochSummary { epoch, train_loss: total / cfg.steps_per_epoch as f64, valid_dice, seconds: start.elapsed().as_secs_f64() };
+        valid_model
+            .save_file(&ckpt)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", ckpt.display()))?;
+        let summary = EpochSummary {
+            epoch,
+            train_loss: total / cfg.steps_per_epoch as f64,
+            valid_dice,
+            seconds: start.elapsed().as_secs_f64(),
+        };
         csv.push_str(&csv_row(&summary));
-        std::fs::write(&metrics_path, &csv).with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        std::fs::write(&metrics_path, &csv)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
         on_event(&Event::Epoch(summary.clone()));
         summaries.push(summary);
     }
     let final_path = cfg.out_dir.join("model.bpk");
     let model = trainer.valid_model();
-    model.clone().save_file(&final_path).map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", final_path.display()))?;
-    Ok(TrainOutcome { model, epochs: summaries, card })
+    model
+        .clone()
+        .save_file(&final_path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", final_path.display()))?;
+    Ok(TrainOutcome {
+        model,
+        epochs: summaries,
+        card,
+    })
 }
 
 /// Loads a trained model: `weights` (`model.bpk` or a checkpoint) for the architecture of `card`.
@@ -300,7 +381,10 @@ pub fn train(cfg: &TrainConfig, device: &Device, mut on_event: impl FnMut(&Event
 /// # Errors
 /// A missing or unreadable file, or one for another architecture (named).
 pub fn load_model(weights: &Path, card: &ModelCard, device: &Device) -> Result<UNet3d> {
-    card.unet().init(device).try_load_file(weights).map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", weights.display()))
+    card.unet()
+        .init(device)
+        .try_load_file(weights)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", weights.display()))
 }
 
 #[cfg(test)]
@@ -311,7 +395,14 @@ mod tests {
     fn a_short_run_writes_metrics_and_checkpoints_that_load_back_identically() {
         let dir = std::env::temp_dir().join(format!("segloss-train-test-{}", std::process::id()));
         let cfg = TrainConfig {
-            data: DataSource::Synthetic { config: SyntheticConfig { size: 16, ..Default::default() }, train_volumes: 4, valid_volumes: 2 },
+            data: DataSource::Synthetic {
+                config: SyntheticConfig {
+                    size: 16,
+                    ..Default::default()
+                },
+                train_volumes: 4,
+                valid_volumes: 2,
+            },
             base_width: 4,
             depth: 2,
             epochs: 2,
@@ -331,7 +422,10 @@ mod tests {
         assert_eq!(outcome.epochs.len(), 2);
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
-        assert_eq!(lines[0], "epoch,train_loss,valid_dice_1,valid_dice_2,valid_dice_3,mean_foreground_dice,seconds");
+        assert_eq!(
+            lines[0],
+            "epoch,train_loss,valid_dice_1,valid_dice_2,valid_dice_3,mean_foreground_dice,seconds"
+        );
         assert_eq!(lines.len(), 3);
         assert!(lines[2].starts_with("2,"));
 
@@ -340,12 +434,25 @@ mod tests {
         let plain = Device::flex();
         let card = ModelCard::read(&dir).unwrap();
         assert_eq!(card, outcome.card);
-        assert_eq!((card.classes, card.base_width, card.depth, card.normalization.as_str()), (4, 4, 2, "none"));
-        let (x, _) = SyntheticConfig { size: 16, ..Default::default() }.batch(crate::data::Split::Valid, &[0], &plain);
+        assert_eq!(
+            (
+                card.classes,
+                card.base_width,
+                card.depth,
+                card.normalization.as_str()
+            ),
+            (4, 4, 2, "none")
+        );
+        let (x, _) = SyntheticConfig {
+            size: 16,
+            ..Default::default()
+        }
+        .batch(crate::data::Split::Valid, &[0], &plain);
         let trained = outcome.model.to_device(&plain);
         let a = load_model(&dir.join("model.bpk"), &card, &plain).unwrap();
         let b = load_model(&dir.join("checkpoints/epoch-2.bpk"), &card, &plain).unwrap();
-        let logits = |m: &UNet3d| -> Vec<f32> { m.forward(x.clone()).into_data().iter::<f32>().collect() };
+        let logits =
+            |m: &UNet3d| -> Vec<f32> { m.forward(x.clone()).into_data().iter::<f32>().collect() };
         assert_eq!(logits(&trained), logits(&a));
         assert_eq!(logits(&a), logits(&b));
         assert_eq!(predict_labels(&a, x.clone()), predict_labels(&trained, x));
@@ -355,9 +462,13 @@ mod tests {
         assert_eq!(read[1].valid_dice.len(), 3);
         assert!((read[1].train_loss - outcome.epochs[1].train_loss).abs() < 1e-5);
         // A missing file is an error that names it.
-        let e = load_model(&dir.join("nope.bpk"), &card, &plain).unwrap_err().to_string();
+        let e = load_model(&dir.join("nope.bpk"), &card, &plain)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope.bpk"), "{e}");
-        let e = ModelCard::read(&dir.join("nowhere")).unwrap_err().to_string();
+        let e = ModelCard::read(&dir.join("nowhere"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.json"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -367,6 +478,9 @@ mod tests {
         let pred = [0u8, 1, 1, 2, 2, 0];
         let reference = [0u8, 1, 2, 2, 2, 0];
         let d = foreground_dice(&pred, &reference, 4);
-        assert!((d[0] - 2.0 / 3.0).abs() < 1e-12 && (d[1] - 0.8).abs() < 1e-12 && d[2].is_nan(), "{d:?}");
+        assert!(
+            (d[0] - 2.0 / 3.0).abs() < 1e-12 && (d[1] - 0.8).abs() < 1e-12 && d[2].is_nan(),
+            "{d:?}"
+        );
     }
 }

@@ -20,7 +20,12 @@ pub struct Trainer {
 
 /// A [`Trainer`] with Adam.
 pub fn adam_trainer(model: UNet3d, loss: LossKind, learning_rate: f64) -> Trainer {
-    Trainer { model, optim: AdamConfig::new().init(), loss, learning_rate }
+    Trainer {
+        model,
+        optim: AdamConfig::new().init(),
+        loss,
+        learning_rate,
+    }
 }
 
 impl Trainer {
@@ -53,11 +58,17 @@ mod tests {
     #[test]
     fn training_steps_decrease_every_loss_on_a_fixed_batch() {
         let device = Device::flex().autodiff();
-        let data = SyntheticConfig { size: 16, ..Default::default() };
+        let data = SyntheticConfig {
+            size: 16,
+            ..Default::default()
+        };
         let (images, labels) = data.batch(Split::Train, &[0, 1], &device);
         for (name, kind) in LossKind::ALL {
             device.seed(3);
-            let model = UNet3dConfig::new(data.classes).with_base_width(4).with_depth(2).init(&device);
+            let model = UNet3dConfig::new(data.classes)
+                .with_base_width(4)
+                .with_depth(2)
+                .init(&device);
             let mut trainer = adam_trainer(model, kind, 1e-2);
             let first = trainer.step(images.clone(), labels.clone());
             let mut last = first;

@@ -41,9 +41,15 @@ impl ConvBlock {
                 .with_stride([stride; 3])
                 .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
                 .init(device),
-            norm1: InstanceNormConfig::new(output).with_affine(true).init(device),
-            conv2: Conv3dConfig::new([output, output], [3, 3, 3]).with_padding(PaddingConfig3d::Same).init(device),
-            norm2: InstanceNormConfig::new(output).with_affine(true).init(device),
+            norm1: InstanceNormConfig::new(output)
+                .with_affine(true)
+                .init(device),
+            conv2: Conv3dConfig::new([output, output], [3, 3, 3])
+                .with_padding(PaddingConfig3d::Same)
+                .init(device),
+            norm2: InstanceNormConfig::new(output)
+                .with_affine(true)
+                .init(device),
             act: LeakyReluConfig::new().init(),
         }
     }
@@ -75,25 +81,43 @@ impl UNet3dConfig {
     /// # Panics
     /// If `depth`, `base_width`, `in_channels` or `num_classes` is 0.
     pub fn init(&self, device: &Device) -> UNet3d {
-        assert!(self.depth >= 1, "UNet3d: `depth` must be >= 1, got {}", self.depth);
-        assert!(self.base_width >= 1 && self.in_channels >= 1 && self.num_classes >= 1, "UNet3d: widths and channel counts must be >= 1");
+        assert!(
+            self.depth >= 1,
+            "UNet3d: `depth` must be >= 1, got {}",
+            self.depth
+        );
+        assert!(
+            self.base_width >= 1 && self.in_channels >= 1 && self.num_classes >= 1,
+            "UNet3d: widths and channel counts must be >= 1"
+        );
         let widths: Vec<usize> = (0..self.depth).map(|l| self.base_width << l).collect();
         let mut encoders = Vec::new();
         let mut input = self.in_channels;
         for (level, &w) in widths.iter().enumerate() {
-            encoders.push(ConvBlock::new(input, w, if level == 0 { 1 } else { 2 }, device));
+            encoders.push(ConvBlock::new(
+                input,
+                w,
+                if level == 0 { 1 } else { 2 },
+                device,
+            ));
             input = w;
         }
         let mut decoders = Vec::new();
         for level in (0..self.depth - 1).rev() {
             let (from, to) = (widths[level + 1], widths[level]);
             decoders.push(UpBlock {
-                up: ConvTranspose3dConfig::new([from, to], [2, 2, 2]).with_stride([2, 2, 2]).init(device),
+                up: ConvTranspose3dConfig::new([from, to], [2, 2, 2])
+                    .with_stride([2, 2, 2])
+                    .init(device),
                 block: ConvBlock::new(2 * to, to, 1, device),
             });
         }
         let head = Conv3dConfig::new([widths[0], self.num_classes], [1, 1, 1]).init(device);
-        UNet3d { encoders, decoders, head }
+        UNet3d {
+            encoders,
+            decoders,
+            head,
+        }
     }
 }
 
@@ -124,7 +148,9 @@ impl UNet3d {
         skips.pop();
         for dec in &self.decoders {
             let skip = skips.pop().expect("one skip per decoder");
-            x = dec.block.forward(Tensor::cat(vec![dec.up.forward(x), skip], 1));
+            x = dec
+                .block
+                .forward(Tensor::cat(vec![dec.up.forward(x), skip], 1));
         }
         self.head.forward(x)
     }
@@ -139,7 +165,10 @@ mod tests {
     fn output_has_the_input_resolution_and_one_channel_per_class() {
         let device = Device::flex();
         for depth in 1..=3 {
-            let net = UNet3dConfig::new(4).with_depth(depth).with_base_width(4).init(&device);
+            let net = UNet3dConfig::new(4)
+                .with_depth(depth)
+                .with_base_width(4)
+                .init(&device);
             let x = Tensor::<5>::random([2, 1, 8, 8, 8], Distribution::Normal(0.0, 1.0), &device);
             assert_eq!(net.forward(x).dims(), [2, 4, 8, 8, 8]);
         }

@@ -30,7 +30,12 @@ fn the_default_loss_is_one_fused_pass() {
             let (before, pw_before) = (calls(), pointwise_calls());
             let loss = default.compute(logits.clone(), labels.clone());
             let grads = loss.backward();
-            let grad: Vec<f32> = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let grad: Vec<f32> = logits
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
             (
                 loss.into_scalar::<f32>(),
                 grad,

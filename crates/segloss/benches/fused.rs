@@ -24,7 +24,12 @@ const SHAPES: &[(&str, usize, usize, &[usize])] = &[
     ("1x14x96^3", 1, 14, &[96, 96, 96]),
     ("2d_16x4x512^2", 16, 4, &[512, 512]),
 ];
-const NAMES: &[&str] = &["question_3x9x64^3", "2x4x128^3", "1x14x96^3", "2d_16x4x512^2"];
+const NAMES: &[&str] = &[
+    "question_3x9x64^3",
+    "2x4x128^3",
+    "1x14x96^3",
+    "2d_16x4x512^2",
+];
 
 #[derive(Clone, Copy, Debug)]
 enum Dice {
@@ -72,9 +77,9 @@ fn step(loss: Dice, x: &Inputs) {
             .with_include_background(false)
             .init()
             .forward(logits.clone(), Target::labels(x.labels.clone())),
-        Dice::SigmoidMultiLabel => {
-            DiceLossConfig::new(Activation::Sigmoid).init().forward(logits.clone(), Target::dense(x.multi_label.clone()))
-        }
+        Dice::SigmoidMultiLabel => DiceLossConfig::new(Activation::Sigmoid)
+            .init()
+            .forward(logits.clone(), Target::dense(x.multi_label.clone())),
         Dice::Generalized => GeneralizedDiceLossConfig::new(Activation::Softmax)
             .init()
             .forward(logits.clone(), Target::labels(x.labels.clone())),

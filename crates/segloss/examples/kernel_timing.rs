@@ -24,18 +24,39 @@ fn best(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let (b, c, n) = (3usize, 9usize, 64 * 64 * 64);
-    let x: Vec<f32> = (0..b * c * n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..b * c * n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let labels: Vec<i64> = (0..b * n).map(|i| ((i * 31) % c) as i64).collect();
-    let dense: Vec<f32> = (0..b * c * n).map(|i| if (i * 7) % 10 < 3 { 1.0 } else { 0.0 }).collect();
+    let dense: Vec<f32> = (0..b * c * n)
+        .map(|i| if (i * 7) % 10 < 3 { 1.0 } else { 0.0 })
+        .collect();
     let d = Dims { b, c, n };
     let cases = [
-        ("softmax, label map", Act::Softmax, TargetRef::Labels(&labels[..])),
-        ("sigmoid, dense target", Act::Sigmoid, TargetRef::Dense(&dense[..])),
-        ("identity, label map", Act::None, TargetRef::Labels(&labels[..])),
+        (
+            "softmax, label map",
+            Act::Softmax,
+            TargetRef::Labels(&labels[..]),
+        ),
+        (
+            "sigmoid, dense target",
+            Act::Sigmoid,
+            TargetRef::Dense(&dense[..]),
+        ),
+        (
+            "identity, label map",
+            Act::None,
+            TargetRef::Labels(&labels[..]),
+        ),
     ];
     let filter = std::env::args().nth(1).unwrap_or_default();
     for (name, act, t) in cases.into_iter().filter(|c| c.0.contains(filter.as_str())) {
-        let spec = Spec { act, include_background: act == Act::Sigmoid, squared: false, difference: false };
+        let spec = Spec {
+            act,
+            include_background: act == Act::Sigmoid,
+            squared: false,
+            difference: false,
+        };
         let g = vec![0.1f32; 4 * b * d.k(&spec)];
         let fwd = best(|| drop(std::hint::black_box(forward(&x, t, None, d, spec))));
         let bwd = best(|| drop(std::hint::black_box(backward(&x, t, None, &g, d, spec))));

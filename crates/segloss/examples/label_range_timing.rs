@@ -21,7 +21,10 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Int, Tensor};
 
 fn plain(l: &Tensor<2, Int>) -> Vec<i64> {
-    Tensor::cat(vec![l.clone().min(), l.clone().max()], 0).into_data().iter::<i64>().collect()
+    Tensor::cat(vec![l.clone().min(), l.clone().max()], 0)
+        .into_data()
+        .iter::<i64>()
+        .collect()
 }
 
 fn two_stage(l: &Tensor<2, Int>, columns: bool) -> Vec<i64> {
@@ -31,16 +34,28 @@ fn two_stage(l: &Tensor<2, Int>, columns: bool) -> Vec<i64> {
     let flat = l.clone().reshape([len]);
     let (mut lows, mut highs) = if columns {
         let body = flat.clone().slice(0..rows * ROW).reshape([ROW, rows]);
-        (vec![body.clone().min_dim(0).reshape([rows])], vec![body.max_dim(0).reshape([rows])])
+        (
+            vec![body.clone().min_dim(0).reshape([rows])],
+            vec![body.max_dim(0).reshape([rows])],
+        )
     } else {
         let body = flat.clone().slice(0..rows * ROW).reshape([rows, ROW]);
-        (vec![body.clone().min_dim(1).reshape([rows])], vec![body.max_dim(1).reshape([rows])])
+        (
+            vec![body.clone().min_dim(1).reshape([rows])],
+            vec![body.max_dim(1).reshape([rows])],
+        )
     };
     if rows * ROW < len {
         lows.push(flat.clone().slice(rows * ROW..len));
         highs.push(flat.slice(rows * ROW..len));
     }
-    Tensor::cat(vec![Tensor::cat(lows, 0).min(), Tensor::cat(highs, 0).max()], 0).into_data().iter::<i64>().collect()
+    Tensor::cat(
+        vec![Tensor::cat(lows, 0).min(), Tensor::cat(highs, 0).max()],
+        0,
+    )
+    .into_data()
+    .iter::<i64>()
+    .collect()
 }
 
 fn median_ms(iters: usize, f: impl Fn() -> Vec<i64>) -> (f64, Vec<i64>) {
@@ -61,7 +76,12 @@ fn median_ms(iters: usize, f: impl Fn() -> Vec<i64>) -> (f64, Vec<i64>) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: label_range_timing BxN [--device D] [--iters N]";
-    let dims: Vec<usize> = args.first().expect(usage).split('x').map(|v| v.parse().expect(usage)).collect();
+    let dims: Vec<usize> = args
+        .first()
+        .expect(usage)
+        .split('x')
+        .map(|v| v.parse().expect(usage))
+        .collect();
     assert_eq!(dims.len(), 2, "{usage}");
     let (mut device_name, mut iters) = ("flex".to_string(), 10usize);
     let mut i = 1;
@@ -73,9 +93,12 @@ fn main() {
         }
         i += 2;
     }
-    let device = device::by_name(&device_name).unwrap_or_else(|| panic!("unknown device {device_name:?}, or its feature is not compiled in"));
+    let device = device::by_name(&device_name).unwrap_or_else(|| {
+        panic!("unknown device {device_name:?}, or its feature is not compiled in")
+    });
     device.seed(1);
-    let labels = Tensor::<2, Int>::random([dims[0], dims[1]], Distribution::Uniform(0.0, 4.0), &device);
+    let labels =
+        Tensor::<2, Int>::random([dims[0], dims[1]], Distribution::Uniform(0.0, 4.0), &device);
     let (plain_ms, a) = median_ms(iters, || plain(&labels));
     let (two_ms, b) = median_ms(iters, || two_stage(&labels, false));
     let (col_ms, c) = median_ms(iters, || two_stage(&labels, true));

@@ -83,14 +83,22 @@ impl Target {
     pub fn labels<const E: usize>(labels: Tensor<E, Int>) -> Self {
         let shape = labels.dims().to_vec();
         let flat = labels.reshape([shape[0] as i32, -1]);
-        Self { kind: TargetKind::Labels(flat), shape, mask: None }
+        Self {
+            kind: TargetKind::Labels(flat),
+            shape,
+            mask: None,
+        }
     }
 
     /// A dense target `[B, C, spatial...]`: one-hot, multi-label or soft, values in `[0, 1]`.
     pub fn dense<const E: usize>(target: Tensor<E>) -> Self {
         let shape = target.dims().to_vec();
         let flat = target.reshape([shape[0] as i32, -1]);
-        Self { kind: TargetKind::Dense(flat), shape, mask: None }
+        Self {
+            kind: TargetKind::Dense(flat),
+            shape,
+            mask: None,
+        }
     }
 
     /// Adds a voxel mask (see the type's docs for its shapes): voxels with mask 0 count for nothing.
@@ -133,7 +141,13 @@ pub(crate) struct PrepareOptions {
 
 impl PrepareOptions {
     /// The statistics options of a Dice-family loss with these input options.
-    pub fn stats(self, activation: Activation, include_background: bool, squared: bool, difference: bool) -> crate::stats::StatsOptions {
+    pub fn stats(
+        self,
+        activation: Activation,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> crate::stats::StatsOptions {
         crate::stats::StatsOptions {
             activation,
             include_background,
@@ -172,13 +186,18 @@ impl Prepared {
         if let Some(d) = &self.dense {
             return d.clone();
         }
-        let labels = self.labels.clone().expect("a target is either labels or dense");
+        let labels = self
+            .labels
+            .clone()
+            .expect("a target is either labels or dense");
         let [b, c, n] = [self.batch, self.channels, self.voxels];
         if c == 1 {
             return in_dtype(labels.float().reshape([b, 1, n]), dtype);
         }
         let device = labels.device();
-        let classes = Tensor::<1, Int>::arange(0..c as i64, &device).reshape([1, c, 1]).expand([b, c, n]);
+        let classes = Tensor::<1, Int>::arange(0..c as i64, &device)
+            .reshape([1, c, 1])
+            .expand([b, c, n]);
         let labels = labels.reshape([b, 1, n]).expand([b, c, n]);
         in_dtype(labels.equal(classes).float(), dtype)
     }
@@ -227,8 +246,10 @@ pub(crate) fn prepare<const D: usize>(
 
     let (labels, dense, ignore_mask) = match target.kind {
         TargetKind::Labels(flat) => {
-            let with_channel = tshape.len() == D && tshape[0] == b && tshape[1] == 1 && tshape[2..] == spatial[..];
-            let without_channel = tshape.len() == D - 1 && tshape[0] == b && tshape[1..] == spatial[..];
+            let with_channel =
+                tshape.len() == D && tshape[0] == b && tshape[1] == 1 && tshape[2..] == spatial[..];
+            let without_channel =
+                tshape.len() == D - 1 && tshape[0] == b && tshape[1..] == spatial[..];
             assert!(
                 with_channel || without_channel,
                 "{loss}: the label map must have shape [B, 1, spatial...] = {:?} or [B, spatial...] = {:?} to match the prediction {pshape:?}, got {tshape:?}{}",
@@ -256,7 +277,9 @@ pub(crate) fn prepare<const D: usize>(
             assert!(
                 tshape == pshape,
                 "{loss}: the dense target must have the prediction's shape {pshape:?}, got {tshape:?}{}",
-                if tshape.len() + 1 == D || (tshape.len() == D && tshape.get(1) == Some(&1) && c > 1) {
+                if tshape.len() + 1 == D
+                    || (tshape.len() == D && tshape.get(1) == Some(&1) && c > 1)
+                {
                     " (a label map of class indices must be an Int tensor: use Target::labels)"
                 } else {
                     ""
@@ -267,9 +290,19 @@ pub(crate) fn prepare<const D: usize>(
             // voxels of that class; any other value excludes voxels whose channels are all zero.
             let ignore_mask = opts.ignore_index.map(|ii| {
                 if c > 1 && ii >= 0 && (ii as usize) < c {
-                    dense.clone().narrow(1, ii as usize, 1).reshape([b, n]).neg().add_scalar(1.0)
+                    dense
+                        .clone()
+                        .narrow(1, ii as usize, 1)
+                        .reshape([b, n])
+                        .neg()
+                        .add_scalar(1.0)
                 } else {
-                    dense.clone().sum_dim(1).reshape([b, n]).greater_elem(0.0).float()
+                    dense
+                        .clone()
+                        .sum_dim(1)
+                        .reshape([b, n])
+                        .greater_elem(0.0)
+                        .float()
                 }
             });
             (None, Some(dense), ignore_mask)
@@ -295,7 +328,16 @@ pub(crate) fn prepare<const D: usize>(
     };
 
     let mask = mask.map(|m| in_dtype(m, DType::F32));
-    Prepared { logits, labels, dense, mask, batch: b, channels: c, voxels: n, spatial }
+    Prepared {
+        logits,
+        labels,
+        dense,
+        mask,
+        batch: b,
+        channels: c,
+        voxels: n,
+        spatial,
+    }
 }
 
 /// Rows of the first stage of [`label_min_max`].
@@ -317,7 +359,10 @@ fn label_min_max(labels: Tensor<2, Int>, two_stage: bool) -> Tensor<1, Int> {
     if !two_stage || rows < 2 {
         return Tensor::cat(vec![flat.clone().min(), flat.max()], 0);
     }
-    let body = flat.clone().slice(0..rows * RANGE_ROW).reshape([rows, RANGE_ROW]);
+    let body = flat
+        .clone()
+        .slice(0..rows * RANGE_ROW)
+        .reshape([rows, RANGE_ROW]);
     let mut lows = vec![body.clone().min_dim(1).reshape([rows])];
     let mut highs = vec![body.max_dim(1).reshape([rows])];
     if rows * RANGE_ROW < len {
@@ -325,13 +370,22 @@ fn label_min_max(labels: Tensor<2, Int>, two_stage: bool) -> Tensor<1, Int> {
         lows.push(tail.clone());
         highs.push(tail);
     }
-    Tensor::cat(vec![Tensor::cat(lows, 0).min(), Tensor::cat(highs, 0).max()], 0)
+    Tensor::cat(
+        vec![Tensor::cat(lows, 0).min(), Tensor::cat(highs, 0).max()],
+        0,
+    )
 }
 
 /// Checks that every label (other than the ignore index) is a class index in `[0, C)` (`{0, 1}`
 /// when `C = 1`). Costs one pass over the label map ([`label_min_max`]) and one device
 /// synchronisation.
-fn check_label_range(loss: &str, labels: &Tensor<2, Int>, ignored: Option<Tensor<2, Bool>>, c: usize, ignore: Option<i64>) {
+fn check_label_range(
+    loss: &str,
+    labels: &Tensor<2, Int>,
+    ignored: Option<Tensor<2, Bool>>,
+    c: usize,
+    ignore: Option<i64>,
+) {
     let upper = c.max(2) as i64;
     let l = match ignored {
         Some(m) => labels.clone().mask_fill(m, 0),
@@ -347,7 +401,11 @@ fn check_label_range(loss: &str, labels: &Tensor<2, Int>, ignored: Option<Tensor
             "{loss}: label value {bad} is outside the class range [0, {upper}) of a prediction with {c} channel{} (labels found span [{lo}, {hi}]; ignore_index: {}). Labels must be class indices{}, or set `ignore_index` for unlabelled voxels.",
             if c == 1 { "" } else { "s" },
             ignore.map_or("none".to_string(), |i| i.to_string()),
-            if c == 1 { " (0 or 1 for a single-channel prediction)" } else { "" }
+            if c == 1 {
+                " (0 or 1 for a single-channel prediction)"
+            } else {
+                ""
+            }
         );
     }
 }
@@ -363,16 +421,34 @@ mod tests {
     #[test]
     fn label_min_max_finds_extremes_in_rows_and_tail() {
         let device = Device::flex();
-        for (b, n) in [(1, 7), (2, RANGE_ROW), (2, 1500), (3, 4 * RANGE_ROW), (1, 2 * RANGE_ROW + 1)] {
+        for (b, n) in [
+            (1, 7),
+            (2, RANGE_ROW),
+            (2, 1500),
+            (3, 4 * RANGE_ROW),
+            (1, 2 * RANGE_ROW + 1),
+        ] {
             let len = b * n;
-            for (lo_at, hi_at) in [(0, len - 1), (len - 1, 0), (len / 2, len / 3), (RANGE_ROW.min(len - 1), len - 2)] {
+            for (lo_at, hi_at) in [
+                (0, len - 1),
+                (len - 1, 0),
+                (len / 2, len / 3),
+                (RANGE_ROW.min(len - 1), len - 2),
+            ] {
                 let mut v: Vec<i64> = (0..len).map(|i| (i % 5) as i64).collect();
                 v[lo_at] = -7;
                 v[hi_at] = 42;
                 let labels = Tensor::<2, Int>::from_data(TensorData::new(v, [b, n]), &device);
                 for two_stage in [false, true] {
-                    let got: Vec<i64> = label_min_max(labels.clone(), two_stage).into_data().iter::<i64>().collect();
-                    assert_eq!(got, vec![-7, 42], "shape [{b}, {n}], min at {lo_at}, max at {hi_at}, two stages: {two_stage}");
+                    let got: Vec<i64> = label_min_max(labels.clone(), two_stage)
+                        .into_data()
+                        .iter::<i64>()
+                        .collect();
+                    assert_eq!(
+                        got,
+                        vec![-7, 42],
+                        "shape [{b}, {n}], min at {lo_at}, max at {hi_at}, two stages: {two_stage}"
+                    );
                 }
             }
         }

@@ -222,7 +222,9 @@ pub(crate) fn fused_pointwise(
     };
     // The fused pass has the plain sums only (the V-Net squared sums and the soft-label
     // difference take two passes: the statistics, then the pointwise term alone).
-    if options.squared || options.difference || options.activation != pointwise
+    if options.squared
+        || options.difference
+        || options.activation != pointwise
         || current_kernel() == Kernel::Composed
         || !fused::supports_pointwise(&prepared.logits.device())
     {

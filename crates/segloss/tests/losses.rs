@@ -21,14 +21,25 @@ fn example() -> (Tensor<3>, Tensor<2, Int>) {
 fn dice_jaccard_tversky_by_hand() {
     let (p, y) = example();
     // class 1: I = 1.7, P = 2.2, G = 2. Dice loss = 1 - 3.4 / 4.2.
-    let none = |c: DiceLossConfig| c.with_smooth_nr(0.0).with_smooth_dr(1e-12).with_include_background(false).init();
+    let none = |c: DiceLossConfig| {
+        c.with_smooth_nr(0.0)
+            .with_smooth_dr(1e-12)
+            .with_include_background(false)
+            .init()
+    };
     let d = scalar(none(DiceLossConfig::new(Activation::None)).forward(p.clone(), y.clone()));
     assert!((d - (1.0 - 3.4 / 4.2)).abs() < TOL, "{d}");
     // Jaccard: 1 - I / (P + G - I) = 1 - 1.7 / 2.5.
-    let j = scalar(none(DiceLossConfig::new(Activation::None).with_jaccard(true)).forward(p.clone(), y.clone()));
+    let j = scalar(
+        none(DiceLossConfig::new(Activation::None).with_jaccard(true))
+            .forward(p.clone(), y.clone()),
+    );
     assert!((j - (1.0 - 1.7 / 2.5)).abs() < TOL, "{j}");
     // V-Net: P2 = 0.01 + 0.16 + 0.49 + 1 = 1.66, G2 = 2: 1 - 3.4 / 3.66.
-    let v = scalar(none(DiceLossConfig::new(Activation::None).with_squared_pred(true)).forward(p.clone(), y.clone()));
+    let v = scalar(
+        none(DiceLossConfig::new(Activation::None).with_squared_pred(true))
+            .forward(p.clone(), y.clone()),
+    );
     assert!((v - (1.0 - 3.4 / 3.66)).abs() < TOL, "{v}");
     // Tversky 0.3/0.7: fp = 0.5, fn = 0.3: 1 - 1.7 / (1.7 + 0.15 + 0.21).
     let t = TverskyLossConfig::new(Activation::None)
@@ -54,26 +65,44 @@ fn generalized_dice_by_hand_and_weight_normalisation() {
             .with_normalize_weights(normalize)
             .init();
         let v = scalar(l.forward(p.clone(), y.clone()));
-        assert!((v - expected).abs() < TOL, "normalize {normalize}: {v} vs {expected}");
+        assert!(
+            (v - expected).abs() < TOL,
+            "normalize {normalize}: {v} vs {expected}"
+        );
     }
     // With MONAI's default smoothing the weighted sums (w = 1/4) are much larger than 1e-5, so
     // normalising changes the value only slightly...
-    let default = scalar(GeneralizedDiceLossConfig::new(Activation::None).init().forward(p.clone(), y.clone()));
+    let default = scalar(
+        GeneralizedDiceLossConfig::new(Activation::None)
+            .init()
+            .forward(p.clone(), y.clone()),
+    );
     assert!((default - expected).abs() < 1e-4, "{default}");
     // ...but on a large volume the 1/G^2 weights make them tiny and the smoothing dominates,
     // unless the weights are normalised.
     let device = Device::flex();
     let n = 200_000usize;
-    let probs: Vec<f32> = (0..2 * n).map(|i| if i < n { 0.75 } else { 0.25 }).collect();
+    let probs: Vec<f32> = (0..2 * n)
+        .map(|i| if i < n { 0.75 } else { 0.25 })
+        .collect();
     let labels: Vec<i64> = (0..n).map(|i| (i % 2) as i64).collect();
     let big_p = Tensor::<3>::from_data(TensorData::new(probs, [1, 2, n]), &device);
     let big_y = Tensor::<2, Int>::from_data(TensorData::new(labels, [1, n]), &device);
     // Each class: G = n/2, I = (0.75 or 0.25) n/2, P = (0.75 or 0.25) n: ratio 2 (I0 + I1) / (P0 + P1 + G0 + G1) = 0.5.
-    let normalised = GeneralizedDiceLossConfig::new(Activation::None).with_normalize_weights(true).init();
+    let normalised = GeneralizedDiceLossConfig::new(Activation::None)
+        .with_normalize_weights(true)
+        .init();
     let v = scalar(normalised.forward(big_p.clone(), big_y.clone()));
     assert!((v - 0.5).abs() < 1e-4, "{v}");
-    let monai = scalar(GeneralizedDiceLossConfig::new(Activation::None).init().forward(big_p, big_y));
-    assert!(monai < 0.45, "MONAI's smoothing pulls the value below 0.5, got {monai}");
+    let monai = scalar(
+        GeneralizedDiceLossConfig::new(Activation::None)
+            .init()
+            .forward(big_p, big_y),
+    );
+    assert!(
+        monai < 0.45,
+        "MONAI's smoothing pulls the value below 0.5, got {monai}"
+    );
 }
 
 #[test]
@@ -83,10 +112,26 @@ fn batch_dice_pools_the_batch() {
     // false positives with a near-1 loss, batch Dice pools them.
     let p = Tensor::<3>::from_data([[[0.0, 1.0]], [[0.5, 0.5]]], &device); // [2, 1, 2]
     let g = Tensor::<3>::from_data([[[0.0, 1.0]], [[0.0, 0.0]]], &device);
-    let cfg = DiceLossConfig::new(Activation::None).with_smooth_nr(0.0).with_smooth_dr(1e-12);
-    let per_sample: Vec<f32> = cfg.init().forward_no_reduction(p.clone(), g.clone()).into_data().iter::<f32>().collect();
-    assert!(per_sample[0].abs() < TOL && (per_sample[1] - 1.0).abs() < TOL, "{per_sample:?}");
-    let batch: Vec<f32> = cfg.with_batch(true).init().forward_no_reduction(p, g).into_data().iter::<f32>().collect();
+    let cfg = DiceLossConfig::new(Activation::None)
+        .with_smooth_nr(0.0)
+        .with_smooth_dr(1e-12);
+    let per_sample: Vec<f32> = cfg
+        .init()
+        .forward_no_reduction(p.clone(), g.clone())
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    assert!(
+        per_sample[0].abs() < TOL && (per_sample[1] - 1.0).abs() < TOL,
+        "{per_sample:?}"
+    );
+    let batch: Vec<f32> = cfg
+        .with_batch(true)
+        .init()
+        .forward_no_reduction(p, g)
+        .into_data()
+        .iter::<f32>()
+        .collect();
     // I = 1, P = 2, G = 1: 1 - 2/3.
     assert_eq!(batch.len(), 1);
     assert!((batch[0] - 1.0 / 3.0).abs() < TOL, "{batch:?}");
@@ -95,30 +140,61 @@ fn batch_dice_pools_the_batch() {
 #[test]
 fn ignore_index_and_mask_are_the_same_mechanism() {
     let device = Device::flex();
-    let logits = Tensor::<3>::from_data([[[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0], [2.0, 0.0, 0.0, -1.0]]], &device);
+    let logits = Tensor::<3>::from_data(
+        [[
+            [1.0, -2.0, 0.5, 3.0],
+            [0.0, 1.0, -1.0, 2.0],
+            [2.0, 0.0, 0.0, -1.0],
+        ]],
+        &device,
+    );
     let with_ignored = Tensor::<2, Int>::from_data([[0, 255, 2, 1]], &device);
     let zeroed = Tensor::<2, Int>::from_data([[0, 0, 2, 1]], &device);
     let mask = Tensor::<2>::from_data([[1.0, 0.0, 1.0, 1.0]], &device);
     for (name, a, b) in [
         (
             "dice",
-            DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init().forward(logits.clone(), with_ignored.clone()),
-            DiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), Target::labels(zeroed.clone()).with_mask(mask.clone())),
+            DiceLossConfig::new(Activation::Softmax)
+                .with_ignore_index(Some(255))
+                .init()
+                .forward(logits.clone(), with_ignored.clone()),
+            DiceLossConfig::new(Activation::Softmax).init().forward(
+                logits.clone(),
+                Target::labels(zeroed.clone()).with_mask(mask.clone()),
+            ),
         ),
         (
             "ce",
-            CrossEntropyLossConfig::new().with_ignore_index(Some(255)).init().forward(logits.clone(), with_ignored.clone()),
-            CrossEntropyLossConfig::new().init().forward(logits.clone(), Target::labels(zeroed.clone()).with_mask(mask.clone())),
+            CrossEntropyLossConfig::new()
+                .with_ignore_index(Some(255))
+                .init()
+                .forward(logits.clone(), with_ignored.clone()),
+            CrossEntropyLossConfig::new().init().forward(
+                logits.clone(),
+                Target::labels(zeroed.clone()).with_mask(mask.clone()),
+            ),
         ),
     ] {
         let (a, b) = (scalar(a), scalar(b));
         assert!((a - b).abs() < TOL, "{name}: {a} vs {b}");
     }
     // Dropping the voxel altogether gives the same Dice.
-    let kept = Tensor::<3>::from_data([[[1.0, 0.5, 3.0], [0.0, -1.0, 2.0], [2.0, 0.0, -1.0]]], &device);
+    let kept = Tensor::<3>::from_data(
+        [[[1.0, 0.5, 3.0], [0.0, -1.0, 2.0], [2.0, 0.0, -1.0]]],
+        &device,
+    );
     let kept_y = Tensor::<2, Int>::from_data([[0, 2, 1]], &device);
-    let a = scalar(DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init().forward(logits, with_ignored));
-    let b = scalar(DiceLossConfig::new(Activation::Softmax).init().forward(kept, kept_y));
+    let a = scalar(
+        DiceLossConfig::new(Activation::Softmax)
+            .with_ignore_index(Some(255))
+            .init()
+            .forward(logits, with_ignored),
+    );
+    let b = scalar(
+        DiceLossConfig::new(Activation::Softmax)
+            .init()
+            .forward(kept, kept_y),
+    );
     assert!((a - b).abs() < TOL, "{a} vs {b}");
 }
 
@@ -129,24 +205,50 @@ fn single_channel_binary_fused_and_composed_agree() {
     let labels = Tensor::<4, Int>::from_data([[[[1, 0, 1], [1, 0, 0]]]], &device);
     let dense = labels.clone().float();
     for squared in [false, true] {
-        let loss = DiceLossConfig::new(Activation::Sigmoid).with_squared_pred(squared).init();
+        let loss = DiceLossConfig::new(Activation::Sigmoid)
+            .with_squared_pred(squared)
+            .init();
         let run = |kernel: Kernel, target: Target| {
             with_kernel(kernel, || {
                 let x = logits.clone().require_grad();
                 let v = loss.forward(x.clone(), target);
-                let g: Vec<f32> = x.grad(&v.backward()).unwrap().into_data().iter::<f32>().collect();
+                let g: Vec<f32> = x
+                    .grad(&v.backward())
+                    .unwrap()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect();
                 (v.into_scalar::<f32>(), g)
             })
         };
         let reference = run(Kernel::Composed, Target::dense(dense.clone()));
         for (name, r) in [
-            ("fused labels", run(Kernel::Auto, Target::labels(labels.clone()))),
-            ("fused dense", run(Kernel::Auto, Target::dense(dense.clone()))),
-            ("composed labels", run(Kernel::Composed, Target::labels(labels.clone()))),
+            (
+                "fused labels",
+                run(Kernel::Auto, Target::labels(labels.clone())),
+            ),
+            (
+                "fused dense",
+                run(Kernel::Auto, Target::dense(dense.clone())),
+            ),
+            (
+                "composed labels",
+                run(Kernel::Composed, Target::labels(labels.clone())),
+            ),
         ] {
-            assert!((r.0 - reference.0).abs() < 1e-6, "{name} squared={squared}: {} vs {}", r.0, reference.0);
+            assert!(
+                (r.0 - reference.0).abs() < 1e-6,
+                "{name} squared={squared}: {} vs {}",
+                r.0,
+                reference.0
+            );
             for (a, b) in r.1.iter().zip(&reference.1) {
-                assert!((a - b).abs() < 1e-6, "{name} squared={squared}: gradient {:?} vs {:?}", r.1, reference.1);
+                assert!(
+                    (a - b).abs() < 1e-6,
+                    "{name} squared={squared}: gradient {:?} vs {:?}",
+                    r.1,
+                    reference.1
+                );
             }
         }
     }
@@ -155,25 +257,38 @@ fn single_channel_binary_fused_and_composed_agree() {
 #[test]
 fn non_f32_predictions_are_computed_in_f32() {
     let device = Device::flex();
-    let logits = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &device).cast(burn::tensor::DType::F64);
+    let logits = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &device)
+        .cast(burn::tensor::DType::F64);
     assert_eq!(logits.dtype(), burn::tensor::DType::F64);
     let labels = Tensor::<2, Int>::from_data([[0, 1, 1]], &device);
     let reference = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &device);
     let pairs = [
         (
             "dice",
-            DiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
-            DiceLossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+            DiceLossConfig::new(Activation::Softmax)
+                .init()
+                .forward(logits.clone(), labels.clone()),
+            DiceLossConfig::new(Activation::Softmax)
+                .init()
+                .forward(reference.clone(), labels.clone()),
         ),
         (
             "gdl",
-            GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
-            GeneralizedDiceLossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+            GeneralizedDiceLossConfig::new(Activation::Softmax)
+                .init()
+                .forward(logits.clone(), labels.clone()),
+            GeneralizedDiceLossConfig::new(Activation::Softmax)
+                .init()
+                .forward(reference.clone(), labels.clone()),
         ),
         (
             "dice-ce",
-            DiceCELossConfig::new(Activation::Softmax).init().forward(logits.clone(), labels.clone()),
-            DiceCELossConfig::new(Activation::Softmax).init().forward(reference.clone(), labels.clone()),
+            DiceCELossConfig::new(Activation::Softmax)
+                .init()
+                .forward(logits.clone(), labels.clone()),
+            DiceCELossConfig::new(Activation::Softmax)
+                .init()
+                .forward(reference.clone(), labels.clone()),
         ),
     ];
     for (name, a, b) in pairs {
@@ -182,10 +297,19 @@ fn non_f32_predictions_are_computed_in_f32() {
     }
     // The gradient comes back in the prediction's own type.
     let ad = Device::flex().autodiff();
-    let x = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &ad).cast(burn::tensor::DType::F64).require_grad();
+    let x = Tensor::<3>::from_data([[[2.0f32, -1.0, 0.5], [0.0, 1.0, -1.0]]], &ad)
+        .cast(burn::tensor::DType::F64)
+        .require_grad();
     let y = Tensor::<2, Int>::from_data([[0, 1, 1]], &ad);
-    let grads = DiceLossConfig::new(Activation::Softmax).init().forward(x.clone(), y).backward();
+    let grads = DiceLossConfig::new(Activation::Softmax)
+        .init()
+        .forward(x.clone(), y)
+        .backward();
     let g = x.grad(&grads).unwrap();
     assert_eq!(g.dtype(), burn::tensor::DType::F64);
-    assert!(g.into_data().iter::<f64>().all(|v| v.is_finite() && v != 0.0));
+    assert!(
+        g.into_data()
+            .iter::<f64>()
+            .all(|v| v.is_finite() && v != 0.0)
+    );
 }

@@ -49,12 +49,23 @@ fn test_grown_box_known_directed_hausdorff() {
     let r = boxed(shape, sp, [5, 5, 5], [11, 12, 13]);
     let p = boxed(shape, sp, [3, 3, 3], [13, 14, 15]);
     for boundary in [Boundary::InnerVoxels, Boundary::Surfels] {
-        let o = MetricOptions { boundary, nsd_tolerances: vec![0.99, 1.0], ..MetricOptions::default() };
-        let d = evaluate(&p, &r, &o).unwrap().labels[0].distances.clone().unwrap();
+        let o = MetricOptions {
+            boundary,
+            nsd_tolerances: vec![0.99, 1.0],
+            ..MetricOptions::default()
+        };
+        let d = evaluate(&p, &r, &o).unwrap().labels[0]
+            .distances
+            .clone()
+            .unwrap();
         // Prediction corner to reference corner: every reference boundary point lies at least
         // 2 voxels further along each axis, so the nearest is the corner, 2 * |spacing| away.
         let diag = 2.0 * (1.5f64 * 1.5 + 0.8 * 0.8 + 0.5 * 0.5).sqrt();
-        assert!(close(d.hausdorff_pred_to_ref, diag, 1e-9), "{boundary:?} {}", d.hausdorff_pred_to_ref);
+        assert!(
+            close(d.hausdorff_pred_to_ref, diag, 1e-9),
+            "{boundary:?} {}",
+            d.hausdorff_pred_to_ref
+        );
         assert!(close(d.hausdorff, diag, 1e-9));
         // No boundary point is closer than 2 voxels along the finest axis (1 mm), and the x faces
         // are exactly that far apart: NSD is 0 just below 1 mm and positive at 1 mm.
@@ -72,14 +83,27 @@ fn test_single_voxels() {
     let l = &same.labels[0];
     assert_eq!((l.dice, l.iou), (1.0, 1.0));
     let d = l.distances.as_ref().unwrap();
-    assert_eq!((d.hausdorff, d.percentile_hausdorff, d.assd, d.nsd[0]), (0.0, 0.0, 0.0, 1.0));
+    assert_eq!(
+        (d.hausdorff, d.percentile_hausdorff, d.assd, d.nsd[0]),
+        (0.0, 0.0, 0.0, 1.0)
+    );
     // A single voxel at offset (1, 2, 3) voxels: every distance is |(2, 2, 1.5)| mm.
     let p = boxed(shape, sp, [2, 3, 4], [3, 4, 5]);
-    let o = MetricOptions { nsd_tolerances: vec![3.0, 3.5], ..MetricOptions::default() };
+    let o = MetricOptions {
+        nsd_tolerances: vec![3.0, 3.5],
+        ..MetricOptions::default()
+    };
     let res = evaluate(&p, &r, &o).unwrap();
     let d = res.labels[0].distances.as_ref().unwrap();
     let want = (4.0f64 + 4.0 + 2.25).sqrt();
-    for v in [d.hausdorff, d.percentile_hausdorff, d.asd_pred_to_ref, d.asd_ref_to_pred, d.assd, d.masd] {
+    for v in [
+        d.hausdorff,
+        d.percentile_hausdorff,
+        d.asd_pred_to_ref,
+        d.asd_ref_to_pred,
+        d.assd,
+        d.masd,
+    ] {
         assert!(close(v, want, 1e-12), "{v} vs {want}");
     }
     assert_eq!(d.nsd, vec![0.0, 1.0]);
@@ -107,7 +131,11 @@ fn test_balls_distance_close_to_radius_difference() {
     let (r, p) = (ball(10.0), ball(12.0));
     let l = evaluate(&p, &r, &MetricOptions::default()).unwrap().labels[0].clone();
     let d = l.distances.unwrap();
-    assert!(d.hausdorff >= 1.5 && d.hausdorff <= 3.0, "hd {}", d.hausdorff);
+    assert!(
+        d.hausdorff >= 1.5 && d.hausdorff <= 3.0,
+        "hd {}",
+        d.hausdorff
+    );
     assert!(close(d.assd, 2.0, 0.35), "assd {}", d.assd);
     // Dice of nested balls: 2 * 10^3 / (10^3 + 12^3), within the voxelisation error.
     assert!(close(l.dice, 2000.0 / 2728.0, 0.03), "dice {}", l.dice);
@@ -119,7 +147,10 @@ fn test_empty_structures_follow_policy_and_are_flagged() {
     let some = boxed(shape, sp, [2, 2, 2], [5, 5, 5]);
     let none = LabelVolume::new(vec![0; 1000], &shape, &sp).unwrap();
     let labels = Some(vec![1]);
-    let monai = MetricOptions { labels: labels.clone(), ..MetricOptions::default() };
+    let monai = MetricOptions {
+        labels: labels.clone(),
+        ..MetricOptions::default()
+    };
     let worst = MetricOptions {
         labels,
         empty: EmptyPolicy::WorstCase(WorstDistance::Diagonal),
@@ -129,11 +160,20 @@ fn test_empty_structures_follow_policy_and_are_flagged() {
     let l = &evaluate(&none, &some, &monai).unwrap().labels[0];
     assert!(l.pred_empty && !l.ref_empty);
     let d = l.distances.as_ref().unwrap();
-    assert_eq!((l.dice, d.hausdorff, d.assd, d.nsd[0]), (0.0, f64::INFINITY, f64::INFINITY, 0.0));
-    assert!(d.percentile_hausdorff.is_nan(), "MONAI gives NaN for HD95 of a missed structure");
+    assert_eq!(
+        (l.dice, d.hausdorff, d.assd, d.nsd[0]),
+        (0.0, f64::INFINITY, f64::INFINITY, 0.0)
+    );
+    assert!(
+        d.percentile_hausdorff.is_nan(),
+        "MONAI gives NaN for HD95 of a missed structure"
+    );
     let l = &evaluate(&none, &some, &worst).unwrap().labels[0];
     let d = l.distances.as_ref().unwrap();
-    assert!(close(d.percentile_hausdorff, 300f64.sqrt(), 1e-12), "worst = image diagonal");
+    assert!(
+        close(d.percentile_hausdorff, 300f64.sqrt(), 1e-12),
+        "worst = image diagonal"
+    );
     assert_eq!(l.dice, 0.0);
     // Empty reference (false positive only).
     let l = &evaluate(&some, &none, &monai).unwrap().labels[0];
@@ -147,7 +187,10 @@ fn test_empty_structures_follow_policy_and_are_flagged() {
     assert!(l.pred_empty && l.ref_empty);
     let d = l.distances.as_ref().unwrap();
     assert!(l.dice.is_nan() && d.hausdorff.is_nan() && d.nsd[0].is_nan());
-    let fixed = MetricOptions { empty: EmptyPolicy::WorstCase(WorstDistance::Value(99.0)), ..worst.clone() };
+    let fixed = MetricOptions {
+        empty: EmptyPolicy::WorstCase(WorstDistance::Value(99.0)),
+        ..worst.clone()
+    };
     let l = &evaluate(&none, &none, &fixed).unwrap().labels[0];
     let d = l.distances.as_ref().unwrap();
     assert_eq!((l.dice, d.hausdorff, d.nsd[0]), (1.0, 0.0, 1.0));
@@ -172,8 +215,16 @@ fn test_percentile_rules_on_false_positive_cube() {
     }
     let p = LabelVolume::new(p, &shape, &sp).unwrap();
     let phd = |boundary, percentile_rule| {
-        let o = MetricOptions { boundary, percentile_rule, ..MetricOptions::default() };
-        evaluate(&p, &r, &o).unwrap().labels[0].distances.clone().unwrap().percentile_hausdorff
+        let o = MetricOptions {
+            boundary,
+            percentile_rule,
+            ..MetricOptions::default()
+        };
+        evaluate(&p, &r, &o).unwrap().labels[0]
+            .distances
+            .clone()
+            .unwrap()
+            .percentile_hausdorff
     };
     let max = phd(Boundary::InnerVoxels, PercentileRule::MaxOfDirected);
     assert!(close(max, 16.155, 5e-4), "max of directed {max}");
@@ -182,7 +233,10 @@ fn test_percentile_rules_on_false_positive_cube() {
     let dm = phd(Boundary::Surfels, PercentileRule::MaxOfDirected);
     assert!(close(dm, 16.062, 5e-4), "surfels {dm}");
     let mean = phd(Boundary::InnerVoxels, PercentileRule::MeanOfDirected);
-    assert!(close(mean, 0.5 * max, 1e-9), "mean of directed {mean} (the other direction is 0)");
+    assert!(
+        close(mean, 0.5 * max, 1e-9),
+        "mean of directed {mean} (the other direction is 0)"
+    );
 }
 
 #[test]
@@ -201,7 +255,11 @@ fn test_2d_rectangle_shift_along_anisotropic_axis() {
     assert_eq!(res.labels.len(), 1);
     assert_eq!(res.labels[0].label, 2);
     let d = res.labels[0].distances.as_ref().unwrap();
-    assert!(close(d.hausdorff, 5.0, 1e-12), "2 rows of 2.5 mm: {}", d.hausdorff);
+    assert!(
+        close(d.hausdorff, 5.0, 1e-12),
+        "2 rows of 2.5 mm: {}",
+        d.hausdorff
+    );
 }
 
 #[test]
@@ -209,15 +267,29 @@ fn test_input_errors_name_the_problem() {
     let a = LabelVolume::new(vec![0; 8], &[2, 4], &[1.0, 1.0]).unwrap();
     let b = LabelVolume::new(vec![0; 8], &[4, 2], &[1.0, 1.0]).unwrap();
     let e = evaluate(&a, &b, &MetricOptions::default()).unwrap_err();
-    assert!(e.to_string().contains("prediction has shape [2, 4] but reference has shape [4, 2]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("prediction has shape [2, 4] but reference has shape [4, 2]"),
+        "{e}"
+    );
     let c = LabelVolume::new(vec![0; 8], &[2, 4], &[1.0, 2.0]).unwrap();
     let e = evaluate(&a, &c, &MetricOptions::default()).unwrap_err();
     assert!(e.to_string().contains("spacing"), "{e}");
-    let o = MetricOptions { percentile: 101.0, ..MetricOptions::default() };
+    let o = MetricOptions {
+        percentile: 101.0,
+        ..MetricOptions::default()
+    };
     let e = evaluate(&a, &a, &o).unwrap_err();
-    assert!(e.to_string().contains("percentile must be in [0, 100], got 101"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("percentile must be in [0, 100], got 101"),
+        "{e}"
+    );
     let e = LabelVolume::new(vec![0; 7], &[2, 4], &[1.0, 1.0]).unwrap_err();
     assert!(e.to_string().contains("holds 8 voxels but 7 labels"), "{e}");
     let e = LabelVolume::from_i64(&[0, -1], &[1, 2], &[1.0, 1.0]).unwrap_err();
-    assert!(e.to_string().contains("label -1 is outside 0..=65535"), "{e}");
+    assert!(
+        e.to_string().contains("label -1 is outside 0..=65535"),
+        "{e}"
+    );
 }

@@ -12,15 +12,31 @@ fn close(got: f64, want: f64) -> bool {
 
 #[test]
 fn test_surfel_metrics_agree_with_deepmind_surface_distance() {
-    let doc: Value = serde_json::from_str(include_str!("fixtures/metrics/surfel_deepmind.json")).unwrap();
-    let tolerances: Vec<f64> = doc["tolerances"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let doc: Value =
+        serde_json::from_str(include_str!("fixtures/metrics/surfel_deepmind.json")).unwrap();
+    let tolerances: Vec<f64> = doc["tolerances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4);
     let mut failures = Vec::new();
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let shape: Vec<usize> = case["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        let spacing: Vec<f64> = case["spacing"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let shape: Vec<usize> = case["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let spacing: Vec<f64> = case["spacing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let n: usize = shape.iter().product();
         let volume = |key: &str| {
             let mut labels = vec![0u16; n];
@@ -43,19 +59,38 @@ fn test_surfel_metrics_agree_with_deepmind_surface_distance() {
                 failures.push(format!("{name} {what}: got {got}, DeepMind {want}"));
             }
         };
-        check("asd_pred_to_ref", d.asd_pred_to_ref, e["asd_pred_to_ref"].as_f64().unwrap());
-        check("asd_ref_to_pred", d.asd_ref_to_pred, e["asd_ref_to_pred"].as_f64().unwrap());
+        check(
+            "asd_pred_to_ref",
+            d.asd_pred_to_ref,
+            e["asd_pred_to_ref"].as_f64().unwrap(),
+        );
+        check(
+            "asd_ref_to_pred",
+            d.asd_ref_to_pred,
+            e["asd_ref_to_pred"].as_f64().unwrap(),
+        );
         check("hausdorff", d.hausdorff, e["hausdorff"].as_f64().unwrap());
-        check("hausdorff95", d.percentile_hausdorff, e["hausdorff95"].as_f64().unwrap());
+        check(
+            "hausdorff95",
+            d.percentile_hausdorff,
+            e["hausdorff95"].as_f64().unwrap(),
+        );
         for (i, v) in e["surface_dice"].as_array().unwrap().iter().enumerate() {
-            check(&format!("surface_dice@{}", tolerances[i]), d.nsd[i], v.as_f64().unwrap());
+            check(
+                &format!("surface_dice@{}", tolerances[i]),
+                d.nsd[i],
+                v.as_f64().unwrap(),
+            );
         }
         // MONAI computes in float32: 1e-4 relative.
         if let Some(m) = case["monai_subvoxel_surface_dice"].as_array() {
             for (i, v) in m.iter().enumerate() {
                 let want = v.as_f64().unwrap();
                 if (d.nsd[i] - want).abs() > 1e-4 * want.abs().max(1e-2) {
-                    failures.push(format!("{name} MONAI subvoxel NSD@{}: got {}, MONAI {want}", tolerances[i], d.nsd[i]));
+                    failures.push(format!(
+                        "{name} MONAI subvoxel NSD@{}: got {}, MONAI {want}",
+                        tolerances[i], d.nsd[i]
+                    ));
                 }
             }
         }

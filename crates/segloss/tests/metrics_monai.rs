@@ -25,7 +25,9 @@ fn value(v: &Value) -> f64 {
         Value::Null => f64::NAN,
         Value::String(s) if s == "inf" => f64::INFINITY,
         Value::String(s) if s == "-inf" => f64::NEG_INFINITY,
-        other => other.as_f64().unwrap_or_else(|| panic!("not a number: {other}")),
+        other => other
+            .as_f64()
+            .unwrap_or_else(|| panic!("not a number: {other}")),
     }
 }
 
@@ -50,21 +52,39 @@ fn test_all_metrics_agree_with_monai_reference_cases() {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let c = case["num_classes"].as_u64().unwrap() as u16;
-        let spacing: Vec<f64> = case["spacing"].as_array().unwrap().iter().map(value).collect();
-        let shape: Vec<usize> =
-            case["prediction"]["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let spacing: Vec<f64> = case["spacing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(value)
+            .collect();
+        let shape: Vec<usize> = case["prediction"]["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         let (b, spatial) = (shape[0], &shape[1..]);
         let n: usize = spatial.iter().product();
         let flat = |key: &str| -> Vec<i64> {
-            case[key]["data"].as_array().unwrap().iter().map(|v| value(v) as i64).collect()
+            case[key]["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| value(v) as i64)
+                .collect()
         };
         let (p_all, r_all) = (flat("prediction"), flat("reference"));
         let labels: Vec<u16> = (0..c).collect();
         for bi in 0..b {
-            let pred = LabelVolume::from_i64(&p_all[bi * n..(bi + 1) * n], spatial, &spacing).unwrap();
+            let pred =
+                LabelVolume::from_i64(&p_all[bi * n..(bi + 1) * n], spatial, &spacing).unwrap();
             let reference =
                 LabelVolume::from_i64(&r_all[bi * n..(bi + 1) * n], spatial, &spacing).unwrap();
-            let monai = MetricOptions { labels: Some(labels.clone()), ..MetricOptions::default() };
+            let monai = MetricOptions {
+                labels: Some(labels.clone()),
+                ..MetricOptions::default()
+            };
             let res = evaluate(&pred, &reference, &monai).unwrap();
             let keep = MetricOptions {
                 labels: Some(labels.clone()),
@@ -93,12 +113,19 @@ fn test_all_metrics_agree_with_monai_reference_cases() {
                     let want = value(&case["expected"][metric]["data"][bi * c as usize + ci]);
                     checked += 1;
                     if !agrees(g, want) {
-                        failures.push(format!("{name} b{bi} label {ci} {metric}: got {g}, MONAI {want}"));
+                        failures.push(format!(
+                            "{name} b{bi} label {ci} {metric}: got {g}, MONAI {want}"
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} values disagree:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} values disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked > 700, "only {checked} values were compared");
 }

@@ -10,7 +10,10 @@ const BOUND_SLACK: f32 = 1e-5;
 const PERFECT_TOL: f32 = 1e-4;
 
 /// A named loss returning (per-class values, reduced value).
-type Bounded = (&'static str, Box<dyn Fn(Tensor<5>, Target) -> (Vec<f32>, Vec<f32>)>);
+type Bounded = (
+    &'static str,
+    Box<dyn Fn(Tensor<5>, Target) -> (Vec<f32>, Vec<f32>)>,
+);
 /// A named loss of a rank-D prediction and a target.
 type Named<const D: usize> = (&'static str, Box<dyn Fn(Tensor<D>, Target) -> Tensor<1>>);
 
@@ -36,7 +39,12 @@ fn case(soft: bool) -> impl Strategy<Value = Case> {
             t,
             proptest::collection::vec(0i64..c as i64, b * x * y * z),
         )
-            .prop_map(move |(probs, target, labels)| Case { shape: [b, c, x, y, z], probs, target, labels })
+            .prop_map(move |(probs, target, labels)| Case {
+                shape: [b, c, x, y, z],
+                probs,
+                target,
+                labels,
+            })
     })
 }
 
@@ -67,19 +75,94 @@ fn assert_unit(name: &str, v: &[f32]) -> Result<(), TestCaseError> {
 /// Every unweighted Dice-family loss of the library, per class and reduced.
 fn bounded_losses(soft_label: bool, batch: bool, bg: bool) -> Vec<Bounded> {
     let act = Activation::None;
-    let dice = DiceLossConfig::new(act).with_soft_label(soft_label).with_batch(batch).with_include_background(bg).init();
-    let vnet = DiceLossConfig::new(act).with_squared_pred(true).with_batch(batch).with_include_background(bg).init();
-    let jac = DiceLossConfig::new(act).with_jaccard(true).with_soft_label(soft_label).with_batch(batch).with_include_background(bg).init();
-    let tv = TverskyLossConfig::new(act).with_alpha(0.3).with_beta(0.7).with_soft_label(soft_label).with_batch(batch).with_include_background(bg).init();
-    let gdl = GeneralizedDiceLossConfig::new(act).with_soft_label(soft_label).with_batch(batch).with_include_background(bg).init();
-    let gdl_simple = GeneralizedDiceLossConfig::new(act).with_w_type(WeightType::Simple).with_soft_label(soft_label).with_batch(batch).init();
+    let dice = DiceLossConfig::new(act)
+        .with_soft_label(soft_label)
+        .with_batch(batch)
+        .with_include_background(bg)
+        .init();
+    let vnet = DiceLossConfig::new(act)
+        .with_squared_pred(true)
+        .with_batch(batch)
+        .with_include_background(bg)
+        .init();
+    let jac = DiceLossConfig::new(act)
+        .with_jaccard(true)
+        .with_soft_label(soft_label)
+        .with_batch(batch)
+        .with_include_background(bg)
+        .init();
+    let tv = TverskyLossConfig::new(act)
+        .with_alpha(0.3)
+        .with_beta(0.7)
+        .with_soft_label(soft_label)
+        .with_batch(batch)
+        .with_include_background(bg)
+        .init();
+    let gdl = GeneralizedDiceLossConfig::new(act)
+        .with_soft_label(soft_label)
+        .with_batch(batch)
+        .with_include_background(bg)
+        .init();
+    let gdl_simple = GeneralizedDiceLossConfig::new(act)
+        .with_w_type(WeightType::Simple)
+        .with_soft_label(soft_label)
+        .with_batch(batch)
+        .init();
     vec![
-        ("dice", Box::new(move |p, t: Target| (values(dice.forward_no_reduction(p.clone(), t.clone())), values(dice.forward(p, t))))),
-        ("vnet", Box::new(move |p, t: Target| (values(vnet.forward_no_reduction(p.clone(), t.clone())), values(vnet.forward(p, t))))),
-        ("jaccard", Box::new(move |p, t: Target| (values(jac.forward_no_reduction(p.clone(), t.clone())), values(jac.forward(p, t))))),
-        ("tversky", Box::new(move |p, t: Target| (values(tv.forward_no_reduction(p.clone(), t.clone())), values(tv.forward(p, t))))),
-        ("gdl", Box::new(move |p, t: Target| (values(gdl.forward_no_reduction(p.clone(), t.clone())), values(gdl.forward(p, t))))),
-        ("gdl_simple", Box::new(move |p, t: Target| (values(gdl_simple.forward_no_reduction(p.clone(), t.clone())), values(gdl_simple.forward(p, t))))),
+        (
+            "dice",
+            Box::new(move |p, t: Target| {
+                (
+                    values(dice.forward_no_reduction(p.clone(), t.clone())),
+                    values(dice.forward(p, t)),
+                )
+            }),
+        ),
+        (
+            "vnet",
+            Box::new(move |p, t: Target| {
+                (
+                    values(vnet.forward_no_reduction(p.clone(), t.clone())),
+                    values(vnet.forward(p, t)),
+                )
+            }),
+        ),
+        (
+            "jaccard",
+            Box::new(move |p, t: Target| {
+                (
+                    values(jac.forward_no_reduction(p.clone(), t.clone())),
+                    values(jac.forward(p, t)),
+                )
+            }),
+        ),
+        (
+            "tversky",
+            Box::new(move |p, t: Target| {
+                (
+                    values(tv.forward_no_reduction(p.clone(), t.clone())),
+                    values(tv.forward(p, t)),
+                )
+            }),
+        ),
+        (
+            "gdl",
+            Box::new(move |p, t: Target| {
+                (
+                    values(gdl.forward_no_reduction(p.clone(), t.clone())),
+                    values(gdl.forward(p, t)),
+                )
+            }),
+        ),
+        (
+            "gdl_simple",
+            Box::new(move |p, t: Target| {
+                (
+                    values(gdl_simple.forward_no_reduction(p.clone(), t.clone())),
+                    values(gdl_simple.forward(p, t)),
+                )
+            }),
+        ),
     ]
 }
 
@@ -161,33 +244,95 @@ proptest! {
 #[test]
 fn gradients_finite_for_empty_classes_masks_and_ignored_voxels() {
     let device = Device::flex().autodiff();
-    let logits = || Tensor::<4>::from_data([[[[2.0, -1.0], [0.5, 3.0]], [[-2.0, 1.0], [0.0, -3.0]], [[0.1, 0.2], [0.3, 0.4]]]], &device).require_grad();
+    let logits = || {
+        Tensor::<4>::from_data(
+            [[
+                [[2.0, -1.0], [0.5, 3.0]],
+                [[-2.0, 1.0], [0.0, -3.0]],
+                [[0.1, 0.2], [0.3, 0.4]],
+            ]],
+            &device,
+        )
+        .require_grad()
+    };
     let labels = Tensor::<4, Int>::from_data([[[[0, 1], [1, 0]]]], &device); // class 2 empty
     let all_ignored = Tensor::<4, Int>::from_data([[[[255, 255], [255, 255]]]], &device);
     let zero_mask = Tensor::<4>::zeros([1, 1, 2, 2], &device);
     let targets: Vec<(&str, Target)> = vec![
         ("empty class", Target::labels(labels.clone())),
-        ("all-zero mask", Target::labels(labels.clone()).with_mask(zero_mask)),
+        (
+            "all-zero mask",
+            Target::labels(labels.clone()).with_mask(zero_mask),
+        ),
         ("all ignored", Target::labels(all_ignored)),
     ];
     for (what, t) in targets {
         let losses: Vec<Named<4>> = vec![
-            ("dice", { let l = DiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("dice smooth 0", { let l = DiceLossConfig::new(Activation::Softmax).with_smooth_nr(0.0).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("gdl", { let l = GeneralizedDiceLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("gdl batch", { let l = GeneralizedDiceLossConfig::new(Activation::Softmax).with_batch(true).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("tversky", { let l = TverskyLossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("focal", { let l = FocalLossConfig::new().with_use_softmax(true).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("ce", { let l = CrossEntropyLossConfig::new().with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
-            ("dice ce", { let l = DiceCELossConfig::new(Activation::Softmax).with_ignore_index(Some(255)).init(); Box::new(move |p, t| l.forward(p, t)) }),
+            ("dice", {
+                let l = DiceLossConfig::new(Activation::Softmax)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("dice smooth 0", {
+                let l = DiceLossConfig::new(Activation::Softmax)
+                    .with_smooth_nr(0.0)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("gdl", {
+                let l = GeneralizedDiceLossConfig::new(Activation::Softmax)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("gdl batch", {
+                let l = GeneralizedDiceLossConfig::new(Activation::Softmax)
+                    .with_batch(true)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("tversky", {
+                let l = TverskyLossConfig::new(Activation::Softmax)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("focal", {
+                let l = FocalLossConfig::new()
+                    .with_use_softmax(true)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("ce", {
+                let l = CrossEntropyLossConfig::new()
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
+            ("dice ce", {
+                let l = DiceCELossConfig::new(Activation::Softmax)
+                    .with_ignore_index(Some(255))
+                    .init();
+                Box::new(move |p, t| l.forward(p, t))
+            }),
         ];
         for (name, f) in losses {
             let p = logits();
             let loss = f(p.clone(), t.clone());
             let v = values(loss.clone());
-            assert!(v.iter().all(|x| x.is_finite()), "{name} / {what}: loss {v:?}");
+            assert!(
+                v.iter().all(|x| x.is_finite()),
+                "{name} / {what}: loss {v:?}"
+            );
             let g = values(p.grad(&loss.backward()).unwrap());
-            assert!(g.iter().all(|x| x.is_finite()), "{name} / {what}: gradient {g:?}");
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name} / {what}: gradient {g:?}"
+            );
         }
     }
 }

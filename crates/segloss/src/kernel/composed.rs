@@ -39,5 +39,10 @@ pub(crate) fn overlap_stats(prepared: &Prepared, options: &StatsOptions) -> Over
     } else {
         (sum(p), sum(g))
     };
-    OverlapStats { intersection, prediction, target, difference }
+    OverlapStats {
+        intersection,
+        prediction,
+        target,
+        difference,
+    }
 }

@@ -816,8 +816,16 @@ fn softmax_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, 
         // Clamped at 0 from rounding; a NaN logit stays NaN (unlike `f32::max`).
         let v = lse[i] + max[i] - x[i];
         let nlp = if v < 0.0 { 0.0 } else { v };
-        let h = if FOCAL { focal_factor::<true, FMA>(e[i] * r[i], gamma).0 * nlp } else { nlp };
-        (h, target_at::<LAB>(t[i], class), if MASK { m[i] } else { 1.0 })
+        let h = if FOCAL {
+            focal_factor::<true, FMA>(e[i] * r[i], gamma).0 * nlp
+        } else {
+            nlp
+        };
+        (
+            h,
+            target_at::<LAB>(t[i], class),
+            if MASK { m[i] } else { 1.0 },
+        )
     };
     let full = len - len % LANES;
     for i0 in (0..full).step_by(LANES) {
@@ -1046,7 +1054,16 @@ impl Scratch {
 /// Softmax of one tile (`len` voxels from voxel `v0` of sample `b`): `e[c * TILE + i] = exp(x -
 /// max)` and `r[i] = 1 / sum_c e`.
 #[inline(always)]
-fn softmax_tile<const FMA: bool>(x: &[f32], d: Dims, b: usize, v0: usize, len: usize, e: &mut [f32], max: &mut [f32], r: &mut [f32]) {
+fn softmax_tile<const FMA: bool>(
+    x: &[f32],
+    d: Dims,
+    b: usize,
+    v0: usize,
+    len: usize,
+    e: &mut [f32],
+    max: &mut [f32],
+    r: &mut [f32],
+) {
     let row = |c: usize| &x[(b * d.c + c) * d.n + v0..][..len];
     let (max, r) = (&mut max[..len], &mut r[..len]);
     max.copy_from_slice(row(0));
@@ -1230,7 +1247,18 @@ impl<L: Label> Block<'_, L> {
                         // The pointwise term covers every class (`include_background` is checked).
                         let (xs, acc) = (&x[(b * d.c + c) * d.n + v0..][..len], &mut s.acc[c][4..]);
                         let (r, max, lse) = (&s.r[..len], &s.max[..len], &s.lse[..len]);
-                        softmax_pointwise_sums::<LAB, MASK, FOCAL, FMA>(xs, e, r, max, lse, t, c as f32, m, self.gamma(), acc);
+                        softmax_pointwise_sums::<LAB, MASK, FOCAL, FMA>(
+                            xs,
+                            e,
+                            r,
+                            max,
+                            lse,
+                            t,
+                            c as f32,
+                            m,
+                            self.gamma(),
+                            acc,
+                        );
                     }
                 }
             }
@@ -1257,7 +1285,14 @@ impl<L: Label> Block<'_, L> {
                     );
                     if PW {
                         let acc = &mut s.acc[i * k + c][4..];
-                        sigmoid_pointwise_sums::<LAB, MASK, FOCAL, FMA>(&xs[o..o + l], &t[o..o + l], c as f32, &m[o..o + l], self.gamma(), acc);
+                        sigmoid_pointwise_sums::<LAB, MASK, FOCAL, FMA>(
+                            &xs[o..o + l],
+                            &t[o..o + l],
+                            c as f32,
+                            &m[o..o + l],
+                            self.gamma(),
+                            acc,
+                        );
                     }
                 }
             }
@@ -1587,7 +1622,18 @@ fn run_block<L: Label, const FMA: bool>(
         }
     }
     #[inline(always)]
-    fn diff<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+    fn diff<
+        L: Label,
+        const ACT: u8,
+        const LAB: bool,
+        const SQ: bool,
+        const MASK: bool,
+        const FMA: bool,
+    >(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
         if blk.spec.difference {
             leaf::<L, ACT, LAB, SQ, MASK, true, false, false, FMA>(blk, s, work)
         } else {
@@ -1597,7 +1643,11 @@ fn run_block<L: Label, const FMA: bool>(
     // The pointwise term (softmax or sigmoid, plain sums: checked by the entry points) takes its
     // own few variants, so that it does not multiply the others.
     #[inline(always)]
-    fn pointwise<L: Label, const ACT: u8, const LAB: bool, const MASK: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
+    fn pointwise<L: Label, const ACT: u8, const LAB: bool, const MASK: bool, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
         if blk.gamma() == 0.0 {
             leaf::<L, ACT, LAB, false, MASK, false, true, false, FMA>(blk, s, work)
         } else {
@@ -1605,12 +1655,28 @@ fn run_block<L: Label, const FMA: bool>(
         }
     }
     #[inline(always)]
-    fn pointwise_mask<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
-        if blk.mask.is_some() { pointwise::<L, ACT, LAB, true, FMA>(blk, s, work) } else { pointwise::<L, ACT, LAB, false, FMA>(blk, s, work) }
+    fn pointwise_mask<L: Label, const ACT: u8, const LAB: bool, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
+        if blk.mask.is_some() {
+            pointwise::<L, ACT, LAB, true, FMA>(blk, s, work)
+        } else {
+            pointwise::<L, ACT, LAB, false, FMA>(blk, s, work)
+        }
     }
     #[inline(always)]
-    fn pointwise_labels<L: Label, const ACT: u8, const FMA: bool>(blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
-        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 { pointwise_mask::<L, ACT, true, FMA>(blk, s, work) } else { pointwise_mask::<L, ACT, false, FMA>(blk, s, work) }
+    fn pointwise_labels<L: Label, const ACT: u8, const FMA: bool>(
+        blk: &Block<'_, L>,
+        s: &mut Scratch,
+        work: Work,
+    ) -> Vec<f64> {
+        if matches!(blk.t, TargetRef::Labels(_)) && blk.d.c > 1 {
+            pointwise_mask::<L, ACT, true, FMA>(blk, s, work)
+        } else {
+            pointwise_mask::<L, ACT, false, FMA>(blk, s, work)
+        }
     }
     #[inline(always)]
     fn mask<L: Label, const ACT: u8, const LAB: bool, const SQ: bool, const FMA: bool>(
@@ -1766,7 +1832,10 @@ fn check_sizes<L: Label>(
             spec.act != Act::None,
             "segloss kernel: the pointwise term needs the softmax or the sigmoid"
         );
-        assert!(!spec.squared && !spec.difference, "segloss kernel: the pointwise term comes with the plain statistics (no squared sums, no difference)");
+        assert!(
+            !spec.squared && !spec.difference,
+            "segloss kernel: the pointwise term comes with the plain statistics (no squared sums, no difference)"
+        );
     }
     let n = d.b * d.c * d.n;
     assert_eq!(
@@ -2589,7 +2658,10 @@ mod tests {
         let mut worst = 0.0f64;
         let mut v = f32::MIN_POSITIVE;
         while v < 1e38 {
-            for x in [v, v * 1.000_37, v * 1.414, v * 0.7072].into_iter().filter(|&x| x >= f32::MIN_POSITIVE) {
+            for x in [v, v * 1.000_37, v * 1.414, v * 0.7072]
+                .into_iter()
+                .filter(|&x| x >= f32::MIN_POSITIVE)
+            {
                 let want = (x as f64).ln();
                 let got = ln_f32(x) as f64;
                 worst = worst.max((got - want).abs() / want.abs().max(1.0));

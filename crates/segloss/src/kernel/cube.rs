@@ -39,8 +39,8 @@
 //! `exp` undefined). No plane (subgroup) operations are used: software adapters
 //! such as lavapipe run them disabled.
 
-use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::TensorMetadata;
+use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
@@ -107,7 +107,7 @@ mod kernels {
 
     /// The target of class `c` at voxel `n` of sample `b`: the dense value, or the one-hot of the
     /// label `lab` (the label value itself for a single channel).
-#[cube]
+    #[cube]
     fn target_value(
         dense: &ComptimeOption<&Tensor<f32>>,
         lab: f32,
@@ -131,18 +131,20 @@ mod kernels {
     }
 
     /// The label of voxel `n` of sample `b` as a float (through i32, as the CPU kernel converts).
-#[cube]
+    #[cube]
     fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize) -> f32 {
         #[comptime]
         let l = match labels {
-            ComptimeOption::Some(l) => f32::cast_from(i32::cast_from(l[b * l.stride(0) + n * l.stride(1)])),
+            ComptimeOption::Some(l) => {
+                f32::cast_from(i32::cast_from(l[b * l.stride(0) + n * l.stride(1)]))
+            }
             ComptimeOption::None => 0.0f32,
         };
         l
     }
 
     /// The mask weight of voxel `n` of sample `b` (1 without a mask).
-#[cube]
+    #[cube]
     fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize) -> f32 {
         #[comptime]
         let w = match mask {
@@ -209,7 +211,12 @@ mod kernels {
             for i in 0..items {
                 let n = start + i * units;
                 if n < n_count {
-                    let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx[i], inv[i], flags.act);
+                    let p = activate(
+                        x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)],
+                        mx[i],
+                        inv[i],
+                        flags.act,
+                    );
                     let g = target_value(&dense, lab[i], b, c, n, c_count);
                     let mp = w[i] * p;
                     let mg = w[i] * g;
@@ -256,7 +263,8 @@ mod kernels {
             if unit == 0 {
                 #[unroll]
                 for q in 0..4usize {
-                    let at = ((q * b_count + b) * k_count + j) * partial.stride(0) + chunk * partial.stride(1);
+                    let at = ((q * b_count + b) * k_count + j) * partial.stride(0)
+                        + chunk * partial.stride(1);
                     partial[at] = sh[q * units];
                 }
             }
@@ -294,7 +302,9 @@ mod kernels {
             stride /= 2;
         }
         if unit == 0 {
-            let at = (row / (b_count * k_count)) * out.stride(0) + ((row / k_count) % b_count) * out.stride(1) + (row % k_count) * out.stride(2);
+            let at = (row / (b_count * k_count)) * out.stride(0)
+                + ((row / k_count) % b_count) * out.stride(1)
+                + (row % k_count) * out.stride(2);
             out[at] = sh[0];
         }
     }
@@ -365,12 +375,22 @@ mod kernels {
             let (mx, inv) = softmax_norm(x, b, n, c_count);
             let mut dot = 0.0f32;
             for c in 0..c_count {
-                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx, inv, flags.act);
+                let p = activate(
+                    x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)],
+                    mx,
+                    inv,
+                    flags.act,
+                );
                 let g = target_value(&dense, lab, b, c, n, c_count);
                 dot += p * upstream(grad, p, g, w, b, c, flags);
             }
             for c in 0..c_count {
-                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], mx, inv, flags.act);
+                let p = activate(
+                    x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)],
+                    mx,
+                    inv,
+                    flags.act,
+                );
                 let g = target_value(&dense, lab, b, c, n, c_count);
                 let u = upstream(grad, p, g, w, b, c, flags);
                 let at = b * out.stride(0) + c * out.stride(1) + n * out.stride(2);
@@ -378,7 +398,12 @@ mod kernels {
             }
         } else {
             for c in 0..c_count {
-                let p = activate(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)], 0.0f32, 1.0f32, flags.act);
+                let p = activate(
+                    x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)],
+                    0.0f32,
+                    1.0f32,
+                    flags.act,
+                );
                 let g = target_value(&dense, lab, b, c, n, c_count);
                 let u = upstream(grad, p, g, w, b, c, flags);
                 let mut d = u;
@@ -399,12 +424,22 @@ enum Target {
 }
 
 fn f32_input(t: CubeTensor, what: &str) -> CubeTensor {
-    assert_eq!(t.dtype, DType::F32, "segloss's fused CubeCL kernel computes in f32, got {:?} for the {what}", t.dtype);
+    assert_eq!(
+        t.dtype,
+        DType::F32,
+        "segloss's fused CubeCL kernel computes in f32, got {:?} for the {what}",
+        t.dtype
+    );
     into_contiguous(t)
 }
 
 fn flags(s: &Spec) -> kernels::Flags {
-    kernels::Flags { act: s.act.code() as u32, first: u32::from(!s.include_background), squared: s.squared, difference: s.difference }
+    kernels::Flags {
+        act: s.act.code() as u32,
+        first: u32::from(!s.include_background),
+        squared: s.squared,
+        difference: s.difference,
+    }
 }
 
 /// The largest power of two `<= min(UNITS, the device's units per cube)`.
@@ -415,7 +450,13 @@ fn units(t: &CubeTensor) -> usize {
 
 /// The statistics `[4, B, K]` (no `grad`) or the gradient `[B, C, N]` (given the statistics'
 /// gradient), as [`super::cpu::forward`] / [`super::cpu::backward`] define them.
-fn run(x: CubeTensor, target: Target, mask: CubeTensor, grad: Option<CubeTensor>, s: Spec) -> CubeTensor {
+fn run(
+    x: CubeTensor,
+    target: Target,
+    mask: CubeTensor,
+    grad: Option<CubeTensor>,
+    s: Spec,
+) -> CubeTensor {
     let x = f32_input(x, "prediction");
     let [b, c, n] = x.shape().dims::<3>();
     let k = c - usize::from(!s.include_background);
@@ -438,7 +479,11 @@ fn run(x: CubeTensor, target: Target, mask: CubeTensor, grad: Option<CubeTensor>
     match grad {
         Some(grad) => {
             let grad = f32_input(grad, "statistics' gradient");
-            assert_eq!(grad.shape().dims::<3>(), [4, b, k], "segloss: the statistics' gradient must be [4, B, K]");
+            assert_eq!(
+                grad.shape().dims::<3>(),
+                [4, b, k],
+                "segloss: the statistics' gradient must be [4, B, K]"
+            );
             let out = empty_device_dtype(client.clone(), device, Shape::new([b, c, n]), DType::F32);
             let cube_dim = CubeDim::new(&client, b * n);
             let cube_count = cubecl::calculate_cube_count_elemwise(&client, b * n, cube_dim);
@@ -467,7 +512,12 @@ fn run(x: CubeTensor, target: Target, mask: CubeTensor, grad: Option<CubeTensor>
                 units * ITEMS
             );
             let rows = 4 * b * k;
-            let partial = empty_device_dtype(client.clone(), device.clone(), Shape::new([rows, chunks]), DType::F32);
+            let partial = empty_device_dtype(
+                client.clone(),
+                device.clone(),
+                Shape::new([rows, chunks]),
+                DType::F32,
+            );
             kernels::stats_kernel::launch(
                 &client,
                 CubeCount::Static(chunks as u32, b as u32, 1),
@@ -500,23 +550,86 @@ fn run(x: CubeTensor, target: Target, mask: CubeTensor, grad: Option<CubeTensor>
 }
 
 fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
-    Spec { act: Act::from_code(activation), include_background, squared, difference }
+    Spec {
+        act: Act::from_code(activation),
+        include_background,
+        squared,
+        difference,
+    }
 }
 
 impl FusedStatsOps for CubeBackend {
-    fn overlap_stats_labels(logits: CubeTensor, labels: CubeTensor, mask: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
-        run(logits, Target::Labels(labels), mask, None, spec(activation, include_background, squared, difference))
+    fn overlap_stats_labels(
+        logits: CubeTensor,
+        labels: CubeTensor,
+        mask: CubeTensor,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> CubeTensor {
+        run(
+            logits,
+            Target::Labels(labels),
+            mask,
+            None,
+            spec(activation, include_background, squared, difference),
+        )
     }
 
-    fn overlap_stats_labels_backward(logits: CubeTensor, labels: CubeTensor, mask: CubeTensor, grad: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
-        run(logits, Target::Labels(labels), mask, Some(grad), spec(activation, include_background, squared, difference))
+    fn overlap_stats_labels_backward(
+        logits: CubeTensor,
+        labels: CubeTensor,
+        mask: CubeTensor,
+        grad: CubeTensor,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> CubeTensor {
+        run(
+            logits,
+            Target::Labels(labels),
+            mask,
+            Some(grad),
+            spec(activation, include_background, squared, difference),
+        )
     }
 
-    fn overlap_stats_dense(logits: CubeTensor, target: CubeTensor, mask: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
-        run(logits, Target::Dense(target), mask, None, spec(activation, include_background, squared, difference))
+    fn overlap_stats_dense(
+        logits: CubeTensor,
+        target: CubeTensor,
+        mask: CubeTensor,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> CubeTensor {
+        run(
+            logits,
+            Target::Dense(target),
+            mask,
+            None,
+            spec(activation, include_background, squared, difference),
+        )
     }
 
-    fn overlap_stats_dense_backward(logits: CubeTensor, target: CubeTensor, mask: CubeTensor, grad: CubeTensor, activation: u8, include_background: bool, squared: bool, difference: bool) -> CubeTensor {
-        run(logits, Target::Dense(target), mask, Some(grad), spec(activation, include_background, squared, difference))
+    fn overlap_stats_dense_backward(
+        logits: CubeTensor,
+        target: CubeTensor,
+        mask: CubeTensor,
+        grad: CubeTensor,
+        activation: u8,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> CubeTensor {
+        run(
+            logits,
+            Target::Dense(target),
+            mask,
+            Some(grad),
+            spec(activation, include_background, squared, difference),
+        )
     }
 }

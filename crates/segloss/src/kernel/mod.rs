@@ -11,9 +11,9 @@
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod composed;
 pub mod cpu;
-pub mod fused;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
+pub mod fused;
 
 use std::cell::Cell;
 

@@ -81,7 +81,9 @@ impl DiceLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<DiceLoss, ConfigError> {
         self.validate()?;
-        Ok(DiceLoss { config: self.clone() })
+        Ok(DiceLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -149,18 +151,31 @@ impl DiceLoss {
     }
 
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
-        self.config.reduction.apply(self.forward_no_reduction(prediction, target))
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
+        self.config
+            .reduction
+            .apply(self.forward_no_reduction(prediction, target))
     }
 
     /// The loss per (sample, class), `[B, C']`, or per class `[1, C']` with `batch`.
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<2> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<2> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
     }
 
     pub(crate) fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
+        PrepareOptions {
+            ignore_index: self.config.ignore_index,
+            validate_labels: self.config.validate_labels,
+        }
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
@@ -170,7 +185,12 @@ impl DiceLoss {
     /// The statistics this loss needs.
     pub(crate) fn stats_options(&self) -> StatsOptions {
         let cfg = &self.config;
-        self.prepare_options().stats(cfg.activation, cfg.include_background, cfg.squared_pred, cfg.soft_label)
+        self.prepare_options().stats(
+            cfg.activation,
+            cfg.include_background,
+            cfg.squared_pred,
+            cfg.soft_label,
+        )
     }
 
     /// The loss per (sample, class) from the statistics of [`DiceLoss::stats_options`].
@@ -182,10 +202,19 @@ impl DiceLoss {
         let tp = stats.true_positive(cfg.soft_label);
         let pg = stats.prediction + stats.target;
         let numerator = tp.clone().mul_scalar(2.0).add_scalar(cfg.smooth_nr);
-        let denominator = if cfg.jaccard { (pg - tp).mul_scalar(2.0) } else { pg }.add_scalar(cfg.smooth_dr);
+        let denominator = if cfg.jaccard {
+            (pg - tp).mul_scalar(2.0)
+        } else {
+            pg
+        }
+        .add_scalar(cfg.smooth_dr);
         let f = numerator.div(denominator).neg().add_scalar(1.0);
         let k = f.dims()[1];
-        let what = if cfg.include_background { "all channels" } else { "background excluded" };
+        let what = if cfg.include_background {
+            "all channels"
+        } else {
+            "background excluded"
+        };
         // As in MONAI, class weights balance classes against each other: with a single class
         // left there is nothing to balance and the weight is not applied.
         match class_weights(NAME, &cfg.weight, k, what, &f.device()) {

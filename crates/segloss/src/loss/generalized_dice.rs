@@ -79,7 +79,9 @@ impl GeneralizedDiceLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<GeneralizedDiceLoss, ConfigError> {
         self.validate()?;
-        Ok(GeneralizedDiceLoss { config: self.clone() })
+        Ok(GeneralizedDiceLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -139,18 +141,31 @@ impl GeneralizedDiceLoss {
     }
 
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
-        self.config.reduction.apply(self.forward_no_reduction(prediction, target))
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
+        self.config
+            .reduction
+            .apply(self.forward_no_reduction(prediction, target))
     }
 
     /// The loss per sample `[B, 1]`, or `[1, 1]` with `batch`.
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<2> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<2> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
     }
 
     pub(crate) fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
+        PrepareOptions {
+            ignore_index: self.config.ignore_index,
+            validate_labels: self.config.validate_labels,
+        }
     }
 
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
@@ -160,7 +175,12 @@ impl GeneralizedDiceLoss {
     /// The statistics this loss needs.
     pub(crate) fn stats_options(&self) -> StatsOptions {
         let cfg = &self.config;
-        self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label)
+        self.prepare_options().stats(
+            cfg.activation,
+            cfg.include_background,
+            false,
+            cfg.soft_label,
+        )
     }
 
     /// The loss per sample (or `[1, 1]` with `batch`) from the statistics of
@@ -188,7 +208,10 @@ impl GeneralizedDiceLoss {
             let total = w.clone().sum_dim(1);
             w = w / total.clamp_min(f32::MIN_POSITIVE as f64);
         }
-        let numerator = (tp * w.clone()).sum_dim(1).mul_scalar(2.0).add_scalar(cfg.smooth_nr);
+        let numerator = (tp * w.clone())
+            .sum_dim(1)
+            .mul_scalar(2.0)
+            .add_scalar(cfg.smooth_nr);
         let denominator = (denominator * w).sum_dim(1).add_scalar(cfg.smooth_dr);
         numerator.div(denominator).neg().add_scalar(1.0)
     }

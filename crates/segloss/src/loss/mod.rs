@@ -19,7 +19,13 @@ use burn::tensor::{Device, Tensor};
 
 /// `[1, k]` per-class weights: a single value applies to every class; otherwise there must be
 /// exactly `k` values (the classes left after background exclusion).
-pub(crate) fn class_weights(loss: &str, weight: &Option<Vec<f32>>, k: usize, what: &str, device: &Device) -> Option<Tensor<2>> {
+pub(crate) fn class_weights(
+    loss: &str,
+    weight: &Option<Vec<f32>>,
+    k: usize,
+    what: &str,
+    device: &Device,
+) -> Option<Tensor<2>> {
     let w = weight.as_ref()?;
     let values = if w.len() == 1 {
         vec![w[0]; k]

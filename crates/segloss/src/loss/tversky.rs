@@ -65,7 +65,9 @@ impl TverskyLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<TverskyLoss, ConfigError> {
         self.validate()?;
-        Ok(TverskyLoss { config: self.clone() })
+        Ok(TverskyLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -119,23 +121,41 @@ impl TverskyLoss {
     }
 
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
-        self.config.reduction.apply(self.forward_no_reduction(prediction, target))
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
+        self.config
+            .reduction
+            .apply(self.forward_no_reduction(prediction, target))
     }
 
     /// The loss per (sample, class) `[B, C']`, or `[1, C']` with `batch`.
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<2> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<2> {
         let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
         self.forward_prepared(&prepared)
     }
 
     fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions { ignore_index: self.config.ignore_index, validate_labels: self.config.validate_labels }
+        PrepareOptions {
+            ignore_index: self.config.ignore_index,
+            validate_labels: self.config.validate_labels,
+        }
     }
 
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
-        let options = self.prepare_options().stats(cfg.activation, cfg.include_background, false, cfg.soft_label);
+        let options = self.prepare_options().stats(
+            cfg.activation,
+            cfg.include_background,
+            false,
+            cfg.soft_label,
+        );
         let mut stats = prepared_stats(NAME, prepared, &options);
         if cfg.batch {
             stats = stats.sum_batch();
@@ -145,6 +165,9 @@ impl TverskyLoss {
         let fn_ = stats.target - tp.clone();
         let numerator = tp.clone().add_scalar(cfg.smooth_nr);
         let denominator = tp + fp.mul_scalar(cfg.alpha) + fn_.mul_scalar(cfg.beta);
-        numerator.div(denominator.add_scalar(cfg.smooth_dr)).neg().add_scalar(1.0)
+        numerator
+            .div(denominator.add_scalar(cfg.smooth_dr))
+            .neg()
+            .add_scalar(1.0)
     }
 }

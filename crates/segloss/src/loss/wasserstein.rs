@@ -55,16 +55,41 @@ impl GeneralizedWassersteinDiceLossConfig {
         let c = Check { loss: NAME };
         let m = &self.dist_matrix;
         let k = m.len();
-        c.rule(k >= 2, "dist_matrix", "a C x C matrix with C >= 2", format!("{k} rows"))?;
+        c.rule(
+            k >= 2,
+            "dist_matrix",
+            "a C x C matrix with C >= 2",
+            format!("{k} rows"),
+        )?;
         for (i, row) in m.iter().enumerate() {
-            c.rule(row.len() == k, "dist_matrix", "square (C x C)", format!("row {i} has {} entries for {k} rows", row.len()))?;
+            c.rule(
+                row.len() == k,
+                "dist_matrix",
+                "square (C x C)",
+                format!("row {i} has {} entries for {k} rows", row.len()),
+            )?;
             for (j, &v) in row.iter().enumerate() {
-                c.rule(v.is_finite() && v >= 0.0, "dist_matrix", "finite and >= 0", format!("{v} at ({i}, {j})"))?;
+                c.rule(
+                    v.is_finite() && v >= 0.0,
+                    "dist_matrix",
+                    "finite and >= 0",
+                    format!("{v} at ({i}, {j})"),
+                )?;
             }
-            c.rule(row[i] == 0.0, "dist_matrix", "0 on the diagonal (a class is at distance 0 from itself)", format!("{} at ({i}, {i})", row[i]))?;
+            c.rule(
+                row[i] == 0.0,
+                "dist_matrix",
+                "0 on the diagonal (a class is at distance 0 from itself)",
+                format!("{} at ({i}, {i})", row[i]),
+            )?;
         }
         let max = m.iter().flatten().fold(0.0f32, |a, &b| a.max(b));
-        c.rule(max > 0.0, "dist_matrix", "not all zero", "an all-zero matrix".into())?;
+        c.rule(
+            max > 0.0,
+            "dist_matrix",
+            "not all zero",
+            "an all-zero matrix".into(),
+        )?;
         c.non_negative("smooth_nr", self.smooth_nr)?;
         c.non_negative("smooth_dr", self.smooth_dr)
     }
@@ -72,7 +97,9 @@ impl GeneralizedWassersteinDiceLossConfig {
     /// Builds the loss, or returns the first invalid option.
     pub fn try_init(&self) -> Result<GeneralizedWassersteinDiceLoss, ConfigError> {
         self.validate()?;
-        Ok(GeneralizedWassersteinDiceLoss { config: self.clone() })
+        Ok(GeneralizedWassersteinDiceLoss {
+            config: self.clone(),
+        })
     }
 
     /// Builds the loss.
@@ -127,18 +154,31 @@ pub struct GeneralizedWassersteinDiceLoss {
 
 impl GeneralizedWassersteinDiceLoss {
     /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<1> {
-        self.config.reduction.apply(self.forward_no_reduction(prediction, target))
+    pub fn forward<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<1> {
+        self.config
+            .reduction
+            .apply(self.forward_no_reduction(prediction, target))
     }
 
     /// The loss per sample, `[B, 1]`.
-    pub fn forward_no_reduction<const D: usize>(&self, prediction: Tensor<D>, target: impl Into<Target>) -> Tensor<2> {
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<2> {
         let cfg = &self.config;
         let prepared = prepare(
             NAME,
             prediction,
             target.into(),
-            PrepareOptions { ignore_index: cfg.ignore_index, validate_labels: cfg.validate_labels },
+            PrepareOptions {
+                ignore_index: cfg.ignore_index,
+                validate_labels: cfg.validate_labels,
+            },
         );
         let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
         let k = cfg.dist_matrix.len();
@@ -148,7 +188,11 @@ impl GeneralizedWassersteinDiceLoss {
             prepared.prediction_shape()
         );
         let device = prepared.logits.device();
-        let max = cfg.dist_matrix.iter().flatten().fold(0.0f32, |a, &v| a.max(v));
+        let max = cfg
+            .dist_matrix
+            .iter()
+            .flatten()
+            .fold(0.0f32, |a, &v| a.max(v));
         let flat: Vec<f32> = cfg.dist_matrix.iter().flatten().map(|v| v / max).collect();
         let m = Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([1, c, c]);
 
@@ -164,7 +208,12 @@ impl GeneralizedWassersteinDiceLoss {
         // H200. Elsewhere (Flex) a matmul: the element-wise form took 2.7x the time and 2.3x the
         // memory there (forward + backward at 3 x 9 x 64^3, 665 vs 246 ms, 332 vs 143 MiB).
         let confusion = if crate::kernel::fused::is_cube(&device) {
-            Tensor::cat((0..c).map(|l| (g.clone() * p.clone().narrow(1, l, 1)).sum_dim(2)).collect(), 2)
+            Tensor::cat(
+                (0..c)
+                    .map(|l| (g.clone() * p.clone().narrow(1, l, 1)).sum_dim(2))
+                    .collect(),
+                2,
+            )
         } else {
             g.matmul(p.swap_dims(1, 2))
         };

@@ -103,24 +103,26 @@ fn crop_mask(vol: &LabelVolume, label: u16, origin: [isize; 3], dims: [usize; 3]
     // Range of crop x that lies inside the image.
     let x0 = (-origin[2]).max(0) as usize;
     let x1 = ((vx as isize - origin[2]).min(dims[2] as isize)).max(0) as usize;
-    out.par_chunks_mut(dims[1] * dims[2]).enumerate().for_each(|(cz, plane)| {
-        let z = origin[0] + cz as isize;
-        if z < 0 || z >= vz as isize {
-            return;
-        }
-        for cy in 0..dims[1] {
-            let y = origin[1] + cy as isize;
-            if y < 0 || y >= vy as isize {
-                continue;
+    out.par_chunks_mut(dims[1] * dims[2])
+        .enumerate()
+        .for_each(|(cz, plane)| {
+            let z = origin[0] + cz as isize;
+            if z < 0 || z >= vz as isize {
+                return;
             }
-            let src = (z as usize * vy + y as usize) * vx;
-            let dst = cy * dims[2];
-            for cx in x0..x1 {
-                let x = (origin[2] + cx as isize) as usize;
-                plane[dst + cx] = u8::from(data[src + x] == label);
+            for cy in 0..dims[1] {
+                let y = origin[1] + cy as isize;
+                if y < 0 || y >= vy as isize {
+                    continue;
+                }
+                let src = (z as usize * vy + y as usize) * vx;
+                let dst = cy * dims[2];
+                for cx in x0..x1 {
+                    let x = (origin[2] + cx as isize) as usize;
+                    plane[dst + cx] = u8::from(data[src + x] == label);
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -148,7 +150,9 @@ fn inner_voxels(mask: &[u8], dims: [usize; 3], active: [bool; 3], full: bool) ->
     let zact = active[0];
     let is_edge = |i: usize| {
         if full {
-            offsets.iter().any(|&o| mask[(i as isize + o) as usize] == 0)
+            offsets
+                .iter()
+                .any(|&o| mask[(i as isize + o) as usize] == 0)
         } else {
             // Face neighbours only: direct strided checks (the common case, MONAI's erosion).
             mask[i - 1] == 0
@@ -173,7 +177,10 @@ fn inner_voxels(mask: &[u8], dims: [usize; 3], active: [bool; 3], full: bool) ->
         })
         .collect();
     let points = per_plane.concat();
-    Surface { points, weights: None }
+    Surface {
+        points,
+        weights: None,
+    }
 }
 
 /// Corner points whose 2x2x2 (2x2) neighbourhood is neither empty nor full, with the area (length)
@@ -194,7 +201,11 @@ fn surfels(
     for dz in zr {
         for dy in 0..2 {
             for dx in 0..2 {
-                let bit = if active[0] { 7 - (4 * dz + 2 * dy + dx) } else { 3 - (2 * dy + dx) };
+                let bit = if active[0] {
+                    7 - (4 * dz + 2 * dy + dx)
+                } else {
+                    3 - (2 * dy + dx)
+                };
                 taps.push(((dz * ny + dy) * nx + dx, 1 << bit));
             }
         }
@@ -207,7 +218,10 @@ fn surfels(
                 let base = (cz * ny + cy) * nx;
                 for cx in 0..cdims[2] {
                     let b = base + cx;
-                    let code: usize = taps.iter().map(|&(o, w)| usize::from(mask[b + o]) * w).sum();
+                    let code: usize = taps
+                        .iter()
+                        .map(|&(o, w)| usize::from(mask[b + o]) * w)
+                        .sum();
                     if code != 0 && code != full {
                         points.push((cz * cdims[1] + cy) * cdims[2] + cx);
                         weights.push(table[code]);
@@ -219,5 +233,8 @@ fn surfels(
         .collect();
     let points = per_plane.iter().flat_map(|p| p.0.iter().copied()).collect();
     let weights = per_plane.iter().flat_map(|p| p.1.iter().copied()).collect();
-    Surface { points, weights: Some(weights) }
+    Surface {
+        points,
+        weights: Some(weights),
+    }
 }

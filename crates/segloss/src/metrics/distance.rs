@@ -53,7 +53,9 @@ struct Directed {
 
 impl Directed {
     fn weight_sum(&self) -> f64 {
-        self.w.as_ref().map_or(self.d.len() as f64, |w| w.iter().sum())
+        self.w
+            .as_ref()
+            .map_or(self.d.len() as f64, |w| w.iter().sum())
     }
     fn weighted_sum(&self) -> f64 {
         match &self.w {
@@ -64,7 +66,13 @@ impl Directed {
     fn weight_within(&self, tau: f64) -> f64 {
         match &self.w {
             None => self.d.iter().filter(|&&d| d <= tau).count() as f64,
-            Some(w) => self.d.iter().zip(w).filter(|(d, _)| **d <= tau).map(|(_, w)| w).sum(),
+            Some(w) => self
+                .d
+                .iter()
+                .zip(w)
+                .filter(|(d, _)| **d <= tau)
+                .map(|(_, w)| w)
+                .sum(),
         }
     }
     fn max(&self) -> f64 {
@@ -124,7 +132,11 @@ pub fn percentile_area_weighted(distances: &[f64], weights: &[f64], q: f64) -> f
     if distances.is_empty() {
         return f64::NAN;
     }
-    let mut pairs: Vec<(f64, f64)> = distances.iter().copied().zip(weights.iter().copied()).collect();
+    let mut pairs: Vec<(f64, f64)> = distances
+        .iter()
+        .copied()
+        .zip(weights.iter().copied())
+        .collect();
     pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let total: f64 = pairs.iter().map(|p| p.1).sum();
     let target = q / 100.0;
@@ -151,8 +163,15 @@ fn directed(
     to: &Surface,
 ) -> Directed {
     squared_edt_into(grid, dims, spacing, &to.points, Some(&from.points));
-    let d = from.points.iter().map(|&i| f64::from(grid[i]).sqrt()).collect();
-    Directed { d, w: from.weights.clone() }
+    let d = from
+        .points
+        .iter()
+        .map(|&i| f64::from(grid[i]).sqrt())
+        .collect();
+    Directed {
+        d,
+        w: from.weights.clone(),
+    }
 }
 
 /// All distance metrics of one label whose prediction and reference are both non-empty.

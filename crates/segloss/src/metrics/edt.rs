@@ -36,8 +36,11 @@ pub fn euclidean_distance_transform(
 ) -> Result<Vec<f64>, MetricsError> {
     // Validate through the volume type, so the rules and messages are the same.
     let vol = super::LabelVolume::new(vec![0; features.len()], shape, spacing)?;
-    let points: Vec<usize> =
-        features.iter().enumerate().filter_map(|(i, &f)| f.then_some(i)).collect();
+    let points: Vec<usize> = features
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &f)| f.then_some(i))
+        .collect();
     let sq = squared_edt(vol.dims3(), vol.spacing3(), &points, None);
     Ok(sq.into_iter().map(|d| f64::from(d).sqrt()).collect())
 }
@@ -412,7 +415,10 @@ mod tests {
         for queries in [sparse, dense] {
             let part = squared_edt(dims, spacing, &features, Some(&queries));
             for &q in &queries {
-                assert!((full[q] - part[q]).abs() <= 1e-6 * full[q].max(1.0), "query {q}");
+                assert!(
+                    (full[q] - part[q]).abs() <= 1e-6 * full[q].max(1.0),
+                    "query {q}"
+                );
             }
         }
         // Lines with more than DIRECT_QUERIES queries go through the envelope.
@@ -434,6 +440,9 @@ mod tests {
     #[test]
     fn test_rejects_bad_spacing() {
         let err = euclidean_distance_transform(&[true; 4], &[2, 2], &[1.0, -1.0]).unwrap_err();
-        assert!(err.to_string().contains("spacing must be finite and > 0"), "{err}");
+        assert!(
+            err.to_string().contains("spacing must be finite and > 0"),
+            "{err}"
+        );
     }
 }

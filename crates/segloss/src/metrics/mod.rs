@@ -208,7 +208,11 @@ impl MetricOptions {
                 self.percentile
             )));
         }
-        if let Some(t) = self.nsd_tolerances.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+        if let Some(t) = self
+            .nsd_tolerances
+            .iter()
+            .find(|t| !(t.is_finite() && **t >= 0.0))
+        {
             return Err(MetricsError::Option(format!(
                 "NSD tolerances must be finite and >= 0, got {t}"
             )));
@@ -280,7 +284,12 @@ pub fn evaluate(
         )));
     }
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
-    if !pred.spacing().iter().zip(reference.spacing()).all(|(a, b)| close(*a, *b)) {
+    if !pred
+        .spacing()
+        .iter()
+        .zip(reference.spacing())
+        .all(|(a, b)| close(*a, *b))
+    {
         return Err(MetricsError::Spacing(format!(
             "prediction has spacing {:?} but reference has spacing {:?}",
             pred.spacing(),

@@ -22,7 +22,11 @@ pub struct ConfusionCounts {
 
 /// Fills `num / den`, or applies the empty-structure rule when `den == 0`.
 fn ratio(num: u64, den: u64, undefined: f64) -> f64 {
-    if den == 0 { undefined } else { num as f64 / den as f64 }
+    if den == 0 {
+        undefined
+    } else {
+        num as f64 / den as f64
+    }
 }
 
 impl ConfusionCounts {
@@ -125,7 +129,11 @@ fn gds_weights(counts: &[ConfusionCounts], weight: GdsWeight) -> Vec<f64> {
             }
         })
         .collect();
-    let max_finite = w.iter().copied().filter(|x| x.is_finite()).fold(0.0, f64::max);
+    let max_finite = w
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .fold(0.0, f64::max);
     let fill = if max_finite > 0.0 { max_finite } else { 1.0 };
     for x in w.iter_mut().filter(|x| x.is_infinite()) {
         *x = fill;
@@ -151,8 +159,11 @@ fn gds_weights(counts: &[ConfusionCounts], weight: GdsWeight) -> Vec<f64> {
 pub fn generalized_dice(counts: &[ConfusionCounts], weight: GdsWeight) -> f64 {
     let w = gds_weights(counts, weight);
     let num: f64 = counts.iter().zip(&w).map(|(c, w)| w * c.tp as f64).sum();
-    let den: f64 =
-        counts.iter().zip(&w).map(|(c, w)| w * (c.pred_volume() + c.ref_volume()) as f64).sum();
+    let den: f64 = counts
+        .iter()
+        .zip(&w)
+        .map(|(c, w)| w * (c.pred_volume() + c.ref_volume()) as f64)
+        .sum();
     if den == 0.0 { 1.0 } else { 2.0 * num / den }
 }
 
@@ -205,7 +216,10 @@ impl LabelStats {
 }
 
 fn grow(b: &mut Option<BBox>, z: usize, y: usize, x0: usize, x1: usize) {
-    let nb = BBox { lo: [z, y, x0], hi: [z + 1, y + 1, x1] };
+    let nb = BBox {
+        lo: [z, y, x0],
+        hi: [z + 1, y + 1, x1],
+    };
     *b = BBox::union(*b, Some(nb));
 }
 
@@ -274,15 +288,48 @@ mod tests {
         let r = LabelVolume::new(vec![1, 1, 0, 2, 2, 0], &[2, 3], &[1.0, 1.0]).unwrap();
         let s = label_stats(&p, &r);
         assert_eq!(s.len(), 3);
-        assert_eq!(s[1].counts(6), ConfusionCounts { tp: 1, fp: 2, fn_: 1, tn: 2 });
-        assert_eq!(s[2].counts(6), ConfusionCounts { tp: 1, fp: 0, fn_: 1, tn: 4 });
-        assert_eq!(s[1].bbox_pred, Some(BBox { lo: [0, 0, 1], hi: [1, 2, 3] }));
-        assert_eq!(s[2].bbox_ref, Some(BBox { lo: [0, 1, 0], hi: [1, 2, 2] }));
+        assert_eq!(
+            s[1].counts(6),
+            ConfusionCounts {
+                tp: 1,
+                fp: 2,
+                fn_: 1,
+                tn: 2
+            }
+        );
+        assert_eq!(
+            s[2].counts(6),
+            ConfusionCounts {
+                tp: 1,
+                fp: 0,
+                fn_: 1,
+                tn: 4
+            }
+        );
+        assert_eq!(
+            s[1].bbox_pred,
+            Some(BBox {
+                lo: [0, 0, 1],
+                hi: [1, 2, 3]
+            })
+        );
+        assert_eq!(
+            s[2].bbox_ref,
+            Some(BBox {
+                lo: [0, 1, 0],
+                hi: [1, 2, 2]
+            })
+        );
     }
 
     #[test]
     fn test_overlap_values_and_empty_rules() {
-        let c = ConfusionCounts { tp: 3, fp: 1, fn_: 2, tn: 10 };
+        let c = ConfusionCounts {
+            tp: 3,
+            fp: 1,
+            fn_: 2,
+            tn: 10,
+        };
         assert!((c.dice(EmptyPolicy::Monai) - 6.0 / 9.0).abs() < 1e-15);
         assert!((c.iou(EmptyPolicy::Monai) - 0.5).abs() < 1e-15);
         assert!((c.precision(EmptyPolicy::Monai) - 0.75).abs() < 1e-15);
@@ -290,15 +337,30 @@ mod tests {
         assert!((c.specificity() - 10.0 / 11.0).abs() < 1e-15);
         assert!((c.volume_difference(EmptyPolicy::Monai) + 0.2).abs() < 1e-15);
         let worst = EmptyPolicy::WorstCase(super::super::WorstDistance::Diagonal);
-        let fp_only = ConfusionCounts { tp: 0, fp: 4, fn_: 0, tn: 5 };
+        let fp_only = ConfusionCounts {
+            tp: 0,
+            fp: 4,
+            fn_: 0,
+            tn: 5,
+        };
         assert!(fp_only.dice(EmptyPolicy::Monai).is_nan());
         assert_eq!(fp_only.dice(worst), 0.0);
         assert_eq!(fp_only.volume_difference(worst), f64::INFINITY);
-        let none = ConfusionCounts { tp: 0, fp: 0, fn_: 0, tn: 9 };
+        let none = ConfusionCounts {
+            tp: 0,
+            fp: 0,
+            fn_: 0,
+            tn: 9,
+        };
         assert!(none.iou(EmptyPolicy::Monai).is_nan());
         assert_eq!(none.iou(worst), 1.0);
         assert_eq!(none.precision(worst), 1.0);
-        let missed = ConfusionCounts { tp: 0, fp: 0, fn_: 3, tn: 6 };
+        let missed = ConfusionCounts {
+            tp: 0,
+            fp: 0,
+            fn_: 3,
+            tn: 6,
+        };
         assert_eq!(missed.dice(EmptyPolicy::Monai), 0.0);
         assert!(missed.precision(EmptyPolicy::Monai).is_nan());
         assert_eq!(missed.precision(worst), 0.0);
@@ -308,11 +370,24 @@ mod tests {
     fn test_generalized_dice_weights() {
         // Label 0: |R| = 2, label 1: |R| = 0 (takes the max finite weight 1/4).
         let c = [
-            ConfusionCounts { tp: 2, fp: 0, fn_: 0, tn: 2 },
-            ConfusionCounts { tp: 0, fp: 2, fn_: 0, tn: 2 },
+            ConfusionCounts {
+                tp: 2,
+                fp: 0,
+                fn_: 0,
+                tn: 2,
+            },
+            ConfusionCounts {
+                tp: 0,
+                fp: 2,
+                fn_: 0,
+                tn: 2,
+            },
         ];
         let gds = generalized_dice(&c, GdsWeight::Square);
         assert!((gds - (2.0 * 0.25 * 2.0) / (0.25 * 4.0 + 0.25 * 2.0)).abs() < 1e-12);
-        assert_eq!(generalized_dice_per_label(&c, GdsWeight::Square), vec![1.0, 0.0]);
+        assert_eq!(
+            generalized_dice_per_label(&c, GdsWeight::Square),
+            vec![1.0, 0.0]
+        );
     }
 }

@@ -40,7 +40,9 @@ impl LabelVolume {
             )));
         }
         if shape.contains(&0) {
-            return Err(MetricsError::Shape(format!("shape {shape:?} has an empty axis")));
+            return Err(MetricsError::Shape(format!(
+                "shape {shape:?} has an empty axis"
+            )));
         }
         let n: usize = shape.iter().product();
         if n != labels.len() {
@@ -61,7 +63,11 @@ impl LabelVolume {
                 "every spacing must be finite and > 0, got {s} in {spacing:?}"
             )));
         }
-        Ok(Self { labels, shape: shape.to_vec(), spacing: spacing.to_vec() })
+        Ok(Self {
+            labels,
+            shape: shape.to_vec(),
+            spacing: spacing.to_vec(),
+        })
     }
 
     /// Like [`LabelVolume::new`] from signed 64-bit labels (the element type of Burn's `Int`
@@ -69,13 +75,16 @@ impl LabelVolume {
     ///
     /// # Errors
     /// As [`LabelVolume::new`], and [`MetricsError::Label`] for a label outside `0..=65535`.
-    pub fn from_i64(labels: &[i64], shape: &[usize], spacing: &[f64]) -> Result<Self, MetricsError> {
+    pub fn from_i64(
+        labels: &[i64],
+        shape: &[usize],
+        spacing: &[f64],
+    ) -> Result<Self, MetricsError> {
         let labels = labels
             .iter()
             .map(|&l| {
-                u16::try_from(l).map_err(|_| {
-                    MetricsError::Label(format!("label {l} is outside 0..=65535"))
-                })
+                u16::try_from(l)
+                    .map_err(|_| MetricsError::Label(format!("label {l} is outside 0..=65535")))
             })
             .collect::<Result<Vec<u16>, _>>()?;
         Self::new(labels, shape, spacing)
