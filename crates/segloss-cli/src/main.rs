@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod compare;
+mod console;
 mod eval;
 mod predict;
 mod report;
@@ -42,6 +43,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    console::install_interrupt_handler();
     let result = match cli.command {
         Command::Eval(args) => eval::run(&args),
         Command::Train(args) => train::run(&args),

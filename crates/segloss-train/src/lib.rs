@@ -11,6 +11,7 @@
 //!   (validation Dice, `metrics.csv`, checkpoints, `model.json`), used by `segloss train`.
 //! - [`predict`]: label maps of whole volumes (NIfTI in and out, or the built-in validation set).
 //! - [`compare`]: one run per loss and a report with plots (`segloss compare`).
+//! - [`files`]: output files written whole through a temporary file, never over an input.
 //! - [`device`]: `cpu`, `wgpu`, `cuda` devices by name (GPU backends behind features).
 //!
 //! ```
@@ -31,6 +32,7 @@ pub mod compare;
 pub mod data;
 pub mod dataset;
 pub mod device;
+pub mod files;
 pub mod losses;
 pub mod nifti;
 pub mod predict;

@@ -209,6 +209,13 @@ fn file_fields_are_checked() {
     let cases = json!([]);
     let ok = json!({"generator": "MONAI 1.6.1", "seed": 1, "loss": "DiceLoss", "cases": cases});
     assert!(matches!(monai::loss_set(&ok), Ok(Some(("DiceLoss", _)))));
+    // Extra file-level fields are metadata (the shared format: "ignore fields you do not know"),
+    // as in the smp / nnU-Net sets' `library`.
+    let with_library = json!({"library": "smp 0.6.0", "loss": "DiceLoss", "cases": cases});
+    assert!(matches!(
+        monai::loss_set(&with_library),
+        Ok(Some(("DiceLoss", _)))
+    ));
     assert!(matches!(
         monai::loss_set(&json!({"loss": "metrics", "cases": [], "extra": 1})),
         Ok(None)
@@ -218,10 +225,6 @@ fn file_fields_are_checked() {
         (json!({"loss": 3, "cases": []}), "`loss` is 3"),
         (json!({"loss": "DiceLoss"}), "no `cases` field"),
         (json!({"loss": "DiceLoss", "cases": {"a": 1}}), "`cases` is"),
-        (
-            json!({"loss": "DiceLoss", "cases": [], "library": "smp"}),
-            "file field `library` not understood",
-        ),
         (
             json!({"loss": "DiceLoss", "cases": [], "seed": "x"}),
             "`seed` is \"x\"",
