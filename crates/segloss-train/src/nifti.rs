@@ -9,6 +9,19 @@
 //! voxels right after the header's 4-byte extender whatever `vox_offset` says: a valid file
 //! whose data starts later (padding, or extensions shorter than the gap) would be read shifted.
 //! [`read_volume`] honours `vox_offset` and checks it against the file.
+//!
+//! # Geometry
+//! Spacing, origin and direction come from one source, in the standard's order of precedence:
+//! the sform when `sform_code > 0` (spacing = the lengths of its columns), else the qform when
+//! `qform_code > 0` (spacing = `|pixdim|`), else `pixdim` with the axes along the world axes.
+//! Two files with the same world geometry therefore agree, whichever of the two transforms
+//! they carry.
+//!
+//! # Scaling
+//! `scl_slope` / `scl_inter` are applied as the standard says: not at all when the slope is 0
+//! (unset), else `value * slope + inter`. Intensity images get the scaled values; a label image's
+//! scaled values must be whole numbers in `0..=65535` (a label file with a scaling that makes
+//! fractions is refused, naming the voxel's value). Written label maps carry no scaling.
 
 use std::io::Read;
 use std::path::Path;
@@ -23,7 +36,8 @@ use segloss::metrics::LabelVolume;
 pub struct Geometry {
     /// Voxels per axis, header order `[x, y, z]` (2 or 3 axes).
     pub dims: Vec<usize>,
-    /// Voxel size per axis, header order (`pixdim[1..]`).
+    /// Voxel size per axis, header order: the lengths of the sform's columns when the header has
+    /// an sform, else `pixdim[1..]` (see the module's "Geometry").
     pub spacing: Vec<f64>,
     /// World position of voxel 0 (the sform or qform offset; 0 without either).
     pub origin: [f64; 3],
@@ -50,18 +64,12 @@ pub struct LabelImage {
 /// is allowed), has a spacing that is not > 0, or holds a value that is not a valid label.
 pub fn read_label_image(path: &Path) -> Result<LabelImage> {
     let (header, vol) = read_volume(path)?;
-    let (dims, spacing) = spatial_dims(&header, path)?;
-    let geometry = Geometry {
-        origin: origin(&header),
-        direction: direction(&header),
-        dims: dims.clone(),
-        spacing: spacing.clone(),
-    };
+    let geometry = geometry(&header, spatial_dims(&header, path)?, path)?;
     let labels = read_labels(vol, &header)
         .with_context(|| format!("cannot read the labels of {}", path.display()))?;
     // Disk order is x fastest: as a row-major array the axes are [z, y, x].
-    let shape: Vec<usize> = dims.iter().rev().copied().collect();
-    let rspacing: Vec<f64> = spacing.iter().rev().copied().collect();
+    let shape: Vec<usize> = geometry.dims.iter().rev().copied().collect();
+    let rspacing: Vec<f64> = geometry.spacing.iter().rev().copied().collect();
     let volume = LabelVolume::new(labels, &shape, &rspacing)
         .with_context(|| format!("invalid label image {}", path.display()))?;
     Ok(LabelImage {
@@ -71,9 +79,8 @@ pub fn read_label_image(path: &Path) -> Result<LabelImage> {
     })
 }
 
-/// The spatial axes (2 or 3, header order) and their spacing; a 4th and later axes of length 1
-/// are dropped.
-fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+/// The spatial axes (2 or 3, header order); a 4th and later axes of length 1 are dropped.
+fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<Vec<usize>> {
     let ndim = usize::from(header.dim[0]);
     if !(1..=7).contains(&ndim) {
         bail!(
@@ -90,22 +97,82 @@ fn spatial_dims(header: &NiftiHeader, path: &Path) -> Result<(Vec<usize>, Vec<f6
     }
     if !(2..=3).contains(&dims.len()) {
         bail!(
-            "{}: a label image must have 2 or 3 axes, the header says {:?}",
+            "{}: an image must have 2 or 3 spatial axes, the header says {:?}",
             path.display(),
             &header.dim[1..=ndim]
         );
     }
-    let spacing: Vec<f64> = header.pixdim[1..=dims.len()]
-        .iter()
-        .map(|&s| f64::from(s))
-        .collect();
-    if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        bail!(
-            "{}: the voxel spacing must be > 0, the header says {s} ({spacing:?})",
-            path.display()
-        );
+    Ok(dims)
+}
+
+/// Where the header places the voxels: spacing, origin and direction all from one source, the
+/// NIfTI standard's order of precedence (nibabel's and ITK's too):
+/// 1. the sform (`sform_code > 0`): spacing = the lengths of its columns, direction = its
+///    columns normalised, origin = its translation (`pixdim` is not used);
+/// 2. else the qform (`qform_code > 0`): spacing = `|pixdim[1..]|`, direction = the quaternion's
+///    rotation with `qfac` (sign of `pixdim[0]`), origin = the quaternion offsets;
+/// 3. else (method 1): spacing = `pixdim[1..]`, axes along the world axes, origin 0.
+///
+/// Taking the spacing from one source and the direction from another made an sform-only file
+/// with `pixdim` 1 "differ in spacing" from a file of identical world geometry.
+fn geometry(header: &NiftiHeader, dims: Vec<usize>, path: &Path) -> Result<Geometry> {
+    let n = dims.len();
+    let (spacing, origin, direction) = if header.sform_code > 0 {
+        let rows = [header.srow_x, header.srow_y, header.srow_z];
+        let mut direction = [[0.0; 3]; 3];
+        let mut spacing = Vec::with_capacity(n);
+        for j in 0..3 {
+            let col: [f64; 3] = [0, 1, 2].map(|i| f64::from(rows[i][j]));
+            let len = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if j < n && !(len.is_finite() && len > 0.0) {
+                bail!(
+                    "{}: the sform's column {j} is {col:?}, which gives voxel axis {j} no length (sform_code {})",
+                    path.display(),
+                    header.sform_code
+                );
+            }
+            for (i, row) in direction.iter_mut().enumerate() {
+                row[j] = if len > 0.0 { col[i] / len } else { 0.0 };
+            }
+            if j < n {
+                spacing.push(len);
+            }
+        }
+        let origin = [header.srow_x[3], header.srow_y[3], header.srow_z[3]].map(f64::from);
+        (spacing, origin, direction)
+    } else {
+        let pixdim: Vec<f64> = header.pixdim[1..=n].iter().map(|&s| f64::from(s)).collect();
+        let spacing: Vec<f64> = if header.qform_code > 0 {
+            pixdim.iter().map(|s| s.abs()).collect()
+        } else {
+            pixdim.clone()
+        };
+        if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            bail!(
+                "{}: the voxel spacing must be > 0, the header's pixdim says {s} ({pixdim:?}; no sform to take it from)",
+                path.display()
+            );
+        }
+        if header.qform_code > 0 {
+            let origin = [header.quatern_x, header.quatern_y, header.quatern_z].map(f64::from);
+            (spacing, origin, qform_direction(header))
+        } else {
+            let mut identity = [[0.0; 3]; 3];
+            for (i, row) in identity.iter_mut().enumerate() {
+                row[i] = 1.0;
+            }
+            (spacing, [0.0; 3], identity)
+        }
+    };
+    if let Some(v) = origin.iter().find(|v| !v.is_finite()) {
+        bail!("{}: the header's origin holds {v}", path.display());
     }
-    Ok((dims, spacing))
+    Ok(Geometry {
+        dims,
+        spacing,
+        origin,
+        direction,
+    })
 }
 
 /// An intensity image read from a file: values as `f32` after the header's scaling, row-major
@@ -150,13 +217,7 @@ impl LabelImage {
 /// 1 are allowed: one channel only), has a spacing that is not > 0, or holds a non-finite value.
 pub fn read_image(path: &Path) -> Result<Image> {
     let (header, vol) = read_volume(path)?;
-    let (dims, spacing) = spatial_dims(&header, path)?;
-    let geometry = Geometry {
-        origin: origin(&header),
-        direction: direction(&header),
-        dims,
-        spacing,
-    };
+    let geometry = geometry(&header, spatial_dims(&header, path)?, path)?;
     let a = vol
         .into_ndarray::<f32>()
         .with_context(|| format!("cannot read the voxels of {}", path.display()))?
@@ -184,7 +245,7 @@ pub fn read_image(path: &Path) -> Result<Image> {
 /// # Errors
 /// A length that does not match the header's dimensions, or a file that cannot be written.
 pub fn write_label_map(path: &Path, labels: &[u8], like: &NiftiHeader) -> Result<()> {
-    let (dims, _) = spatial_dims(like, path)?;
+    let dims = spatial_dims(like, path)?;
     let [z, y, x] = zyx(&dims);
     if labels.len() != z * y * x {
         bail!(
@@ -332,61 +393,35 @@ fn read_labels(vol: nifti::InMemNiftiVolume, header: &NiftiHeader) -> Result<Vec
     }
 }
 
-fn origin(h: &NiftiHeader) -> [f64; 3] {
-    if h.sform_code > 0 {
-        [h.srow_x[3], h.srow_y[3], h.srow_z[3]].map(f64::from)
-    } else if h.qform_code > 0 {
-        [h.quatern_x, h.quatern_y, h.quatern_z].map(f64::from)
-    } else {
-        [0.0; 3]
-    }
-}
-
-/// Direction cosines: columns of the sform divided by their length, or the qform rotation
-/// (quaternion b, c, d with qfac from `pixdim[0]`), or the identity (NIfTI method 1).
-fn direction(h: &NiftiHeader) -> [[f64; 3]; 3] {
-    let mut m = [[0.0; 3]; 3];
-    if h.sform_code > 0 {
-        let rows = [h.srow_x, h.srow_y, h.srow_z];
-        for j in 0..3 {
-            let col: [f64; 3] = [0, 1, 2].map(|i| f64::from(rows[i][j]));
-            let n = col.iter().map(|x| x * x).sum::<f64>().sqrt();
-            for i in 0..3 {
-                m[i][j] = if n > 0.0 { col[i] / n } else { 0.0 };
-            }
-        }
-    } else if h.qform_code > 0 {
-        let (b, c, d) = (
-            f64::from(h.quatern_b),
-            f64::from(h.quatern_c),
-            f64::from(h.quatern_d),
-        );
-        let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
-        let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-        m = [
-            [
-                a * a + b * b - c * c - d * d,
-                2.0 * (b * c - a * d),
-                2.0 * (b * d + a * c),
-            ],
-            [
-                2.0 * (b * c + a * d),
-                a * a + c * c - b * b - d * d,
-                2.0 * (c * d - a * b),
-            ],
-            [
-                2.0 * (b * d - a * c),
-                2.0 * (c * d + a * b),
-                a * a + d * d - c * c - b * b,
-            ],
-        ];
-        for row in &mut m {
-            row[2] *= qfac;
-        }
-    } else {
-        for (i, row) in m.iter_mut().enumerate() {
-            row[i] = 1.0;
-        }
+/// The qform's rotation: quaternion `b, c, d` (`a` from the unit norm), the third column
+/// multiplied by `qfac` (the sign of `pixdim[0]`, 1 when 0), as the NIfTI standard defines it.
+fn qform_direction(h: &NiftiHeader) -> [[f64; 3]; 3] {
+    let (b, c, d) = (
+        f64::from(h.quatern_b),
+        f64::from(h.quatern_c),
+        f64::from(h.quatern_d),
+    );
+    let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
+    let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+    let mut m = [
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
+    ];
+    for row in &mut m {
+        row[2] *= qfac;
     }
     m
 }

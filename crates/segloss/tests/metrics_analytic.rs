@@ -293,3 +293,48 @@ fn test_input_errors_name_the_problem() {
         "{e}"
     );
 }
+
+#[test]
+fn test_distances_scale_with_any_spacing_unit() {
+    // The shifted cube at spacings from 1e-25 to 1e25 times (2.0, 1.0, 0.7): every distance
+    // metric scales by the same factor (squared distances of 1e-25 underflowed f32 and gave 0).
+    let (shape, base) = ([20, 20, 24], [2.0, 1.0, 0.7]);
+    let at = |k: f64| {
+        let sp = base.map(|s| s * k);
+        let r = boxed(shape, sp, [5, 5, 5], [13, 13, 13]);
+        let p = boxed(shape, sp, [5, 5, 8], [13, 13, 16]);
+        let o = MetricOptions {
+            nsd_tolerances: vec![1.5 * k],
+            ..MetricOptions::default()
+        };
+        evaluate(&p, &r, &o).unwrap().labels[0]
+            .distances
+            .clone()
+            .unwrap()
+    };
+    let one = at(1.0);
+    for k in [1e-25, 1e-9, 1e9, 1e25] {
+        let d = at(k);
+        for (name, got, want) in [
+            ("hd", d.hausdorff, one.hausdorff),
+            ("hd95", d.percentile_hausdorff, one.percentile_hausdorff),
+            ("assd", d.assd, one.assd),
+            ("masd", d.masd, one.masd),
+        ] {
+            assert!(
+                close(got, want * k, 1e-9 * k),
+                "spacing x{k}: {name} {got} vs {}",
+                want * k
+            );
+        }
+        assert!(close(d.nsd[0], one.nsd[0], 1e-12), "spacing x{k}: nsd");
+    }
+    assert!(one.hausdorff > 2.0);
+}
+
+#[test]
+fn test_spacing_anisotropy_beyond_the_grid_is_refused() {
+    let e = LabelVolume::new(vec![0; 8], &[2, 2, 2], &[1.0, 1.0, 1e-16]).unwrap_err();
+    assert!(e.to_string().contains("times the smallest"), "{e}");
+    assert!(LabelVolume::new(vec![0; 8], &[2, 2, 2], &[1e-20, 1e-20, 1e-34]).is_ok());
+}

@@ -2,7 +2,7 @@
 //! percentile Hausdorff, average surface distances, normalized surface Dice.
 
 use super::boundary::{Surface, Surfaces};
-use super::edt::squared_edt_into;
+use super::edt::{in_units, squared_edt_into};
 use super::{EmptyPolicy, PercentileRule, WorstDistance};
 
 /// Distance metrics of one label. Every value is in spacing units (mm for NIfTI files) except the
@@ -162,11 +162,12 @@ fn directed(
     from: &Surface,
     to: &Surface,
 ) -> Directed {
-    squared_edt_into(grid, dims, spacing, &to.points, Some(&from.points));
+    let (unit, scaled) = in_units(dims, spacing);
+    squared_edt_into(grid, dims, scaled, &to.points, Some(&from.points));
     let d = from
         .points
         .iter()
-        .map(|&i| f64::from(grid[i]).sqrt())
+        .map(|&i| f64::from(grid[i]).sqrt() * unit)
         .collect();
     Directed {
         d,

@@ -41,8 +41,29 @@ pub fn euclidean_distance_transform(
         .enumerate()
         .filter_map(|(i, &f)| f.then_some(i))
         .collect();
-    let sq = squared_edt(vol.dims3(), vol.spacing3(), &points, None);
-    Ok(sq.into_iter().map(|d| f64::from(d).sqrt()).collect())
+    let (unit, spacing) = in_units(vol.dims3(), vol.spacing3());
+    let sq = squared_edt(vol.dims3(), spacing, &points, None);
+    Ok(sq.into_iter().map(|d| f64::from(d).sqrt() * unit).collect())
+}
+
+/// The spacing as a multiple of a power of two `unit` near its largest value over the axes longer
+/// than 1: `(unit, spacing / unit)`, that largest scaled spacing in `[1, 2)`.
+///
+/// The grid holds squared distances in `f32`, whose range (about 1e-38 to 3e38) the squares of a
+/// spacing in metres or in ångströms would leave (spacing 1e-25 squared underflows to 0, so every
+/// distance would read 0). Scaling by a power of two is exact, and the distances scale back
+/// exactly: the distance transform is computed in these units and multiplied by `unit`.
+pub(crate) fn in_units(dims: [usize; 3], spacing: [f64; 3]) -> (f64, [f64; 3]) {
+    // Axes of length 1 (a 2D volume's padding axis) carry no distance: their spacing is ignored.
+    let largest = (0..3)
+        .filter(|&a| dims[a] > 1)
+        .map(|a| spacing[a])
+        .fold(0.0, f64::max);
+    if largest == 0.0 {
+        return (1.0, spacing);
+    }
+    let unit = 2f64.powi(largest.log2().floor() as i32);
+    (unit, spacing.map(|s| s / unit))
 }
 
 /// Squared distances to the nearest of `features` (linear indices into a row-major `dims` grid).
@@ -402,6 +423,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn test_extreme_spacings_scale_exactly() {
+        // Spacing 1e-25 squared underflows f32; 1e25 squared overflows it.
+        let mask = [true, false, false, false, false];
+        for s in [1e-25, 1e-12, 3.0, 1e12, 1e25] {
+            // The length-1 axis's spacing (1 against 1e-25) carries no distance.
+            for spacing in [[s, s], [1.0, s]] {
+                let d = euclidean_distance_transform(&mask, &[1, 5], &spacing).unwrap();
+                for (k, v) in d.iter().enumerate() {
+                    let want = k as f64 * s;
+                    assert!(
+                        (v - want).abs() <= 1e-6 * want,
+                        "spacing {spacing:?}: {v} vs {want}"
+                    );
+                }
+            }
+        }
+        let (unit, scaled) = in_units([2, 2, 2], [1e-25, 3e-26, 1e-30]);
+        assert_eq!(unit, 2f64.powi(-84));
+        assert!((1.0..2.0).contains(&scaled[0]));
     }
 
     #[test]

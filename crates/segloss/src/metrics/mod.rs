@@ -57,7 +57,7 @@ use rayon::prelude::*;
 pub use distance::{DistanceMetrics, percentile_area_weighted, percentile_linear};
 pub use edt::euclidean_distance_transform;
 pub use overlap::{ConfusionCounts, GdsWeight, generalized_dice, generalized_dice_per_label};
-pub use volume::LabelVolume;
+pub use volume::{LabelVolume, MAX_ANISOTROPY};
 
 /// What went wrong with the input of a metric.
 #[derive(Debug, Clone, PartialEq)]

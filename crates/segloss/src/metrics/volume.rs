@@ -2,6 +2,10 @@
 
 use super::MetricsError;
 
+/// The largest ratio between a volume's largest and smallest spacing (1e15): beyond it the
+/// squared distances along the finest axis leave the range of the `f32` distance grid.
+pub const MAX_ANISOTROPY: f64 = 1e15;
+
 /// A 2D or 3D volume of integer class labels with its voxel spacing.
 ///
 /// Voxels are stored row-major (the last axis varies fastest), in the axis order the caller uses;
@@ -32,7 +36,9 @@ impl LabelVolume {
     /// # Errors
     /// [`MetricsError::Shape`] when `shape` has not 2 or 3 axes, has a zero-sized axis, or does not
     /// match the number of labels; [`MetricsError::Spacing`] when `spacing` has another length than
-    /// `shape` or holds a value that is not finite and > 0.
+    /// `shape`, holds a value that is not finite and > 0, or its largest value is more than
+    /// [`MAX_ANISOTROPY`] times its smallest (over the axes longer than 1). Any scale is accepted (metres, ångströms: distances
+    /// are computed exactly scaled).
     pub fn new(labels: Vec<u16>, shape: &[usize], spacing: &[f64]) -> Result<Self, MetricsError> {
         if !(2..=3).contains(&shape.len()) {
             return Err(MetricsError::Shape(format!(
@@ -61,6 +67,22 @@ impl LabelVolume {
         if let Some(s) = spacing.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(MetricsError::Spacing(format!(
                 "every spacing must be finite and > 0, got {s} in {spacing:?}"
+            )));
+        }
+        // The distance grid holds squared distances in f32 scaled to the largest spacing (see
+        // `edt::in_units`): the smallest spacing squared must stay a normal f32 there.
+        // Axes of length 1 carry no distance, so their spacing does not count.
+        let (lo, hi) = spacing
+            .iter()
+            .zip(shape)
+            .filter(|(_, n)| **n > 1)
+            .fold((f64::INFINITY, 0f64), |(lo, hi), (&s, _)| {
+                (lo.min(s), hi.max(s))
+            });
+        if hi > 0.0 && hi / lo > MAX_ANISOTROPY {
+            return Err(MetricsError::Spacing(format!(
+                "the largest spacing is {:.3e} times the smallest in {spacing:?}, more than the {MAX_ANISOTROPY:e} the distance transform represents",
+                hi / lo
             )));
         }
         Ok(Self {
