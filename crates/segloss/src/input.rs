@@ -78,11 +78,17 @@ pub struct Target {
     mask: Option<(Tensor<2>, Vec<usize>)>,
 }
 
+/// `[B, rest]` of a shape `[B, ...]`, the product taken explicitly: an inferred `-1` divides by
+/// the batch size, which panics inside Burn for a batch of 0 before the losses can name it.
+fn flat_shape(shape: &[usize]) -> [usize; 2] {
+    [shape[0], shape[1..].iter().product()]
+}
+
 impl Target {
     /// A label map `[B, 1, spatial...]` or `[B, spatial...]` of class indices.
     pub fn labels<const E: usize>(labels: Tensor<E, Int>) -> Self {
         let shape = labels.dims().to_vec();
-        let flat = labels.reshape([shape[0] as i32, -1]);
+        let flat = labels.reshape(flat_shape(&shape));
         Self {
             kind: TargetKind::Labels(flat),
             shape,
@@ -93,7 +99,7 @@ impl Target {
     /// A dense target `[B, C, spatial...]`: one-hot, multi-label or soft, values in `[0, 1]`.
     pub fn dense<const E: usize>(target: Tensor<E>) -> Self {
         let shape = target.dims().to_vec();
-        let flat = target.reshape([shape[0] as i32, -1]);
+        let flat = target.reshape(flat_shape(&shape));
         Self {
             kind: TargetKind::Dense(flat),
             shape,
@@ -104,7 +110,7 @@ impl Target {
     /// Adds a voxel mask (see the type's docs for its shapes): voxels with mask 0 count for nothing.
     pub fn with_mask<const E: usize>(mut self, mask: Tensor<E>) -> Self {
         let shape = mask.dims().to_vec();
-        let flat = mask.reshape([shape[0] as i32, -1]);
+        let flat = mask.reshape(flat_shape(&shape));
         self.mask = Some((flat, shape));
         self
     }
@@ -200,6 +206,25 @@ impl Prepared {
             .expand([b, c, n]);
         let labels = labels.reshape([b, 1, n]).expand([b, c, n]);
         in_dtype(labels.equal(classes).float(), dtype)
+    }
+
+    /// The input restricted to channels `1..C`, for a term normalised over those channels only
+    /// (MONAI's softmax focal loss without the background takes the softmax of channels `1..C`):
+    /// the logits and a dense target narrowed, a label map shifted down by one so that class
+    /// `c` is channel `c - 1` and class 0 (and ignored voxels, already 0 and masked) matches no
+    /// channel. The mask is unchanged. Needs `C >= 2`.
+    pub fn without_background(&self) -> Prepared {
+        let k = self.channels - 1;
+        Prepared {
+            logits: self.logits.clone().narrow(1, 1, k),
+            labels: self.labels.clone().map(|l| l.sub_scalar(1)),
+            dense: self.dense.clone().map(|d| d.narrow(1, 1, k)),
+            mask: self.mask.clone(),
+            batch: self.batch,
+            channels: k,
+            voxels: self.voxels,
+            spatial: self.spatial.clone(),
+        }
     }
 
     /// The prediction's shape `[B, C, spatial...]`.

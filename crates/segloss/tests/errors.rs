@@ -514,3 +514,102 @@ fn smooth_dr_zero_empty_class_gives_nan_as_in_monai() {
         );
     }
 }
+
+#[test]
+fn unchecked_labels_out_of_range_match_no_class_on_both_paths() {
+    // With validate_labels(false) a label outside [0, C) is not checked; it must not panic inside
+    // a gather (the composed cross-entropy did), and both paths give it the same meaning: the
+    // voxel matches no class, so it adds no target term and no weight to the mean's normaliser.
+    let device = Device::flex();
+    let logits = Tensor::<4>::from_data(
+        [[
+            [[0.3, -1.2], [2.0, 0.1]],
+            [[1.1, 0.4], [-0.7, 0.9]],
+            [[-0.5, 0.8], [0.2, -1.5]],
+        ]],
+        &device,
+    );
+    let bad = Tensor::<4, Int>::from_data([[[[0, -1], [2, 7]]]], &device);
+    // The same voxels dropped by a mask: the reference meaning of "matches no class" for the
+    // mean (its normaliser counts only the two in-range voxels).
+    let good = Tensor::<4, Int>::from_data([[[[0, 0], [2, 0]]]], &device);
+    let mask = Tensor::<4>::from_data([[[[1.0, 0.0], [1.0, 0.0]]]], &device);
+    for weight in [None, Some(vec![0.5, 2.0, 1.5])] {
+        let cfg = CrossEntropyLossConfig::new()
+            .with_weight(weight.clone())
+            .with_validate_labels(false);
+        let loss = cfg.init();
+        let want = loss
+            .forward(
+                logits.clone(),
+                Target::labels(good.clone()).with_mask(mask.clone()),
+            )
+            .into_scalar::<f32>();
+        for kernel in [Kernel::Auto, Kernel::Composed] {
+            let got = with_kernel(kernel, || {
+                loss.forward(logits.clone(), bad.clone())
+                    .into_scalar::<f32>()
+            });
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{kernel:?} weight {weight:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_size_zero_is_refused_clearly_by_every_loss() {
+    let device = Device::flex();
+    let logits = || Tensor::<5>::zeros([0, 3, 2, 2, 2], &device);
+    let labels = || Tensor::<5, Int>::zeros([0, 1, 2, 2, 2], &device);
+    let run: Vec<(&str, Box<dyn Fn() + std::panic::RefUnwindSafe>)> = vec![
+        (
+            "DiceCELoss",
+            Box::new(|| {
+                DiceCELossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "DiceFocalLoss",
+            Box::new(|| {
+                DiceFocalLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "GeneralizedDiceFocalLoss",
+            Box::new(|| {
+                GeneralizedDiceFocalLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "CrossEntropyLoss",
+            Box::new(|| {
+                CrossEntropyLossConfig::new()
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "DiceLoss",
+            Box::new(|| {
+                DiceLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+    ];
+    for (name, f) in run {
+        let msg = panic_message(|| f());
+        assert!(
+            msg.starts_with(name) && msg.contains("empty axis"),
+            "{name}: {msg}"
+        );
+    }
+}

@@ -55,7 +55,8 @@ pub struct DiceCELossConfig {
     pub label_smoothing: f64,
     /// Label value whose voxels count for nothing in both terms.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }
@@ -245,7 +246,8 @@ pub struct DiceFocalLossConfig {
     pub focal_use_softmax: bool,
     /// Label value whose voxels count for nothing in both terms.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }
@@ -428,7 +430,8 @@ pub struct GeneralizedDiceFocalLossConfig {
     pub focal_use_softmax: bool,
     /// Label value whose voxels count for nothing in both terms.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }

@@ -27,7 +27,8 @@ pub struct CrossEntropyLossConfig {
     pub reduction: LossReduction,
     /// Label value whose voxels count for nothing.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }
@@ -255,17 +256,33 @@ impl CrossEntropyLoss {
             &device,
         );
         if let Some(labels) = &prepared.labels {
-            let index = labels.clone().reshape([b, 1, n]);
+            // Unvalidated labels outside [0, C) match no class, as in the fused kernel and the
+            // one-hot of the other losses: their voxels get no target term and no weight. The
+            // index is clamped so that `gather` never reads outside the tensor.
+            let (index, in_range) = if cfg.validate_labels {
+                (labels.clone(), None)
+            } else {
+                let inside = labels
+                    .clone()
+                    .greater_equal_elem(0)
+                    .bool_and(labels.clone().lower_elem(c as i64));
+                (labels.clone().clamp(0, c as i64 - 1), Some(inside.float()))
+            };
+            let index = index.reshape([b, 1, n]);
             let picked = ls.clone().gather(1, index.clone()).reshape([b, n]);
+            let counted_target = match in_range {
+                Some(inside) => counted.clone() * inside,
+                None => counted.clone(),
+            };
             let w_y = match &weights {
                 Some(w) => {
                     w.clone()
                         .reshape([c])
                         .select(0, index.reshape([b * n]))
                         .reshape([b, n])
-                        * counted.clone()
+                        * counted_target
                 }
-                None => counted.clone(),
+                None => counted_target,
             };
             let mut values = (picked * w_y.clone()).neg();
             if eps > 0.0 {

@@ -62,6 +62,7 @@ pub struct DiceLossConfig {
     pub ignore_index: Option<i64>,
     /// Check that label maps hold class indices in `[0, C)` (costs one min/max reduction and one
     /// device synchronisation per call); turn off in a tight GPU loop once the data is trusted.
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }

@@ -56,7 +56,8 @@ pub struct GeneralizedDiceLossConfig {
     pub soft_label: bool,
     /// Label value whose voxels count for nothing (see [`DiceLossConfig::ignore_index`](crate::DiceLossConfig)).
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
     /// Divide the class weights by their sum (per sample, or over the batch) before the ratio.

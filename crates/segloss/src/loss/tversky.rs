@@ -47,7 +47,8 @@ pub struct TverskyLossConfig {
     pub soft_label: bool,
     /// Label value whose voxels count for nothing.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }
