@@ -196,6 +196,13 @@ pub(crate) struct PointwiseSums {
     pub fourth: Tensor<2>,
 }
 
+/// Whether [`fused_pointwise`] can run on `device` with the kernel chosen now (before building
+/// an input for it).
+pub(crate) fn pointwise_fusable(device: &burn::tensor::Device) -> bool {
+    use crate::kernel::{Kernel, current_kernel, fused};
+    current_kernel() != Kernel::Composed && fused::supports_pointwise(device)
+}
+
 /// The overlap statistics of `options` and the pointwise term's sums (activation `pointwise`,
 /// focusing parameter `gamma`) in one fused pass over the logits, or `None` where that pass does
 /// not apply: the composed kernel is chosen, the device has no fused pointwise operation, the

@@ -313,3 +313,124 @@ fn non_f32_predictions_are_computed_in_f32() {
             .all(|v| v.is_finite() && v != 0.0)
     );
 }
+
+#[test]
+fn softmax_focal_without_background_fused_matches_composed() {
+    // MONAI's softmax focal loss without the background normalises over channels 1..C; the fused
+    // path runs the pass over those channels alone (labels shifted, class 0 matching none).
+    // Kernel scale (tiles, several tasks), label maps with ignored voxels and dense targets, a
+    // voxel mask, per-class alpha and weights, gamma 0 and 2, both reductions, and DiceFocal.
+    use burn::tensor::Distribution;
+    let device = Device::flex().autodiff();
+    let [b, c, z, y, x] = [2, 4, 9, 17, 23];
+    let logits = Tensor::<5>::random([b, c, z, y, x], Distribution::Normal(0.0, 3.0), &device);
+    let raw = Tensor::<5>::random([b, 1, z, y, x], Distribution::Uniform(0.0, 4.4), &device);
+    let labels = raw.int().clamp(0, 4); // 4 = ignored below
+    let clean = labels.clone().clamp(0, 3);
+    let dense = Tensor::<5>::random([b, c, z, y, x], Distribution::Uniform(0.0, 1.0), &device);
+    let mask = Tensor::<5>::random([b, 1, z, y, x], Distribution::Bernoulli(0.8), &device);
+    let run = |kernel: Kernel, f: &dyn Fn(Tensor<5>) -> Tensor<1>| {
+        with_kernel(kernel, || {
+            let xg = logits.clone().require_grad();
+            let v = f(xg.clone());
+            let g: Vec<f32> = xg
+                .grad(&v.backward())
+                .unwrap()
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            (v.into_scalar::<f32>(), g)
+        })
+    };
+    let focal = |gamma: f64, alpha: Option<Vec<f32>>, reduction: LossReduction| {
+        FocalLossConfig::new()
+            .with_use_softmax(true)
+            .with_include_background(false)
+            .with_gamma(gamma)
+            .with_alpha(alpha)
+            .with_weight(Some(vec![0.5, 2.0, 1.0]))
+            .with_reduction(reduction)
+            .with_ignore_index(Some(4))
+            .init()
+    };
+    let mut checked = 0;
+    for gamma in [0.0, 2.0] {
+        for alpha in [None, Some(vec![0.2, 0.3, 0.5])] {
+            for reduction in [LossReduction::Mean, LossReduction::Sum] {
+                let loss = focal(gamma, alpha.clone(), reduction);
+                let cases: Vec<(&str, Box<dyn Fn(Tensor<5>) -> Tensor<1>>)> = vec![
+                    ("labels", Box::new(|x| loss.forward(x, labels.clone()))),
+                    (
+                        "labels + mask",
+                        Box::new(|x| {
+                            loss.forward(x, Target::labels(clean.clone()).with_mask(mask.clone()))
+                        }),
+                    ),
+                    (
+                        "dense",
+                        Box::new(|x| loss.forward(x, Target::dense(dense.clone()))),
+                    ),
+                ];
+                for (name, f) in cases {
+                    let (fv, fg) = run(Kernel::Auto, &*f);
+                    let (cv, cg) = run(Kernel::Composed, &*f);
+                    let what = format!("{name} gamma {gamma} alpha {alpha:?} {reduction:?}");
+                    // 3e-5: the composed path's `1 - exp(ln p)` cancels where p is near 1
+                    // (logits of scale 3); the f64 check below shows the fused value closer.
+                    assert!(
+                        (fv - cv).abs() <= 3e-5 * cv.abs().max(1e-3),
+                        "{what}: value {fv} vs {cv}"
+                    );
+                    let scale = cg.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    for (i, (a, r)) in fg.iter().zip(&cg).enumerate() {
+                        assert!(
+                            (a - r).abs() <= 1e-4 * scale,
+                            "{what}: gradient {i}: {a} vs {r} (largest {scale})"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+    // The dense, gamma 2, no-alpha, mean case in f64: q = softmax over channels 1..C.
+    let xs: Vec<f32> = logits.clone().into_data().iter::<f32>().collect();
+    let gs: Vec<f32> = dense.clone().into_data().iter::<f32>().collect();
+    let n = z * y * x;
+    let w = [0.5f64, 2.0, 1.0];
+    let mut total = 0.0f64;
+    for bi in 0..b {
+        for v in 0..n {
+            let at = |ch: usize| (bi * c + ch) * n + v;
+            let m = (1..c).map(|ch| xs[at(ch)] as f64).fold(f64::MIN, f64::max);
+            let s: f64 = (1..c).map(|ch| (xs[at(ch)] as f64 - m).exp()).sum();
+            for ch in 1..c {
+                let lnq = xs[at(ch)] as f64 - m - s.ln();
+                let q = lnq.exp();
+                total += w[ch - 1] * gs[at(ch)] as f64 * -lnq * (1.0 - q).powi(2);
+            }
+        }
+    }
+    let exact = total / (b * (c - 1) * n) as f64;
+    let loss = focal(2.0, None, LossReduction::Mean);
+    let f = |x: Tensor<5>| loss.forward(x, Target::dense(dense.clone()));
+    let (fv, _) = run(Kernel::Auto, &f);
+    let (cv, _) = run(Kernel::Composed, &f);
+    let (fe, ce) = ((fv as f64 - exact).abs(), (cv as f64 - exact).abs());
+    assert!(
+        fe <= 2e-6 * exact && fe <= ce.max(1e-7 * exact),
+        "f64 {exact}: fused {fv} (error {fe:e}), composed {cv} (error {ce:e})"
+    );
+    let before = segloss::kernel::fused::pointwise_calls();
+    let dice_focal = DiceFocalLossConfig::new(Activation::Softmax)
+        .with_include_background(false)
+        .init();
+    let (fv, _) = run(Kernel::Auto, &|x| dice_focal.forward(x, clean.clone()));
+    assert!(
+        segloss::kernel::fused::pointwise_calls() > before,
+        "DiceFocal without background took the composed focal"
+    );
+    let (cv, _) = run(Kernel::Composed, &|x| dice_focal.forward(x, clean.clone()));
+    assert!((fv - cv).abs() <= 1e-5 * cv.abs(), "DiceFocal {fv} vs {cv}");
+}

@@ -9,7 +9,7 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{PointwiseSums, fused_pointwise};
+use crate::stats::{PointwiseSums, fused_pointwise, pointwise_fusable};
 
 const NAME: &str = "FocalLoss";
 
@@ -38,7 +38,8 @@ pub struct FocalLossConfig {
     pub use_softmax: bool,
     /// Label value whose voxels count for nothing.
     pub ignore_index: Option<i64>,
-    /// Check label values (one reduction and one device sync per call).
+    /// Check that label values lie in `[0, C)` (one reduction and one device sync per call).
+    /// Unchecked, a label outside that range matches no class (its voxel's target is all zero).
     #[config(default = true)]
     pub validate_labels: bool,
 }
@@ -179,6 +180,21 @@ impl FocalLoss {
             {
                 return self.loss_of_sums(prepared, &sums);
             }
+        } else if self.config.use_softmax
+            && prepared.channels > 2
+            && pointwise_fusable(&prepared.logits.device())
+        {
+            // The softmax over channels 1..C (MONAI drops the background before its softmax):
+            // the fused pass over those channels alone, a copy of them and a second pass where
+            // Dice + focal share one pass otherwise. (Two channels leave a softmax of one, which
+            // is 1 everywhere: the composed path below gives its 0.)
+            let kept = prepared.without_background();
+            let act = Activation::Softmax;
+            let options = self.prepare_options().stats(act, true, false, false);
+            if let Some((_, sums)) = fused_pointwise(NAME, &kept, &options, act, self.config.gamma)
+            {
+                return self.reduce_kept_sums(&kept, &sums);
+            }
         }
         let values = self.per_voxel(prepared);
         let [b, k, _] = values.dims();
@@ -202,11 +218,34 @@ impl FocalLoss {
     /// `g = 1` for its per-class `alpha`) and the class weights, then the reduction of
     /// [`FocalLossConfig::reduction`].
     pub(crate) fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
-        let cfg = &self.config;
-        let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
-        let first = usize::from(!cfg.include_background);
-        let k = c - first;
+        let first = usize::from(!self.config.include_background);
+        let k = prepared.channels - first;
         let cols = |t: &Tensor<2>| t.clone().narrow(1, first, k);
+        let kept = PointwiseSums {
+            target_weighted: cols(&sums.target_weighted),
+            plain: cols(&sums.plain),
+            third: cols(&sums.third),
+            fourth: cols(&sums.fourth),
+        };
+        self.reduce(prepared.batch, k, prepared.voxels, &prepared.mask, &kept)
+    }
+
+    /// [`FocalLoss::loss_of_sums`] for sums over the kept channels of `kept` (the input
+    /// without its background, [`Prepared::without_background`]).
+    fn reduce_kept_sums(&self, kept: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+        self.reduce(kept.batch, kept.channels, kept.voxels, &kept.mask, sums)
+    }
+
+    /// The reduced loss from pointwise sums `[B, k]` over the `k` channels the loss keeps.
+    fn reduce(
+        &self,
+        b: usize,
+        k: usize,
+        n: usize,
+        mask: &Option<Tensor<2>>,
+        sums: &PointwiseSums,
+    ) -> Tensor<1> {
+        let cfg = &self.config;
         let device = sums.plain.device();
         let per_class = match &cfg.alpha {
             Some(a) if a.len() > 1 => {
@@ -220,7 +259,7 @@ impl FocalLoss {
             .filter(|a| a.len() == 1)
             .map(|a| a[0] as f64);
         let mut values = if cfg.use_softmax {
-            let f = cols(&sums.target_weighted);
+            let f = sums.target_weighted.clone();
             match (scalar, per_class) {
                 (Some(a), _) if cfg.include_background => {
                     let mut factors = vec![a as f32; k];
@@ -231,13 +270,13 @@ impl FocalLoss {
                 _ => f,
             }
         } else {
-            let plain = cols(&sums.plain);
+            let plain = sums.plain.clone();
             match (scalar, per_class) {
                 (Some(a), _) => {
                     plain.mul_scalar(1.0 - a)
-                        + cols(&sums.target_weighted).mul_scalar(2.0 * a - 1.0)
+                        + sums.target_weighted.clone().mul_scalar(2.0 * a - 1.0)
                 }
-                (_, Some(w)) => plain + cols(&sums.third) * w.sub_scalar(1.0),
+                (_, Some(w)) => plain + sums.third.clone() * w.sub_scalar(1.0),
                 _ => plain,
             }
         };
@@ -250,7 +289,7 @@ impl FocalLoss {
             values = values * w;
         }
         let eps = f32::EPSILON as f64;
-        match (&prepared.mask, cfg.reduction) {
+        match (mask, cfg.reduction) {
             (None, LossReduction::Mean) => values.sum().div_scalar((b * k * n) as f64),
             (None, LossReduction::Sum) => values.sum().div_scalar(n as f64),
             (Some(m), LossReduction::Mean) => values
