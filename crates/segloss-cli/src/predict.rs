@@ -184,12 +184,16 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     }
     if !failed.is_empty() {
         let names: Vec<String> = failed.iter().map(|f| f.display().to_string()).collect();
-        eprintln!(
-            "{} of {} images could not be predicted (the others were): {}",
-            failed.len(),
-            files.len(),
-            names.join(", ")
-        );
+        if failed.len() == files.len() {
+            eprintln!("no image could be predicted: {}", names.join(", "));
+        } else {
+            eprintln!(
+                "{} of {} images could not be predicted (the others were): {}",
+                failed.len(),
+                files.len(),
+                names.join(", ")
+            );
+        }
         return Ok(ExitCode::from(EXIT_CASE_FAILED));
     }
     Ok(ExitCode::SUCCESS)
