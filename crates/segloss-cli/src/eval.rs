@@ -63,7 +63,11 @@ docs/cli.md.";
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Predicted label image (.nii or .nii.gz).
-    #[arg(required_unless_present_any = ["pred_dir", "merge"], requires = "reference")]
+    #[arg(
+        required_unless_present_any = ["pred_dir", "merge"],
+        requires = "reference",
+        conflicts_with = "merge"
+    )]
     pub prediction: Option<PathBuf>,
     /// Reference (ground-truth) label image on the same grid.
     pub reference: Option<PathBuf>,

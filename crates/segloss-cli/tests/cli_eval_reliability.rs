@@ -470,12 +470,35 @@ fn three_shards_merged_equal_one_run() {
             stderr(&out)
         );
     }
+    // A shard cut short (killed while appending: no summary, no end: row) is refused.
+    let s1 = dir.path().join("shard1.csv");
+    let s2 = dir.path().join("shard2.csv");
+    let cut = dir.path().join("cut3.csv");
+    let text = std::fs::read_to_string(dir.path().join("shard3.csv")).unwrap();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("summary:") && !l.starts_with("\"end:"))
+        .collect();
+    std::fs::write(&cut, rows.join("\n") + "\n").unwrap();
+    let out = segloss(&["eval", "--merge", s(&s1), s(&s2), s(&cut)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("shard 3/3 did not finish") && stderr(&out).contains("--resume"),
+        "{}",
+        stderr(&out)
+    );
+    // Metric options come from the files: giving them with --merge is an error.
+    let out = segloss(&["eval", "--merge", s(&s1), "--labels", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
     // A shard written with other settings is refused, naming the setting and the files.
     let other = dir.path().join("other3.csv");
     let out = eval_folder(dir.path(), &["--shard", "3/3", "-o", s(&other)]);
     assert!(matches!(out.status.code(), Some(0 | 1)));
-    let s1 = dir.path().join("shard1.csv");
-    let s2 = dir.path().join("shard2.csv");
     let out = segloss(&["eval", "--merge", s(&s1), s(&s2), s(&other)]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -638,4 +661,28 @@ fn a_broken_or_foreign_resume_file_is_refused() {
         csv_case_rows(&std::fs::read_to_string(&fresh).unwrap()).len(),
         1
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_with_141() {
+    let dir = tempfile::tempdir().unwrap();
+    write_case(dir.path(), "a", 1, false);
+    let reference = dir.path().join("ref/a.nii.gz");
+    // The prediction is a pipe, so the run waits until stdout is closed before it can print.
+    let held = dir.path().join("held.nii.gz");
+    make_fifo(&held);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_segloss"))
+        .args(["eval", s(&held), s(&reference)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut fifo = std::fs::OpenOptions::new().write(true).open(&held).unwrap();
+    fifo.write_all(&std::fs::read(dir.path().join("pred/a.nii.gz")).unwrap())
+        .unwrap();
+    drop(fifo);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
