@@ -2,9 +2,10 @@
 //! cases need.
 //!
 //! Each case already uses every core (labels in parallel), so more jobs than cores only adds
-//! memory. The memory of one case is estimated from the header of its largest image: per voxel
-//! the image's stored bytes twice (both images are decoded at once) plus 2 bytes per label
-//! volume, and with distance metrics 6 bytes more (two boundary masks and an `f32` distance
+//! memory. The memory of one case is estimated from the header of its largest image as the
+//! larger of its two phases, per voxel: reading, both images decoded at once (the stored bytes
+//! and the 2-byte label volume of each: `2 x (bytes + 2)`); evaluating, the two label volumes
+//! (4 bytes) plus, with distance metrics, 6 bytes (two boundary masks and an `f32` distance
 //! grid over at most the whole image; see docs/metrics.md). The jobs are capped so that their
 //! estimates fit in the memory available (`MemAvailable` of /proc/meminfo, where it exists).
 
@@ -117,7 +118,7 @@ pub fn per_case_memory(cases: &[&CaseSpec], distances: bool) -> Option<u64> {
             Side::File(p) => header_size(p),
             _ => None,
         })
-        .map(|(voxels, bytes)| voxels * (2 * bytes + 4 + if distances { 6 } else { 0 }))
+        .map(|(voxels, bytes)| voxels * (2 * (bytes + 2)).max(if distances { 10 } else { 4 }))
         .max()
 }
 
