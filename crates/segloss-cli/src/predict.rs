@@ -160,8 +160,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = Vec::new();
-    let mut done = 0;
-    for (file, out) in files.iter().zip(&outputs) {
+    for (done, (file, out)) in files.iter().zip(&outputs).enumerate() {
         if console::stop_requested() {
             return Ok(stopped(&format!(
                 "after {done} of {} images, each prediction written whole{}",
@@ -180,7 +179,6 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
                 failed.push(file);
             }
         }
-        done += 1;
     }
     if !failed.is_empty() {
         let names: Vec<String> = failed.iter().map(|f| f.display().to_string()).collect();
