@@ -1,18 +1,25 @@
 //! `segloss train`: train a 3D U-Net with a segloss loss on the built-in procedural dataset or
 //! on NIfTI folders. The options shared with `segloss compare` live in [`TrainOpts`].
+//!
+//! Progress goes through [`console::say`]: a closed stdout (`segloss train | head -1`) or an
+//! interrupt stops the run at the next step, with the last finished epoch saved (exit 141 or
+//! 130); a full disk behind `>` only loses the progress lines.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use segloss_train::data::SyntheticConfig;
 use segloss_train::dataset::DataSource;
 use segloss_train::device::parse_device;
 use segloss_train::losses::LossKind;
-use segloss_train::run::{EpochSummary, Event, TrainConfig, train};
+use segloss_train::run::{EpochSummary, Event, RunEnd, TrainConfig, previous_run_files, train};
+
+use crate::console;
 
 /// The defaults, from the library's [`TrainConfig::default`] (one source of truth).
 fn defaults() -> TrainConfig {
@@ -66,6 +73,12 @@ pub struct TrainOpts {
     /// backends need a build with `--features wgpu` or `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Replace the run already in --out: its model.json, metrics.csv, model.bpk and
+    /// checkpoints/ are deleted before training (other files there are kept). Without it, an
+    /// --out that holds a run is refused; the default --out instead keeps its previous run as
+    /// <out>.previous.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 impl TrainOpts {
@@ -105,6 +118,7 @@ impl TrainOpts {
             learning_rate: self.lr,
             seed: self.seed,
             out_dir: out,
+            overwrite: self.overwrite,
         }
     }
 
@@ -134,9 +148,11 @@ pub struct TrainArgs {
     /// The loss: dice, gdl, dice-ce, dice-focal, tversky, focal or ce.
     #[arg(long, default_value = "dice-ce")]
     pub loss: String,
-    /// Output folder: model.json, metrics.csv, checkpoints/epoch-N.bpk and model.bpk.
-    #[arg(long, default_value = "runs/train")]
-    pub out: PathBuf,
+    /// Output folder: model.json, metrics.csv, checkpoints/epoch-N.bpk and model.bpk
+    /// [default: runs/train]. A folder that holds a run is refused (see --overwrite), except
+    /// the default one, whose previous run is moved to runs/train.previous.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub opts: TrainOpts,
 }
@@ -186,8 +202,9 @@ impl Progress {
         self.prefix = prefix;
     }
 
-    /// Shows one event.
-    pub fn event(&self, event: &Event) {
+    /// Shows one event; asks to stop ([`ControlFlow::Break`]) when an interrupt arrived or
+    /// stdout was closed ([`console::stop_requested`]).
+    pub fn event(&self, event: &Event) -> ControlFlow<()> {
         match event {
             Event::Step { epoch, loss, .. } => {
                 if let Some(bar) = &self.bar {
@@ -199,9 +216,14 @@ impl Progress {
                 let line = format!("{}{}", self.prefix, epoch_line(s));
                 match &self.bar {
                     Some(bar) => bar.println(line),
-                    None => println!("{line}"),
+                    None => console::say(line),
                 }
             }
+        }
+        if console::stop_requested() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
     }
 
@@ -213,7 +235,8 @@ impl Progress {
     }
 }
 
-/// Checks the options that the library would only find after loading data.
+/// Checks the options that the library would only find after loading data, in the words of
+/// the command line.
 pub fn check_opts(opts: &TrainOpts) -> Result<()> {
     for (flag, dir) in [("--images", &opts.images), ("--labels", &opts.labels)] {
         if let Some(dir) = dir
@@ -222,7 +245,62 @@ pub fn check_opts(opts: &TrainOpts) -> Result<()> {
             bail!("{flag}: {} is not a folder", dir.display());
         }
     }
+    if opts.images.is_none() {
+        let data = SyntheticConfig::default();
+        let min = data.min_size();
+        if opts.size < min {
+            bail!(
+                "--size {}: the built-in volumes must be at least {min} voxels on a side (their \
+                 small spheres have a radius of up to {} voxels and need a volume at least 4 \
+                 radii wide); the default is {}",
+                opts.size,
+                data.sphere_radius[1],
+                data.size
+            );
+        }
+    }
     Ok(())
+}
+
+/// The folder an earlier run in the default output folder `out` is moved to.
+pub fn previous_folder(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".previous");
+    PathBuf::from(name)
+}
+
+/// Moves the folder `out` aside to [`previous_folder`] (replacing an older one there), so that
+/// the default output folder can be trained into again without destroying the run in it; says
+/// so on stdout.
+///
+/// # Errors
+/// A folder that cannot be moved or an older copy that cannot be deleted (named).
+pub fn set_aside(out: &Path) -> Result<()> {
+    let to = previous_folder(out);
+    if to.symlink_metadata().is_ok() {
+        std::fs::remove_dir_all(&to)
+            .with_context(|| format!("cannot delete the older run in {}", to.display()))?;
+    }
+    std::fs::rename(out, &to)
+        .with_context(|| format!("cannot move {} to {}", out.display(), to.display()))?;
+    console::say(format!(
+        "moved the previous run in {} to {} (the default --out keeps one earlier run; give --out \
+         to keep more, or --overwrite to replace it)",
+        out.display(),
+        to.display()
+    ));
+    Ok(())
+}
+
+/// The exit code of a command stopped at a boundary (130 interrupt, 141 closed stdout); `what`
+/// says what was saved and is printed on stderr after an interrupt (not after a closed stdout,
+/// which ends the command quietly).
+pub fn stopped(what: &str) -> ExitCode {
+    let code = console::stop_status().unwrap_or(console::EXIT_INTERRUPTED);
+    if code == console::EXIT_INTERRUPTED {
+        eprintln!("stopped: {what}");
+    }
+    ExitCode::from(code)
 }
 
 /// Runs `segloss train`.
@@ -230,25 +308,50 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
     let loss = LossKind::parse(&args.loss).map_err(anyhow::Error::msg)?;
     check_opts(&args.opts)?;
     let device = parse_device(&args.opts.device)?;
-    let cfg = args.opts.config(loss, args.out.clone());
-    println!("training {} with {}", args.opts.describe(&cfg), loss.name());
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/train"));
+    if args.out.is_none() && !args.opts.overwrite && !previous_run_files(&out).is_empty() {
+        set_aside(&out)?;
+    }
+    let cfg = args.opts.config(loss, out);
+    console::say(format!(
+        "training {} with {}",
+        args.opts.describe(&cfg),
+        loss.name()
+    ));
     let progress = Progress::new(cfg.epochs * cfg.steps_per_epoch, String::new());
     let start = std::time::Instant::now();
-    let outcome = train(&cfg, &device.autodiff(), |e| progress.event(e))?;
+    let outcome = train(&cfg, &device.autodiff(), |e| progress.event(e));
     progress.finish();
+    let outcome = outcome?;
+    let dir = cfg.out_dir.display();
+    if outcome.end == RunEnd::Stopped {
+        let what = match outcome.epochs.last() {
+            Some(last) => format!(
+                "after epoch {} of {}: {dir}/model.bpk is the model of epoch {}, with {dir}/metrics.csv and {dir}/checkpoints/epoch-1..{}.bpk",
+                last.epoch, cfg.epochs, last.epoch, last.epoch
+            ),
+            None => format!(
+                "before the first epoch finished: no model was saved (only {dir}/model.json and an empty {dir}/metrics.csv)"
+            ),
+        };
+        return Ok(stopped(&what));
+    }
     let last = outcome.epochs.last().expect("at least one epoch");
-    println!(
+    console::say(format!(
         "done in {:.0} s: mean foreground validation Dice {:.3}; wrote {} (curves), {} and {}",
         start.elapsed().as_secs_f64(),
         last.mean_foreground_dice(),
         cfg.out_dir.join("metrics.csv").display(),
         cfg.out_dir.join("checkpoints").display(),
         cfg.out_dir.join("model.bpk").display()
-    );
-    println!(
+    ));
+    console::say(format!(
         "next: segloss predict --model {} --out {}",
         cfg.out_dir.display(),
         cfg.out_dir.join("predict").display()
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -145,9 +145,19 @@ fn test_csv_output_has_rows_and_summary() {
         lines.next().unwrap(),
         "case,label,pred_empty,ref_empty,tp,fp,fn,tn,dice,hd95,hd95_pred_to_ref,hd95_ref_to_pred,nsd@1,nsd@2"
     );
+    // The run: and end: rows (quoted JSON in the case field) are not split here.
+    assert!(
+        text.lines().nth(1).unwrap().starts_with("\"run:{"),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().unwrap().starts_with("\"end:{"),
+        "{text}"
+    );
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(1)
+        .filter(|l| !l.starts_with('"'))
         .map(|l| l.split(',').collect())
         .collect();
     assert!(rows.iter().all(|r| r.len() == 14), "{text}");

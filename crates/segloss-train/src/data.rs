@@ -65,6 +65,12 @@ pub struct Volume {
 }
 
 impl SyntheticConfig {
+    /// The smallest `size` these settings accept: 8, and 4 times the largest sphere radius
+    /// (rounded up), so that the small spheres fit in the volume.
+    pub fn min_size(&self) -> usize {
+        ((4.0 * self.sphere_radius[1]).ceil() as usize).max(8)
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), String> {
         if self.size < 8 {

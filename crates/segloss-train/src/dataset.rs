@@ -26,8 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::data::{Split, SyntheticConfig};
 use crate::nifti::{read_image, read_label_image};
 
-/// Where the training data comes from.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the training data comes from (recorded in a run's `model.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum DataSource {
     /// The built-in procedural dataset (no download).
     Synthetic {

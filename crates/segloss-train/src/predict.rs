@@ -1,5 +1,9 @@
 //! Inference: the label map a trained network predicts for a whole volume.
+//!
+//! Output files are written whole through [`write_atomically`] (never half a file after an
+//! interrupt or a full disk).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -8,6 +12,7 @@ use nifti::NiftiHeader;
 
 use crate::data::Split;
 use crate::dataset::zscore;
+use crate::files::write_atomically;
 use crate::nifti::{read_image, write_label_map};
 use crate::run::ModelCard;
 use crate::unet::UNet3d;
@@ -23,6 +28,19 @@ use crate::unet::UNet3d;
 /// # Panics
 /// If `image` is not `[1, 1, D, H, W]` or the network has more than 256 classes.
 pub fn predict_labels(model: &UNet3d, image: Tensor<5>) -> Vec<u8> {
+    labels_of(model, image, false).expect("not checked")
+}
+
+/// [`predict_labels`], or `None` when the network's outputs are not all finite (a diverged
+/// model: the arg-max of NaN logits would be read as some label).
+///
+/// # Panics
+/// As [`predict_labels`].
+pub fn predict_labels_checked(model: &UNet3d, image: Tensor<5>) -> Option<Vec<u8>> {
+    labels_of(model, image, true)
+}
+
+fn labels_of(model: &UNet3d, image: Tensor<5>, check: bool) -> Option<Vec<u8>> {
     let [b, c, d, h, w] = image.dims();
     assert!(
         b == 1 && c == 1,
@@ -39,15 +57,18 @@ pub fn predict_labels(model: &UNet3d, image: Tensor<5>) -> Vec<u8> {
         Tensor::zeros([1, 1, pd, ph, pw], &device)
             .slice_assign([0..1, 0..1, 0..d, 0..h, 0..w], image)
     };
-    let labels = model
-        .forward(padded)
-        .argmax(1)
-        .slice([0..1, 0..1, 0..d, 0..h, 0..w]);
-    labels
-        .into_data()
-        .iter::<i64>()
-        .map(|l| u8::try_from(l).expect("at most 256 classes"))
-        .collect()
+    let logits = model.forward(padded);
+    if check && !logits.clone().is_finite().all().into_scalar::<bool>() {
+        return None;
+    }
+    let labels = logits.argmax(1).slice([0..1, 0..1, 0..d, 0..h, 0..w]);
+    Some(
+        labels
+            .into_data()
+            .iter::<i64>()
+            .map(|l| u8::try_from(l).expect("at most 256 classes"))
+            .collect(),
+    )
 }
 
 /// [`predict_labels`] for an image given as row-major `[D, H, W]` values.
@@ -78,7 +99,8 @@ pub fn predict_array(
 /// (`card.normalization`).
 ///
 /// # Errors
-/// An unreadable input, an unknown normalisation, or an unwritable output (named).
+/// An unreadable input, an unknown normalisation, a model whose outputs are not finite, or an
+/// unwritable output (named).
 pub fn predict_file(
     model: &UNet3d,
     card: &ModelCard,
@@ -93,11 +115,19 @@ pub fn predict_file(
         "zscore" => zscore(&image.data),
         other => bail!("model.json: unknown normalization `{other}` (expected none or zscore)"),
     };
-    let labels = predict_array(model, values, shape, device);
+    let [d, h, w] = shape;
+    let tensor = Tensor::from_data(TensorData::new(values, [1, 1, d, h, w]), device);
+    let Some(labels) = predict_labels_checked(model, tensor) else {
+        bail!(
+            "{}: the model's outputs are not finite (NaN or infinite): its training diverged, \
+             use an earlier checkpoint (--weights)",
+            input.display()
+        );
+    };
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_label_map(output, &labels, &image.header)
+    write_atomically(output, |temp| write_label_map(temp, &labels, &image.header))
 }
 
 /// The header of a built-in volume written as NIfTI: `size^3` voxels of 1 mm, identity
@@ -126,13 +156,18 @@ pub struct BuiltinPredictions {
     pub predictions: PathBuf,
     /// `references/valid-NNN.nii.gz`: the true label maps.
     pub references: PathBuf,
-    /// Number of volumes.
+    /// Number of volumes written (all of them unless stopped).
     pub volumes: usize,
+    /// Number of validation volumes of the model's data.
+    pub planned: usize,
 }
 
 /// Predicts the built-in validation volumes the model was trained against (regenerated from
 /// `card.synthetic`) and writes images, predictions and references as NIfTI files under `out`,
 /// ready for `segloss eval --pred-dir out/predictions --ref-dir out/references`.
+///
+/// `after_volume` is called with the number of volumes written after each one; returning
+/// [`ControlFlow::Break`] stops there (the volumes written so far are complete).
 ///
 /// # Errors
 /// A model not trained on the built-in data, or files that cannot be written.
@@ -141,17 +176,19 @@ pub fn predict_builtin_valid(
     card: &ModelCard,
     out: &Path,
     device: &Device,
+    mut after_volume: impl FnMut(usize) -> ControlFlow<()>,
 ) -> Result<BuiltinPredictions> {
     let Some((data, volumes)) = &card.synthetic else {
         bail!(
             "this model was trained on NIfTI data, not the built-in data: give the images to predict"
         );
     };
-    let result = BuiltinPredictions {
+    let mut result = BuiltinPredictions {
         images: out.join("images"),
         predictions: out.join("predictions"),
         references: out.join("references"),
-        volumes: *volumes,
+        volumes: 0,
+        planned: *volumes,
     };
     for dir in [&result.images, &result.predictions, &result.references] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -168,23 +205,33 @@ pub fn predict_builtin_valid(
             [n, n, n],
             &image_header,
         )?;
-        write_label_map(&result.references.join(&name), &v.labels, &labels_header)?;
+        write_atomically(&result.references.join(&name), |temp| {
+            write_label_map(temp, &v.labels, &labels_header)
+        })?;
         let pred = predict_array(model, v.image, [n, n, n], device);
-        write_label_map(&result.predictions.join(&name), &pred, &labels_header)?;
+        write_atomically(&result.predictions.join(&name), |temp| {
+            write_label_map(temp, &pred, &labels_header)
+        })?;
+        result.volumes += 1;
+        if after_volume(result.volumes).is_break() {
+            break;
+        }
     }
     Ok(result)
 }
 
-/// Writes a float image (row-major `[z, y, x]`) with `header`'s geometry.
+/// Writes a float image (row-major `[z, y, x]`) with `header`'s geometry, whole.
 fn write_image(path: &Path, values: &[f32], shape: [usize; 3], header: &NiftiHeader) -> Result<()> {
     let [z, y, x] = shape;
     let array = ndarray::Array::from_shape_vec((z, y, x), values.to_vec())
         .context("image shape")?
         .reversed_axes();
-    nifti::writer::WriterOptions::new(path)
-        .reference_header(header)
-        .write_nifti(&array)
-        .with_context(|| format!("cannot write {}", path.display()))
+    write_atomically(path, |temp| {
+        nifti::writer::WriterOptions::new(temp)
+            .reference_header(header)
+            .write_nifti(&array)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
 }
 
 #[cfg(test)]

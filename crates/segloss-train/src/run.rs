@@ -1,7 +1,15 @@
 //! A training run: epochs of optimisation steps, per-class validation Dice after each epoch,
 //! `metrics.csv`, checkpoints, the final model and its description `model.json`.
+//!
+//! Every file is written whole through [`files::write_atomically`](crate::files::write_atomically)
+//! (an interrupted run leaves the previous version of a file, never half of one). A run can be
+//! stopped at any step by its caller ([`train`]'s `on_event` returning
+//! [`ControlFlow::Break`]): the model of the last finished epoch is saved as `model.bpk`. A run
+//! whose loss or validation outputs stop being finite (a learning rate far too high) ends with
+//! an error that names the epoch and step, keeping the last finite checkpoint as `model.bpk`.
 
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,8 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::SyntheticConfig;
 use crate::dataset::{DataSource, Dataset};
+use crate::files::{write_atomically, write_bytes_atomically};
 use crate::losses::LossKind;
-use crate::predict::predict_labels;
+use crate::predict::predict_labels_checked;
 use crate::train::adam_trainer;
 use crate::unet::{UNet3d, UNet3dConfig};
 
@@ -40,6 +49,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Where `metrics.csv`, `checkpoints/`, `model.bpk` and `model.json` go.
     pub out_dir: PathBuf,
+    /// What to do when `out_dir` already holds a run ([`previous_run_files`]): `false` (the
+    /// default) refuses to train, so that a trained model is never replaced by mistake and a
+    /// new `metrics.csv` never sits beside an older run's later checkpoints; `true` deletes
+    /// those files first (once the data has loaded).
+    pub overwrite: bool,
 }
 
 impl Default for TrainConfig {
@@ -57,6 +71,7 @@ impl Default for TrainConfig {
             learning_rate: 1e-2,
             seed: 1,
             out_dir: PathBuf::from("runs/train"),
+            overwrite: false,
         }
     }
 }
@@ -78,6 +93,42 @@ pub struct ModelCard {
     /// The built-in dataset it was trained on, if any (with its number of validation volumes),
     /// so that `segloss predict` can regenerate the validation set.
     pub synthetic: Option<(SyntheticConfig, usize)>,
+    /// How it was trained (data, epochs, steps, batch, learning rate, seed), so that a report
+    /// made later (`segloss compare --report-only`) describes the run as it was trained.
+    /// `None` in `model.json` files written before this field existed.
+    #[serde(default)]
+    pub training: Option<TrainingRecord>,
+}
+
+/// The settings a run was trained with, as recorded in its `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// The training data.
+    pub data: DataSource,
+    /// Planned number of epochs (`metrics.csv` has one row per epoch that finished).
+    pub epochs: usize,
+    /// Optimisation steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Volumes (or patches) per step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Seed of the weights and of the batch order.
+    pub seed: u64,
+}
+
+impl TrainingRecord {
+    /// The record of `cfg`.
+    pub fn of(cfg: &TrainConfig) -> Self {
+        Self {
+            data: cfg.data.clone(),
+            epochs: cfg.epochs,
+            steps_per_epoch: cfg.steps_per_epoch,
+            batch_size: cfg.batch_size,
+            learning_rate: cfg.learning_rate,
+            seed: cfg.seed,
+        }
+    }
 }
 
 impl ModelCard {
@@ -96,6 +147,25 @@ impl ModelCard {
         })?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid model description", path.display()))
+    }
+
+    /// The settings the run was trained with, as a [`TrainConfig`] writing into `out_dir`;
+    /// `None` for a `model.json` without a training record or with an unknown loss.
+    pub fn train_config(&self, out_dir: PathBuf) -> Option<TrainConfig> {
+        let t = self.training.as_ref()?;
+        Some(TrainConfig {
+            data: t.data.clone(),
+            base_width: self.base_width,
+            depth: self.depth,
+            loss: LossKind::parse(&self.loss).ok()?,
+            epochs: t.epochs,
+            steps_per_epoch: t.steps_per_epoch,
+            batch_size: t.batch_size,
+            learning_rate: t.learning_rate,
+            seed: t.seed,
+            out_dir,
+            overwrite: false,
+        })
     }
 
     /// The network architecture.
@@ -184,16 +254,18 @@ pub fn foreground_dice(pred: &[u8], reference: &[u8], classes: usize) -> Vec<f64
         .collect()
 }
 
-/// Validation Dice (pooled per foreground class) of `model` on every validation volume of `data`.
-pub fn validate(model: &UNet3d, data: &Dataset, device: &Device) -> Vec<f64> {
+/// Validation Dice (pooled per foreground class) of `model` on every validation volume of `data`;
+/// `None` when the network's outputs on a validation volume are not all finite (a diverged
+/// run: NaN outputs would otherwise be read as some label).
+pub fn validate(model: &UNet3d, data: &Dataset, device: &Device) -> Option<Vec<f64>> {
     let mut pred = Vec::new();
     let mut reference = Vec::new();
     for i in 0..data.valid_len() {
         let v = data.valid_volume(i, device);
-        pred.extend(predict_labels(model, v.image));
+        pred.extend(predict_labels_checked(model, v.image)?);
         reference.extend(v.labels);
     }
-    foreground_dice(&pred, &reference, data.classes())
+    Some(foreground_dice(&pred, &reference, data.classes()))
 }
 
 /// The header of `metrics.csv` for `classes` classes.
@@ -252,26 +324,100 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochSummary>> {
 /// What a run produced.
 #[derive(Debug)]
 pub struct TrainOutcome {
-    /// The trained model, without autodiff.
-    pub model: UNet3d,
-    /// One summary per epoch.
+    /// The model of the last finished epoch (the one saved as `model.bpk`), without autodiff;
+    /// `None` when the run was stopped before its first epoch finished (then no `model.bpk` was
+    /// written).
+    pub model: Option<UNet3d>,
+    /// One summary per finished epoch.
     pub epochs: Vec<EpochSummary>,
     /// The description written as `model.json`.
     pub card: ModelCard,
+    /// Whether every epoch ran or the caller stopped the run.
+    pub end: RunEnd,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every planned epoch ran.
+    Finished,
+    /// The caller's `on_event` returned [`ControlFlow::Break`]: the epochs finished before it
+    /// are saved, an epoch in progress is dropped.
+    Stopped,
+}
+
+/// The files of a training run that [`train`] writes into a folder and that are present in
+/// `dir`: `model.json`, `metrics.csv`, `model.bpk` and `checkpoints/`. Empty for a new or
+/// unrelated folder.
+pub fn previous_run_files(dir: &Path) -> Vec<PathBuf> {
+    RUN_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
+
+const RUN_FILES: [&str; 4] = ["model.json", "metrics.csv", "model.bpk", "checkpoints"];
+
+/// Deletes the files of a run ([`previous_run_files`]) from `dir`; other files are kept.
+///
+/// # Errors
+/// A file that cannot be deleted (named).
+pub fn remove_run_files(dir: &Path) -> Result<()> {
+    for path in previous_run_files(dir) {
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot delete {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The error of a run that already has files in its folder, with what to do.
+fn refuse_previous_run(dir: &Path, files: &[PathBuf]) -> anyhow::Error {
+    let names: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    anyhow::anyhow!(
+        "{} already holds a training run ({}): refusing to replace it; choose another --out, or \
+         add --overwrite to delete that run first",
+        dir.display(),
+        names.join(", ")
+    )
+}
+
+/// Saves `model` to `path` whole (through a temporary file).
+fn save_model(model: &UNet3d, path: &Path) -> Result<()> {
+    write_atomically(path, |temp| {
+        model
+            .clone()
+            .save_file(temp)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })
 }
 
 /// Trains a U-Net on `cfg.data` on `device` (an autodiff device), reporting progress through
 /// `on_event`, and returns the trained model and the epochs' summaries. Writes `model.json`,
 /// `metrics.csv` (rewritten after every epoch), `checkpoints/epoch-N.bpk` and `model.bpk` into
-/// `out_dir`.
+/// `out_dir`, each file whole.
+///
+/// `on_event` is called after every step and every epoch; returning [`ControlFlow::Break`]
+/// stops the run there ([`RunEnd::Stopped`]): an epoch in progress is dropped, and `model.bpk`
+/// holds the model of the last finished epoch (its checkpoint), or is not written when no epoch
+/// finished.
 ///
 /// # Errors
-/// Invalid settings, data that cannot be loaded, or a file that cannot be written (named in the
-/// message).
+/// Invalid settings; an `out_dir` that already holds a run without `cfg.overwrite`; data that
+/// cannot be loaded; a file that cannot be written (named in the message); a training loss or
+/// validation outputs that are not finite (the run diverged: the message names the epoch and
+/// step, suggests a lower learning rate and says which checkpoint was kept as `model.bpk`).
 pub fn train(
     cfg: &TrainConfig,
     device: &Device,
-    mut on_event: impl FnMut(&Event),
+    mut on_event: impl FnMut(&Event) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
     if cfg.batch_size == 0
         || cfg.epochs == 0
@@ -288,6 +434,10 @@ pub fn train(
             "training: the learning rate must be > 0, got {}",
             cfg.learning_rate
         );
+    }
+    let previous = previous_run_files(&cfg.out_dir);
+    if !previous.is_empty() && !cfg.overwrite {
+        return Err(refuse_previous_run(&cfg.out_dir, &previous));
     }
     let data = cfg.data.load()?;
     let factor = 1usize << (cfg.depth - 1);
@@ -315,42 +465,85 @@ pub fn train(
             } => Some((config.clone(), *valid_volumes)),
             Dataset::Nifti { .. } => None,
         },
+        training: Some(TrainingRecord::of(cfg)),
     };
+    if !previous.is_empty() {
+        remove_run_files(&cfg.out_dir)?;
+    }
     let checkpoints = cfg.out_dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoints)
         .with_context(|| format!("cannot create {}", checkpoints.display()))?;
-    let card_path = cfg.out_dir.join("model.json");
-    std::fs::write(
-        &card_path,
+    write_bytes_atomically(
+        &cfg.out_dir.join("model.json"),
         serde_json::to_string_pretty(&card).expect("serialisable"),
-    )
-    .with_context(|| format!("cannot write {}", card_path.display()))?;
+    )?;
     let metrics_path = cfg.out_dir.join("metrics.csv");
     let mut csv = csv_header(data.classes());
-    std::fs::write(&metrics_path, &csv)
-        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+    write_bytes_atomically(&metrics_path, &csv)?;
+    let final_path = cfg.out_dir.join("model.bpk");
 
     device.seed(cfg.seed);
     let model = card.unet().init(device);
     let mut trainer = adam_trainer(model, cfg.loss, cfg.learning_rate);
     let valid_device = device.clone().inner();
-    let mut summaries = Vec::new();
-    for epoch in 1..=cfg.epochs {
+    let mut summaries: Vec<EpochSummary> = Vec::new();
+    // The model of the last finished epoch, the one `model.bpk` gets.
+    let mut last: Option<UNet3d> = None;
+    let mut end = RunEnd::Finished;
+    // Saves `last` as model.bpk and says which epoch it is, for the divergence error.
+    let keep_last = |last: &Option<UNet3d>, finished: usize| -> Result<String> {
+        match last {
+            Some(model) => {
+                save_model(model, &final_path)?;
+                Ok(format!(
+                    "kept {} (epoch {finished}, the last with finite values) and saved it as {}",
+                    checkpoints.join(format!("epoch-{finished}.bpk")).display(),
+                    final_path.display()
+                ))
+            }
+            None => Ok("no epoch finished with finite values, so no model was saved".into()),
+        }
+    };
+    let hint = |lr: f64| {
+        format!(
+            "the learning rate {lr:e} is probably too high: try a lower --lr (the default is {:e})",
+            TrainConfig::default().learning_rate
+        )
+    };
+    'epochs: for epoch in 1..=cfg.epochs {
         let start = Instant::now();
         let mut total = 0.0f64;
         for step in 1..=cfg.steps_per_epoch {
             let global = (epoch - 1) * cfg.steps_per_epoch + step - 1;
             let (x, y) = data.train_batch(global, cfg.batch_size, cfg.seed, device);
             let loss = trainer.step(x, y);
+            if !loss.is_finite() {
+                let kept = keep_last(&last, summaries.len())?;
+                bail!(
+                    "training diverged at epoch {epoch}, step {step}: the loss is {loss} ({}); {kept}",
+                    hint(cfg.learning_rate)
+                );
+            }
             total += loss as f64;
-            on_event(&Event::Step { epoch, step, loss });
+            if on_event(&Event::Step { epoch, step, loss }).is_break() {
+                end = RunEnd::Stopped;
+                break 'epochs;
+            }
         }
         let valid_model = trainer.valid_model();
-        let valid_dice = validate(&valid_model, &data, &valid_device);
-        let ckpt = checkpoints.join(format!("epoch-{epoch}.bpk"));
-        valid_model
-            .save_file(&ckpt)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", ckpt.display()))?;
+        let Some(valid_dice) = validate(&valid_model, &data, &valid_device) else {
+            let kept = keep_last(&last, summaries.len())?;
+            bail!(
+                "training diverged at epoch {epoch}, step {}: the network's outputs on the \
+                 validation volumes after this step are not finite ({}); {kept}",
+                cfg.steps_per_epoch,
+                hint(cfg.learning_rate)
+            );
+        };
+        save_model(
+            &valid_model,
+            &checkpoints.join(format!("epoch-{epoch}.bpk")),
+        )?;
         let summary = EpochSummary {
             epoch,
             train_loss: total / cfg.steps_per_epoch as f64,
@@ -358,21 +551,22 @@ pub fn train(
             seconds: start.elapsed().as_secs_f64(),
         };
         csv.push_str(&csv_row(&summary));
-        std::fs::write(&metrics_path, &csv)
-            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
-        on_event(&Event::Epoch(summary.clone()));
-        summaries.push(summary);
+        write_bytes_atomically(&metrics_path, &csv)?;
+        last = Some(valid_model);
+        summaries.push(summary.clone());
+        if on_event(&Event::Epoch(summary)).is_break() {
+            end = RunEnd::Stopped;
+            break;
+        }
     }
-    let final_path = cfg.out_dir.join("model.bpk");
-    let model = trainer.valid_model();
-    model
-        .clone()
-        .save_file(&final_path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e:?}", final_path.display()))?;
+    if let Some(model) = &last {
+        save_model(model, &final_path)?;
+    }
     Ok(TrainOutcome {
-        model,
+        model: last,
         epochs: summaries,
         card,
+        end,
     })
 }
 
@@ -384,7 +578,7 @@ pub fn load_model(weights: &Path, card: &ModelCard, device: &Device) -> Result<U
     card.unet()
         .init(device)
         .try_load_file(weights)
-        .map_err(|e| anyhow::anyhow!("cannot load {}: {e:?}", weights.display()))
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))
 }
 
 #[cfg(test)]
@@ -416,8 +610,10 @@ mod tests {
             if matches!(e, Event::Step { .. }) {
                 steps += 1
             }
+            ControlFlow::Continue(())
         })
         .unwrap();
+        assert_eq!(outcome.end, RunEnd::Finished);
         assert_eq!(steps, 4);
         assert_eq!(outcome.epochs.len(), 2);
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
@@ -448,14 +644,17 @@ mod tests {
             ..Default::default()
         }
         .batch(crate::data::Split::Valid, &[0], &plain);
-        let trained = outcome.model.to_device(&plain);
+        let trained = outcome.model.clone().unwrap().to_device(&plain);
         let a = load_model(&dir.join("model.bpk"), &card, &plain).unwrap();
         let b = load_model(&dir.join("checkpoints/epoch-2.bpk"), &card, &plain).unwrap();
         let logits =
             |m: &UNet3d| -> Vec<f32> { m.forward(x.clone()).into_data().iter::<f32>().collect() };
         assert_eq!(logits(&trained), logits(&a));
         assert_eq!(logits(&a), logits(&b));
-        assert_eq!(predict_labels(&a, x.clone()), predict_labels(&trained, x));
+        assert_eq!(
+            crate::predict::predict_labels(&a, x.clone()),
+            crate::predict::predict_labels(&trained, x.clone())
+        );
         // The metrics read back as written.
         let read = read_metrics(&dir.join("metrics.csv")).unwrap();
         assert_eq!(read.len(), 2);
@@ -470,6 +669,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.json"), "{e}");
+        // model.json records how the run was trained.
+        assert_eq!(
+            card.train_config(dir.clone())
+                .map(|c| (c.epochs, c.steps_per_epoch, c.data)),
+            Some((2, 2, cfg.data.clone()))
+        );
+
+        // Training again into the same folder is refused (the run is named) ...
+        let e = train(&cfg, &device, |_| ControlFlow::Continue(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "already holds a training run (model.json, metrics.csv, model.bpk, checkpoints)"
+            ) && e.contains("--overwrite"),
+            "{e}"
+        );
+        // ... unless asked to overwrite: then the old run's later checkpoints go, and a run
+        // stopped after its first step of epoch 2 keeps epoch 1 as model.bpk.
+        let again = TrainConfig {
+            overwrite: true,
+            ..cfg.clone()
+        };
+        let outcome = train(&again, &device, |e| match e {
+            Event::Step { epoch: 2, .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .unwrap();
+        assert_eq!(outcome.end, RunEnd::Stopped);
+        assert_eq!(outcome.epochs.len(), 1);
+        assert!(dir.join("checkpoints/epoch-1.bpk").is_file());
+        assert!(!dir.join("checkpoints/epoch-2.bpk").exists());
+        assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 1);
+        let a = load_model(&dir.join("model.bpk"), &card, &plain).unwrap();
+        let b = load_model(&dir.join("checkpoints/epoch-1.bpk"), &card, &plain).unwrap();
+        assert_eq!(logits(&a), logits(&b));
+        // No temporary file is left beside the outputs.
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(".segloss-")),
+            "{names:?}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
