@@ -286,3 +286,107 @@ fn nifti2_in_both_byte_orders() {
     let err = format!("{:#}", read_label_image(&p).err().unwrap());
     assert!(err.contains("vox_offset 100"), "{err}");
 }
+
+#[test]
+fn spacing_and_orientation_come_from_the_same_transform() {
+    // An sform-only file whose pixdim says 1 and a qform file with the real pixdim describe the
+    // same grid: both read spacing (0.5, 0.75, 2) and agree (the spacing came from pixdim and
+    // the orientation from the sform: "spacing differs").
+    use segloss_train::nifti::{GeometryTolerance, check_geometry};
+    let d = dir("geometry");
+    let write = |name: &str, header: NiftiHeader| {
+        let path = d.join(name);
+        let data = ndarray::Array::from_shape_vec((3, 4, 5), labels())
+            .unwrap()
+            .reversed_axes();
+        WriterOptions::new(&path)
+            .reference_header(&header)
+            .write_nifti(&data)
+            .unwrap();
+        read_label_image(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+    };
+    let sform = write(
+        "sform.nii",
+        NiftiHeader {
+            pixdim: [1.0; 8],
+            sform_code: 1,
+            qform_code: 0,
+            srow_x: [0.5, 0.0, 0.0, -10.0],
+            srow_y: [0.0, 0.75, 0.0, 4.0],
+            srow_z: [0.0, 0.0, 2.0, 1.5],
+            ..NiftiHeader::default()
+        },
+    );
+    let qform = write(
+        "qform.nii",
+        NiftiHeader {
+            pixdim: [1.0, 0.5, 0.75, 2.0, 1.0, 1.0, 1.0, 1.0],
+            sform_code: 0,
+            qform_code: 1,
+            quatern_x: -10.0,
+            quatern_y: 4.0,
+            quatern_z: 1.5,
+            ..NiftiHeader::default()
+        },
+    );
+    assert_eq!(sform.geometry.spacing, vec![0.5, 0.75, 2.0]);
+    assert_eq!(qform.geometry.spacing, vec![0.5, 0.75, 2.0]);
+    // The volume's spacing ([z, y, x]) is the same one, reversed.
+    assert_eq!(sform.volume.spacing(), &[2.0, 0.75, 0.5]);
+    check_geometry(
+        &sform.geometry,
+        &qform.geometry,
+        GeometryTolerance::default(),
+    )
+    .unwrap();
+    // A rotated sform: spacing = its column lengths, direction = the unit columns.
+    let rotated = write(
+        "rotated.nii",
+        NiftiHeader {
+            pixdim: [1.0; 8],
+            sform_code: 2,
+            srow_x: [0.0, 0.0, -1.5, 10.0],
+            srow_y: [0.0, 0.9, 0.0, -3.0],
+            srow_z: [2.0, 0.0, 0.0, 7.0],
+            ..NiftiHeader::default()
+        },
+    );
+    assert_eq!(rotated.geometry.spacing, vec![2.0, 0.9f32 as f64, 1.5]);
+    assert_eq!(rotated.geometry.direction[2][0], 1.0);
+    assert_eq!(rotated.geometry.direction[0][2], -1.0);
+    assert_eq!(rotated.geometry.origin, [10.0, -3.0, 7.0]);
+    // An sform column of length 0 is an error naming it.
+    let path = d.join("flat.nii");
+    let data = ndarray::Array::from_shape_vec((3, 4, 5), labels())
+        .unwrap()
+        .reversed_axes();
+    WriterOptions::new(&path)
+        .reference_header(&NiftiHeader {
+            sform_code: 1,
+            srow_x: [1.0, 0.0, 0.0, 0.0],
+            srow_y: [0.0, 0.0, 0.0, 0.0],
+            srow_z: [0.0, 0.0, 1.0, 0.0],
+            ..NiftiHeader::default()
+        })
+        .write_nifti(&data)
+        .unwrap();
+    let e = format!("{:#}", read_label_image(&path).err().expect("refused"));
+    assert!(e.contains("sform's column 1"), "{e}");
+}
+
+#[test]
+fn an_image_with_a_fourth_axis_is_not_called_a_label_image() {
+    // train and predict read intensity images: their errors must not say "label image".
+    let d = dir("four-axes");
+    let path = d.join("t2.nii");
+    let data = ndarray::Array::from_shape_vec((2, 3, 4, 5), (0..120).map(|v| v as f32).collect())
+        .unwrap()
+        .reversed_axes();
+    WriterOptions::new(&path).write_nifti(&data).unwrap();
+    let e = format!("{:#}", read_image(&path).err().expect("refused"));
+    assert!(
+        e.contains("an image must have 2 or 3 spatial axes") && !e.contains("label image"),
+        "{e}"
+    );
+    assert!(e.contains("t2.nii"), "{e}");
+}
