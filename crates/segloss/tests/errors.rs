@@ -563,7 +563,8 @@ fn a_batch_of_size_zero_is_refused_clearly_by_every_loss() {
     let device = Device::flex();
     let logits = || Tensor::<5>::zeros([0, 3, 2, 2, 2], &device);
     let labels = || Tensor::<5, Int>::zeros([0, 1, 2, 2, 2], &device);
-    let run: Vec<(&str, Box<dyn Fn() + std::panic::RefUnwindSafe>)> = vec![
+    type Case<'a> = (&'static str, Box<dyn Fn() + std::panic::RefUnwindSafe + 'a>);
+    let run: Vec<Case<'_>> = vec![
         (
             "DiceCELoss",
             Box::new(|| {
@@ -606,7 +607,7 @@ fn a_batch_of_size_zero_is_refused_clearly_by_every_loss() {
         ),
     ];
     for (name, f) in run {
-        let msg = panic_message(|| f());
+        let msg = panic_message(&f);
         assert!(
             msg.starts_with(name) && msg.contains("empty axis"),
             "{name}: {msg}"

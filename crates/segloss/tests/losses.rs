@@ -353,12 +353,13 @@ fn softmax_focal_without_background_fused_matches_composed() {
             .with_ignore_index(Some(4))
             .init()
     };
+    type Case<'a> = (&'a str, Box<dyn Fn(Tensor<5>) -> Tensor<1> + 'a>);
     let mut checked = 0;
     for gamma in [0.0, 2.0] {
         for alpha in [None, Some(vec![0.2, 0.3, 0.5])] {
             for reduction in [LossReduction::Mean, LossReduction::Sum] {
                 let loss = focal(gamma, alpha.clone(), reduction);
-                let cases: Vec<(&str, Box<dyn Fn(Tensor<5>) -> Tensor<1>>)> = vec![
+                let cases: Vec<Case<'_>> = vec![
                     ("labels", Box::new(|x| loss.forward(x, labels.clone()))),
                     (
                         "labels + mask",
