@@ -686,3 +686,31 @@ fn a_closed_stdout_ends_with_141() {
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_csv_cut_in_the_middle_of_a_line_is_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..4 {
+        write_case(dir.path(), &format!("c{k}"), k % 3, true);
+    }
+    let report = dir.path().join("r.csv");
+    let out = eval_folder(dir.path(), &["-o", s(&report)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let full = std::fs::read_to_string(&report).unwrap();
+    // As a SIGKILL during an append would leave it: no summary, the last row half written.
+    let kept: Vec<&str> = full
+        .lines()
+        .filter(|l| !l.contains("summary:") && !l.starts_with("\"end:"))
+        .collect();
+    let mut cut = kept.join("\n");
+    cut.truncate(cut.len() - 20);
+    std::fs::write(&report, &cut).unwrap();
+    let out = eval_folder(dir.path(), &["-o", s(&report), "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("case c3 is evaluated again") && err.contains("3 of 4 case(s) already"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), full);
+}
