@@ -245,9 +245,40 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Runs a folder eval that blocks on the pipe `pred/m_hold.nii.gz`, waits until the output
-/// holds at least one case (`has_cases`), sends SIGINT, waits until the handler has seen it,
-/// then lets the held case finish. Returns the exit code and stderr.
+/// Opens the pipe `path` for writing without blocking: this succeeds only once a reader has it
+/// open (`ENXIO` before), which tells the test that segloss is reading the held case.
+fn open_writer_if_read(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    #[cfg(target_os = "linux")]
+    const O_NONBLOCK: i32 = 0o4000;
+    #[cfg(not(target_os = "linux"))]
+    const O_NONBLOCK: i32 = 0x4;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)
+        .ok()
+}
+
+/// Writes `bytes` to a non-blocking pipe, waiting while it is full.
+fn write_pipe(pipe: &mut std::fs::File, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match pipe.write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("cannot write to the pipe: {e}"),
+        }
+    }
+}
+
+/// Runs a folder eval (`--jobs 1`, cases in name order) whose case `m_hold` has a pipe as its
+/// prediction. Once segloss is reading that pipe (every earlier case done), checks that the
+/// output already holds them (`has_cases`: streamed, not written at the end), sends SIGINT,
+/// waits until the handler has seen it, then lets the held case finish: the run must stop at
+/// the boundary after it. No fixed sleeps: each step waits for the previous one's evidence.
+/// Returns the exit code and stderr.
 fn interrupt_run(
     dir: &Path,
     report: &Path,
@@ -279,9 +310,19 @@ fn interrupt_run(
         }
         all
     });
-    wait_for("the first cases in the output", || {
-        std::fs::read_to_string(report).is_ok_and(|t| has_cases(&t))
+    let mut pipe = None;
+    wait_for("segloss to read the held case", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("segloss ended before the held case: {status}");
+        }
+        pipe = open_writer_if_read(&held);
+        pipe.is_some()
     });
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(
+        has_cases(&text),
+        "the finished cases are already in the output: {text}"
+    );
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -290,9 +331,9 @@ fn interrupt_run(
     rx.recv_timeout(Duration::from_secs(60))
         .expect("the handler reports the interrupt");
     // Now let the held case finish: the run stops at the boundary after it.
-    let mut fifo = std::fs::OpenOptions::new().write(true).open(&held).unwrap();
-    fifo.write_all(&content).unwrap();
-    drop(fifo);
+    let mut pipe = pipe.unwrap();
+    write_pipe(&mut pipe, &content);
+    drop(pipe);
     let status = child.wait().unwrap();
     let err = reader.join().unwrap();
     std::fs::remove_file(&held).unwrap();
@@ -322,7 +363,9 @@ fn sigint_keeps_the_finished_cases_and_resume_completes_the_csv() {
     let full_text = std::fs::read_to_string(&full).unwrap();
 
     let report = dir.path().join("report.csv");
-    let (code, err) = interrupt_run(dir.path(), &report, "csv", |t| t.contains("\na00,"));
+    let (code, err) = interrupt_run(dir.path(), &report, "csv", |t| {
+        (0..10).all(|k| t.contains(&format!("\na{k:02},")))
+    });
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("--resume"), "says how to complete it: {err}");
     let text = std::fs::read_to_string(&report).unwrap();
@@ -678,10 +721,20 @@ fn a_closed_stdout_ends_with_141() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let mut fifo = std::fs::OpenOptions::new().write(true).open(&held).unwrap();
-    fifo.write_all(&std::fs::read(dir.path().join("pred/a.nii.gz")).unwrap())
-        .unwrap();
-    drop(fifo);
+    let mut pipe = None;
+    wait_for("segloss to read the held case", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("segloss ended before reading its input: {status}");
+        }
+        pipe = open_writer_if_read(&held);
+        pipe.is_some()
+    });
+    let mut pipe = pipe.unwrap();
+    write_pipe(
+        &mut pipe,
+        &std::fs::read(dir.path().join("pred/a.nii.gz")).unwrap(),
+    );
+    drop(pipe);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
