@@ -51,6 +51,8 @@ pub const BLOCK: usize = 1024;
 /// passes over it.
 const TILE: usize = 256;
 const LANES: usize = 8;
+/// Voxels per chunk of the pointwise sums' two loops (a multiple of `LANES`; on the stack).
+const POINTWISE_CHUNK: usize = 64;
 /// Rows of the output with the pointwise term (the 4 overlap statistics, then 4 pointwise sums).
 pub const ROWS_MAX: usize = 8;
 
@@ -812,31 +814,57 @@ fn softmax_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, 
         a[1][l] += mh;
         a[2][l] += mg;
     }
-    let one = |i: usize| {
+    // The pointwise term of one voxel. A function, not a closure: a closure is compiled without
+    // the caller's `target_feature`s when it is not inlined, and its `mul_add` became a call to
+    // the software `fmaf` (half the time of a softmax focal step went there).
+    #[inline(always)]
+    fn term<const FOCAL: bool, const FMA: bool>(
+        x: f32,
+        e: f32,
+        r: f32,
+        max: f32,
+        lse: f32,
+        gamma: f32,
+    ) -> f32 {
         // Clamped at 0 from rounding; a NaN logit stays NaN (unlike `f32::max`).
-        let v = lse[i] + max[i] - x[i];
+        let v = lse + max - x;
         let nlp = if v < 0.0 { 0.0 } else { v };
-        let h = if FOCAL {
-            focal_factor::<true, FMA>(e[i] * r[i], gamma).0 * nlp
+        if FOCAL {
+            focal_factor::<true, FMA>(e * r, gamma).0 * nlp
         } else {
             nlp
-        };
-        (
-            h,
-            target_at::<LAB>(t[i], class),
-            if MASK { m[i] } else { 1.0 },
-        )
-    };
-    let full = len - len % LANES;
-    for i0 in (0..full).step_by(LANES) {
-        for l in 0..LANES {
-            let (h, g, w) = one(i0 + l);
-            add::<FMA>(&mut a, l, h, g, w);
         }
     }
-    for i in full..len {
-        let (h, g, w) = one(i);
-        add::<FMA>(&mut a, i - full, h, g, w);
+    // Two loops per chunk: the terms (a plain loop, which vectorises however long the focal
+    // factor's `ln` and `exp` make it), then the lane sums (short enough for the compiler to
+    // vectorise its run of 8). One loop doing both stayed scalar with the focal factor.
+    let mut h = [0.0f32; POINTWISE_CHUNK];
+    for start in (0..len).step_by(POINTWISE_CHUNK) {
+        let n = POINTWISE_CHUNK.min(len - start);
+        let (x, e, r, max, lse) = (
+            &x[start..start + n],
+            &e[start..start + n],
+            &r[start..start + n],
+            &max[start..start + n],
+            &lse[start..start + n],
+        );
+        for j in 0..n {
+            h[j] = term::<FOCAL, FMA>(x[j], e[j], r[j], max[j], lse[j], gamma);
+        }
+        let (t, m) = (&t[start..start + n], &m[start..start + n]);
+        // `start` is a multiple of 8, so voxel `start + j` adds to lane `j % 8`.
+        let full = n - n % LANES;
+        for j0 in (0..full).step_by(LANES) {
+            for l in 0..LANES {
+                let j = j0 + l;
+                let w = if MASK { m[j] } else { 1.0 };
+                add::<FMA>(&mut a, l, h[j], target_at::<LAB>(t[j], class), w);
+            }
+        }
+        for j in full..n {
+            let w = if MASK { m[j] } else { 1.0 };
+            add::<FMA>(&mut a, j - full, h[j], target_at::<LAB>(t[j], class), w);
+        }
     }
     acc[..3].copy_from_slice(&a);
 }
@@ -854,33 +882,66 @@ fn sigmoid_pointwise_sums<const LAB: bool, const MASK: bool, const FOCAL: bool, 
     let len = x.len();
     let (t, m) = (&t[..len], &m[..len]);
     let mut a: [[f32; LANES]; 4] = [acc[0], acc[1], acc[2], acc[3]];
-    // Voxel `i` adds to lane `i % 8`, run by run of 8 so that the lanes vectorise.
-    let mut add = |l: usize, i: usize| {
-        let xi = x[i];
-        let (sp, _) = softplus::<FMA>(xi);
-        let g = target_at::<LAB>(t[i], class);
-        let bce = madd::<FMA>(-xi, g, sp);
+    // The term `h` and `softplus(x) - x` of one voxel (a function, not a closure: see
+    // `softmax_pointwise_sums`), in a plain loop per chunk; then the lane sums, voxel `i` adding
+    // to lane `i % 8`, run by run of 8 so that the lanes vectorise.
+    #[inline(always)]
+    fn term<const LAB: bool, const FOCAL: bool, const FMA: bool>(
+        x: f32,
+        t: f32,
+        class: f32,
+        gamma: f32,
+    ) -> (f32, f32) {
+        let (sp, _) = softplus::<FMA>(x);
+        let g = target_at::<LAB>(t, class);
+        let bce = madd::<FMA>(-x, g, sp);
         let h = if FOCAL {
-            let (spz, _) = softplus::<FMA>(xi * (2.0 * g - 1.0));
+            let (spz, _) = softplus::<FMA>(x * (2.0 * g - 1.0));
             exp_poly::<FMA>(-gamma * spz) * bce
         } else {
             bce
         };
-        let w = if MASK { m[i] } else { 1.0 };
+        (h, sp - x)
+    }
+    #[inline(always)]
+    fn add<const FMA: bool>(a: &mut [[f32; LANES]; 4], l: usize, h: f32, d: f32, g: f32, w: f32) {
         let (mh, mg) = (w * h, w * g);
         a[0][l] = madd::<FMA>(mh, g, a[0][l]);
         a[1][l] += mh;
         a[2][l] += if g == 1.0 { mh } else { 0.0 };
-        a[3][l] = madd::<FMA>(mg, sp - xi, a[3][l]);
-    };
-    let full = len - len % LANES;
-    for i0 in (0..full).step_by(LANES) {
-        for l in 0..LANES {
-            add(l, i0 + l);
-        }
+        a[3][l] = madd::<FMA>(mg, d, a[3][l]);
     }
-    for i in full..len {
-        add(i - full, i);
+    let (mut h, mut d) = ([0.0f32; POINTWISE_CHUNK], [0.0f32; POINTWISE_CHUNK]);
+    for start in (0..len).step_by(POINTWISE_CHUNK) {
+        let n = POINTWISE_CHUNK.min(len - start);
+        let (x, t, m) = (
+            &x[start..start + n],
+            &t[start..start + n],
+            &m[start..start + n],
+        );
+        for j in 0..n {
+            (h[j], d[j]) = term::<LAB, FOCAL, FMA>(x[j], t[j], class, gamma);
+        }
+        // `start` is a multiple of 8, so voxel `start + j` adds to lane `j % 8`.
+        let full = n - n % LANES;
+        for j0 in (0..full).step_by(LANES) {
+            for l in 0..LANES {
+                let j = j0 + l;
+                let w = if MASK { m[j] } else { 1.0 };
+                add::<FMA>(&mut a, l, h[j], d[j], target_at::<LAB>(t[j], class), w);
+            }
+        }
+        for j in full..n {
+            let w = if MASK { m[j] } else { 1.0 };
+            add::<FMA>(
+                &mut a,
+                j - full,
+                h[j],
+                d[j],
+                target_at::<LAB>(t[j], class),
+                w,
+            );
+        }
     }
     acc[..4].copy_from_slice(&a);
 }
