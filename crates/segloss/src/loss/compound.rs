@@ -12,8 +12,8 @@ use super::focal::{FocalLoss, FocalLossConfig};
 use super::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{Activation, Target, prepare};
-use crate::stats::fused_pointwise;
+use crate::input::{Activation, Prepared, Target, prepare};
+use crate::stats::{OverlapStats, PointwiseSums, StatsOptions, fused_pointwise};
 
 /// Configuration of a [`DiceCELoss`]; MONAI's `DiceCELoss` options.
 #[derive(Config, Debug)]
@@ -179,24 +179,7 @@ impl DiceCELoss {
             target.into(),
             self.dice.prepare_options(),
         );
-        let reduction = self.dice.config().reduction;
-        // Both terms from one fused pass over the logits where it runs.
-        let act = CrossEntropyLoss::activation(prepared.channels);
-        if let Some((stats, sums)) = fused_pointwise(
-            "DiceCELoss",
-            &prepared,
-            &self.dice.stats_options(),
-            act,
-            0.0,
-        ) {
-            return (
-                reduction.apply(self.dice.loss_of_stats(stats)),
-                self.ce.loss_of_sums(&prepared, &sums),
-            );
-        }
-        let dice = reduction.apply(self.dice.forward_prepared(&prepared));
-        let ce = self.ce.forward_prepared(&prepared);
-        (dice, ce)
+        compound_terms("DiceCELoss", &prepared, &self.dice, &self.ce)
     }
 }
 
@@ -366,28 +349,7 @@ impl DiceFocalLoss {
             target.into(),
             self.dice.prepare_options(),
         );
-        let reduction = self.dice.config().reduction;
-        let fused = self
-            .focal
-            .fused_activation(prepared.channels)
-            .and_then(|act| {
-                fused_pointwise(
-                    "DiceFocalLoss",
-                    &prepared,
-                    &self.dice.stats_options(),
-                    act,
-                    self.focal.config().gamma,
-                )
-            });
-        if let Some((stats, sums)) = fused {
-            return (
-                reduction.apply(self.dice.loss_of_stats(stats)),
-                self.focal.loss_of_sums(&prepared, &sums),
-            );
-        }
-        let dice = reduction.apply(self.dice.forward_prepared(&prepared));
-        let focal = self.focal.forward_prepared(&prepared);
-        (dice, focal)
+        compound_terms("DiceFocalLoss", &prepared, &self.dice, &self.focal)
     }
 }
 
@@ -544,27 +506,114 @@ impl GeneralizedDiceFocalLoss {
             target.into(),
             self.gdl.prepare_options(),
         );
-        let reduction = self.gdl.config().reduction;
-        let fused = self
-            .focal
-            .fused_activation(prepared.channels)
-            .and_then(|act| {
-                fused_pointwise(
-                    "GeneralizedDiceFocalLoss",
-                    &prepared,
-                    &self.gdl.stats_options(),
-                    act,
-                    self.focal.config().gamma,
-                )
-            });
-        if let Some((stats, sums)) = fused {
-            return (
-                reduction.apply(self.gdl.loss_of_stats(stats)),
-                self.focal.loss_of_sums(&prepared, &sums),
-            );
+        compound_terms(
+            "GeneralizedDiceFocalLoss",
+            &prepared,
+            &self.gdl,
+            &self.focal,
+        )
+    }
+}
+
+/// The overlap term of a compound loss (Dice, Generalized Dice): per-(sample, class) values from
+/// the fused pass's statistics or from a prepared input, and the reduction that makes them `[1]`.
+trait OverlapTerm {
+    fn reduction(&self) -> LossReduction;
+    fn stats_options(&self) -> StatsOptions;
+    fn loss_of_stats(&self, stats: OverlapStats) -> Tensor<2>;
+    fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2>;
+}
+
+/// The pointwise term of a compound loss (cross-entropy, focal): the activation and `gamma` of
+/// its fused sums (`None`: the pass cannot compute it), and its reduced value from those sums or
+/// from a prepared input.
+trait PointwiseTerm {
+    fn fused_activation(&self, channels: usize) -> Option<Activation>;
+    fn gamma(&self) -> f64;
+    fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1>;
+    fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1>;
+}
+
+macro_rules! overlap_term {
+    ($t:ty) => {
+        impl OverlapTerm for $t {
+            fn reduction(&self) -> LossReduction {
+                self.config().reduction
+            }
+            fn stats_options(&self) -> StatsOptions {
+                <$t>::stats_options(self)
+            }
+            fn loss_of_stats(&self, stats: OverlapStats) -> Tensor<2> {
+                <$t>::loss_of_stats(self, stats)
+            }
+            fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
+                <$t>::forward_prepared(self, prepared)
+            }
         }
-        let gdl = reduction.apply(self.gdl.forward_prepared(&prepared));
-        let focal = self.focal.forward_prepared(&prepared);
-        (gdl, focal)
+    };
+}
+overlap_term!(DiceLoss);
+overlap_term!(GeneralizedDiceLoss);
+
+impl PointwiseTerm for CrossEntropyLoss {
+    fn fused_activation(&self, channels: usize) -> Option<Activation> {
+        Some(CrossEntropyLoss::activation(channels))
+    }
+    fn gamma(&self) -> f64 {
+        0.0
+    }
+    fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+        CrossEntropyLoss::loss_of_sums(self, prepared, sums)
+    }
+    fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
+        CrossEntropyLoss::forward_prepared(self, prepared)
+    }
+}
+
+impl PointwiseTerm for FocalLoss {
+    fn fused_activation(&self, channels: usize) -> Option<Activation> {
+        FocalLoss::fused_activation(self, channels)
+    }
+    fn gamma(&self) -> f64 {
+        self.config().gamma
+    }
+    fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
+        FocalLoss::loss_of_sums(self, prepared, sums)
+    }
+    fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
+        FocalLoss::forward_prepared(self, prepared)
+    }
+}
+
+/// The reduced overlap and pointwise terms of a compound loss, each `[1]`: both from one fused
+/// pass over the logits where it runs (same activation, plain statistics, a fused device), else
+/// each term on its own path.
+fn compound_terms(
+    loss: &str,
+    prepared: &Prepared,
+    overlap: &impl OverlapTerm,
+    pointwise: &impl PointwiseTerm,
+) -> (Tensor<1>, Tensor<1>) {
+    let reduction = overlap.reduction();
+    let fused = pointwise
+        .fused_activation(prepared.channels)
+        .and_then(|act| {
+            fused_pointwise(
+                loss,
+                prepared,
+                &overlap.stats_options(),
+                act,
+                pointwise.gamma(),
+            )
+        });
+    match fused {
+        Some((stats, sums)) => (
+            reduction.apply(overlap.loss_of_stats(stats)),
+            pointwise.loss_of_sums(prepared, &sums),
+        ),
+        None => (
+            reduction.apply(overlap.forward_prepared(prepared)),
+            pointwise.forward_prepared(prepared),
+        ),
     }
 }

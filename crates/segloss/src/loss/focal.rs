@@ -193,7 +193,7 @@ impl FocalLoss {
             let options = self.prepare_options().stats(act, true, false, false);
             if let Some((_, sums)) = fused_pointwise(NAME, &kept, &options, act, self.config.gamma)
             {
-                return self.reduce_kept_sums(&kept, &sums);
+                return self.reduce(kept.batch, kept.channels, kept.voxels, &kept.mask, &sums);
             }
         }
         let values = self.per_voxel(prepared);
@@ -228,12 +228,6 @@ impl FocalLoss {
             fourth: cols(&sums.fourth),
         };
         self.reduce(prepared.batch, k, prepared.voxels, &prepared.mask, &kept)
-    }
-
-    /// [`FocalLoss::loss_of_sums`] for sums over the kept channels of `kept` (the input
-    /// without its background, [`Prepared::without_background`]).
-    fn reduce_kept_sums(&self, kept: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
-        self.reduce(kept.batch, kept.channels, kept.voxels, &kept.mask, sums)
     }
 
     /// The reduced loss from pointwise sums `[B, k]` over the `k` channels the loss keeps.
