@@ -1,12 +1,14 @@
 //! `segloss eval` end to end: the built binary on small NIfTI files written to a temp folder.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use ndarray::Array3;
 use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
 use serde_json::Value;
+
+mod common;
+use common::{s, segloss, stderr, stdout};
 
 /// Writes a label image; `f(z, y, x)` gives the label. `spacing` and `origin` are header order
 /// (x, y, z).
@@ -60,25 +62,6 @@ fn write_pair(dir: &Path, name: &str, shift: usize) -> (PathBuf, PathBuf) {
     write_labels(&r, [12, 10, 14], [1.0, 1.0, 2.0], [0.0; 3], label(0));
     write_labels(&p, [12, 10, 14], [1.0, 1.0, 2.0], [0.0; 3], label(shift));
     (p, r)
-}
-
-fn segloss(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segloss"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -13,6 +13,9 @@ use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
 use serde_json::Value;
 
+mod common;
+use common::{s, segloss, stderr, stdout};
+
 /// Writes a label image of shape `[nz, ny, nx]` with 1 mm voxels; `f(z, y, x)` gives the label.
 fn write_labels(path: &Path, dims_zyx: [usize; 3], f: impl Fn(usize, usize, usize) -> u8) {
     let [nz, ny, nx] = dims_zyx;
@@ -66,25 +69,6 @@ fn write_case(dir: &Path, name: &str, shift: usize, label2: bool) {
     };
     write_labels(&rd.join(format!("{name}.nii.gz")), DIMS, boxes(&r));
     write_labels(&pd.join(format!("{name}.nii.gz")), DIMS, boxes(&p));
-}
-
-fn segloss(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_segloss"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn folder_args<'a>(dir: &'a Path, extra: &[&'a str]) -> Vec<String> {
