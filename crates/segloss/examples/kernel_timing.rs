@@ -5,7 +5,8 @@
 //! map, sigmoid against a dense multi-label target, identity), prints the best of 15 times of the
 //! two ways to run a forward + backward: recomputing the activations in the backward
 //! (`forward` + `backward`, the GPU kernels' way), and saving them in the forward's pass
-//! (`forward_saving` + `backward_in_place`, what Flex runs when a backward is recorded).
+//! (`forward_saving` + `backward_in_place`, what Flex runs when a backward is recorded); then the
+//! softmax with the pointwise term (cross-entropy, focal, focal without the background), saving.
 use segloss::kernel::cpu::*;
 use std::time::Instant;
 
@@ -75,5 +76,41 @@ fn main() {
             line += &format!("; saving {fs:.1} + {bi:.1} ms");
         }
         println!("{line}");
+    }
+    // The pointwise term beside the softmax statistics (the compound losses' and the
+    // cross-entropy's and focal loss's pass), saving forward + in-place backward.
+    let spec = Spec {
+        act: Act::Softmax,
+        include_background: true,
+        squared: false,
+        difference: false,
+    };
+    let t = TargetRef::Labels(&labels[..]);
+    let g = vec![0.1f32; 8 * b * c];
+    for (name, pw) in [
+        ("pointwise cross-entropy", Pointwise::new(0.0)),
+        ("pointwise focal", Pointwise::new(2.0)),
+        (
+            "pointwise focal without background",
+            Pointwise {
+                gamma: 2.0,
+                without_background: true,
+            },
+        ),
+    ]
+    .into_iter()
+    .filter(|c| c.0.contains(filter.as_str()))
+    {
+        let (mut fs, mut bi) = (f64::MAX, f64::MAX);
+        for _ in 0..REPEAT {
+            let t0 = Instant::now();
+            let (s, mut p) = pointwise_forward_saving(&x, t, None, d, spec, pw);
+            fs = fs.min(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            pointwise_backward_in_place(&mut p, t, None, &g, d, spec, pw);
+            bi = bi.min(t0.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box((s, p));
+        }
+        println!("{name}: saving {fs:.1} + {bi:.1} ms");
     }
 }

@@ -208,25 +208,6 @@ impl Prepared {
         in_dtype(labels.equal(classes).float(), dtype)
     }
 
-    /// The input restricted to channels `1..C`, for a term normalised over those channels only
-    /// (MONAI's softmax focal loss without the background takes the softmax of channels `1..C`):
-    /// the logits and a dense target narrowed, a label map shifted down by one so that class
-    /// `c` is channel `c - 1` and class 0 (and ignored voxels, already 0 and masked) matches no
-    /// channel. The mask is unchanged. Needs `C >= 2`.
-    pub fn without_background(&self) -> Prepared {
-        let k = self.channels - 1;
-        Prepared {
-            logits: self.logits.clone().narrow(1, 1, k),
-            labels: self.labels.clone().map(|l| l.sub_scalar(1)),
-            dense: self.dense.clone().map(|d| d.narrow(1, 1, k)),
-            mask: self.mask.clone(),
-            batch: self.batch,
-            channels: k,
-            voxels: self.voxels,
-            spatial: self.spatial.clone(),
-        }
-    }
-
     /// The prediction's shape `[B, C, spatial...]`.
     pub fn prediction_shape(&self) -> Vec<usize> {
         let mut s = vec![self.batch, self.channels];

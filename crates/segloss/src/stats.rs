@@ -196,24 +196,28 @@ pub(crate) struct PointwiseSums {
     pub fourth: Tensor<2>,
 }
 
-/// Whether [`fused_pointwise`] can run on `device` with the kernel chosen now (before building
-/// an input for it).
-pub(crate) fn pointwise_fusable(device: &burn::tensor::Device) -> bool {
-    use crate::kernel::{Kernel, current_kernel, fused};
-    current_kernel() != Kernel::Composed && fused::supports_pointwise(device)
+/// The pointwise term of a fused pass, as a loss asks for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedTerm {
+    /// The term's activation; the pass computes one, so it must be the statistics'.
+    pub activation: Activation,
+    /// The focusing parameter (0: cross-entropy).
+    pub gamma: f64,
+    /// The softmax term normalised over channels `1..C` only (MONAI's softmax focal loss without
+    /// the background); channel 0's sums are then 0.
+    pub without_background: bool,
 }
 
-/// The overlap statistics of `options` and the pointwise term's sums (activation `pointwise`,
-/// focusing parameter `gamma`) in one fused pass over the logits, or `None` where that pass does
-/// not apply: the composed kernel is chosen, the device has no fused pointwise operation, the
-/// pointwise activation differs from the statistics' (the pass computes one activation), or the
-/// statistics are squared or include the difference.
+/// The overlap statistics of `options` and the sums of the pointwise term `term` in one fused
+/// pass over the logits, or `None` where that pass does not apply: the composed kernel is
+/// chosen, the device has no fused pointwise operation, the pointwise activation differs from
+/// the statistics' (the pass computes one activation), or the statistics are squared or include
+/// the difference.
 pub(crate) fn fused_pointwise(
     loss: &str,
     prepared: &Prepared,
     options: &StatsOptions,
-    pointwise: Activation,
-    gamma: f64,
+    term: FusedTerm,
 ) -> Option<(OverlapStats, PointwiseSums)> {
     use crate::kernel::{Kernel, cpu, current_kernel, fused};
     check_channels(
@@ -222,7 +226,7 @@ pub(crate) fn fused_pointwise(
         options.activation,
         options.include_background,
     );
-    let act = match pointwise {
+    let act = match term.activation {
         Activation::Softmax => cpu::Act::Softmax,
         Activation::Sigmoid => cpu::Act::Sigmoid,
         Activation::None => return None,
@@ -231,7 +235,7 @@ pub(crate) fn fused_pointwise(
     // difference take two passes: the statistics, then the pointwise term alone).
     if options.squared
         || options.difference
-        || options.activation != pointwise
+        || options.activation != term.activation
         || current_kernel() == Kernel::Composed
         || !fused::supports_pointwise(&prepared.logits.device())
     {
@@ -248,7 +252,10 @@ pub(crate) fn fused_pointwise(
         fused_target(prepared),
         prepared.mask.clone(),
         spec,
-        gamma as f32,
+        cpu::Pointwise {
+            gamma: term.gamma as f32,
+            without_background: term.without_background,
+        },
     );
     let [_, b, c] = out.dims();
     let part = |q: usize| out.clone().narrow(0, q, 1).reshape([b, c]);

@@ -195,9 +195,11 @@ pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
 
 /// The overlap statistics of every class and the pointwise term's sums (cross-entropy, focal)
 /// in one pass over the logits: `[8, B, C]`, rows 0-3 as [`FusedStatsOps`] with the background
-/// included, rows 4-7 the pointwise sums with focusing parameter `gamma` (the kernel's pointwise
-/// section, [`super::cpu`]). `activation`: 0 softmax, 1 sigmoid. A compound loss thus reads the
-/// logits once forward and once backward. Flex only for now ([`supports_pointwise`]).
+/// included and the plain sums (no squared sums, no difference), rows 4-7 the pointwise sums
+/// with focusing parameter `gamma` (the kernel's pointwise section, [`super::cpu`]); with
+/// `without_background` the softmax term over channels `1..C` ([`super::cpu::Pointwise`]).
+/// `activation`: 0 softmax, 1 sigmoid. A compound loss thus reads the logits once forward and
+/// once backward. Flex only for now ([`supports_pointwise`]).
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
 pub trait FusedPointwiseOps: Backend {
     /// Against a label map `[B, N]`.
@@ -206,9 +208,8 @@ pub trait FusedPointwiseOps: Backend {
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self>;
 
     /// Against a dense target `[B, C, N]`.
@@ -217,9 +218,8 @@ pub trait FusedPointwiseOps: Backend {
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self>;
 
     /// [`pointwise_stats_labels`](FusedPointwiseOps::pointwise_stats_labels) for a recorded
@@ -230,9 +230,8 @@ pub trait FusedPointwiseOps: Backend {
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// [`pointwise_stats_labels_saving`](FusedPointwiseOps::pointwise_stats_labels_saving) against a dense target.
@@ -241,9 +240,8 @@ pub trait FusedPointwiseOps: Backend {
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// The gradient with respect to the logits, from what the `_saving` forward returned and
@@ -255,9 +253,8 @@ pub trait FusedPointwiseOps: Backend {
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self>;
 
     /// [`pointwise_stats_labels_backward_saved`](FusedPointwiseOps::pointwise_stats_labels_backward_saved) against a dense target.
@@ -268,9 +265,8 @@ pub trait FusedPointwiseOps: Backend {
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -285,13 +281,14 @@ pub fn supports_pointwise(device: &Device) -> bool {
     }
 }
 
-/// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` (softmax or sigmoid).
+/// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` (softmax or sigmoid;
+/// the plain statistics of `spec`'s activation over every class, the pointwise term `pw`).
 pub fn pointwise_stats(
     logits: Tensor<3>,
     target: FusedTarget,
     mask: Option<Tensor<2>>,
     spec: super::cpu::Spec,
-    gamma: f32,
+    pw: super::cpu::Pointwise,
 ) -> Tensor<3> {
     let act = spec.act.code();
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -306,18 +303,16 @@ pub fn pointwise_stats(
             l.into_dispatch(),
             mask,
             act,
-            spec.squared,
-            spec.difference,
-            gamma,
+            pw.gamma,
+            pw.without_background,
         ),
         FusedTarget::Dense(t) => <Dispatch as FusedPointwiseOps>::pointwise_stats_dense(
             logits.into_dispatch(),
             t.into_dispatch(),
             mask,
             act,
-            spec.squared,
-            spec.difference,
-            gamma,
+            pw.gamma,
+            pw.without_background,
         ),
     };
     Tensor::from_dispatch(out)
@@ -427,7 +422,7 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::tensor::{DType, TensorData};
 
-    use super::super::cpu::{self, Act, Dims, Label, Spec, TargetRef};
+    use super::super::cpu::{self, Act, Dims, Label, Pointwise, Spec, TargetRef};
     use super::{FusedPointwiseOps, FusedStatsOps};
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -468,14 +463,14 @@ mod flex {
 
     /// Runs `job` with the target as a slice: dense values, or labels as `i64` or `i32` (other
     /// integer types are converted). A mask with no elements means no mask.
-    /// `pw`: the pointwise term's `gamma`, when its rows are wanted.
+    /// `pw`: the pointwise term, when its rows are wanted.
     fn run(
         job: Job<'_>,
         target: Target<'_>,
         mask: &FlexTensor,
         d: Dims,
         s: Spec,
-        pw: Option<f32>,
+        pw: Option<Pointwise>,
     ) -> Vec<Vec<f32>> {
         fn go<L: Label>(
             job: Job<'_>,
@@ -483,26 +478,26 @@ mod flex {
             m: Option<&[f32]>,
             d: Dims,
             s: Spec,
-            pw: Option<f32>,
+            pw: Option<Pointwise>,
         ) -> Vec<Vec<f32>> {
             match (job, pw) {
                 (Job::Stats(x), None) => vec![cpu::forward(x, t, m, d, s)],
-                (Job::Stats(x), Some(gamma)) => vec![cpu::pointwise_forward(x, t, m, d, s, gamma)],
+                (Job::Stats(x), Some(pw)) => vec![cpu::pointwise_forward(x, t, m, d, s, pw)],
                 (Job::Saving(x), pw) => {
                     let (stats, p) = match pw {
                         None => cpu::forward_saving(x, t, m, d, s),
-                        Some(gamma) => cpu::pointwise_forward_saving(x, t, m, d, s, gamma),
+                        Some(pw) => cpu::pointwise_forward_saving(x, t, m, d, s, pw),
                     };
                     vec![stats, p]
                 }
                 (Job::Gradient(x, g), None) => vec![cpu::backward(x, t, m, g, d, s)],
-                (Job::Gradient(x, g), Some(gamma)) => {
-                    vec![cpu::pointwise_backward(x, t, m, g, d, s, gamma)]
+                (Job::Gradient(x, g), Some(pw)) => {
+                    vec![cpu::pointwise_backward(x, t, m, g, d, s, pw)]
                 }
                 (Job::InPlace(p, g), pw) => {
                     match pw {
                         None => cpu::backward_in_place(p, t, m, g, d, s),
-                        Some(gamma) => cpu::pointwise_backward_in_place(p, t, m, g, d, s, gamma),
+                        Some(pw) => cpu::pointwise_backward_in_place(p, t, m, g, d, s, pw),
                     }
                     Vec::new()
                 }
@@ -554,7 +549,7 @@ mod flex {
     }
 
     /// Rows of the output: 4 overlap statistics, and 4 pointwise sums with `pw`.
-    fn rows(pw: Option<f32>) -> usize {
+    fn rows(pw: Option<Pointwise>) -> usize {
         if pw.is_some() { cpu::ROWS_MAX } else { 4 }
     }
 
@@ -563,7 +558,7 @@ mod flex {
         target: Target<'_>,
         mask: &FlexTensor,
         s: Spec,
-        pw: Option<f32>,
+        pw: Option<Pointwise>,
     ) -> FlexTensor {
         let d = dims(logits);
         let out = run(Job::Stats(&floats(logits)), target, mask, d, s, pw).remove(0);
@@ -573,7 +568,7 @@ mod flex {
     /// Whether the backward starts from the logits rather than saved activations: without an
     /// activation (they are the logits), and for the sigmoid's pointwise term (its gradient
     /// needs the logits, which the activations do not give back precisely where they saturate).
-    fn keeps_logits(s: Spec, pw: Option<f32>) -> bool {
+    fn keeps_logits(s: Spec, pw: Option<Pointwise>) -> bool {
         s.act == Act::None || (pw.is_some() && s.act != Act::Softmax)
     }
 
@@ -584,7 +579,7 @@ mod flex {
         target: Target<'_>,
         mask: &FlexTensor,
         s: Spec,
-        pw: Option<f32>,
+        pw: Option<Pointwise>,
     ) -> (FlexTensor, FlexTensor) {
         if keeps_logits(s, pw) {
             return (stats(&logits, target, mask, s, pw), logits);
@@ -604,7 +599,7 @@ mod flex {
         mask: &FlexTensor,
         grad: &FlexTensor,
         s: Spec,
-        pw: Option<f32>,
+        pw: Option<Pointwise>,
     ) -> FlexTensor {
         let d = dims(logits);
         let out = run(
@@ -627,7 +622,7 @@ mod flex {
         mask: &FlexTensor,
         grad: &FlexTensor,
         s: Spec,
-        pw: Option<f32>,
+        pw: Option<Pointwise>,
     ) -> FlexTensor {
         if keeps_logits(s, pw) {
             return gradient(&saved, target, mask, grad, s, pw);
@@ -816,16 +811,18 @@ mod flex {
             labels: FlexTensor,
             mask: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> FlexTensor {
             stats(
                 &logits,
                 Target::Labels(&labels),
                 &mask,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
 
@@ -834,16 +831,18 @@ mod flex {
             target: FlexTensor,
             mask: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> FlexTensor {
             stats(
                 &logits,
                 Target::Dense(&target),
                 &mask,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
 
@@ -852,16 +851,18 @@ mod flex {
             labels: FlexTensor,
             mask: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> (FlexTensor, FlexTensor) {
             saving(
                 logits,
                 Target::Labels(&labels),
                 &mask,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
 
@@ -870,16 +871,18 @@ mod flex {
             target: FlexTensor,
             mask: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> (FlexTensor, FlexTensor) {
             saving(
                 logits,
                 Target::Dense(&target),
                 &mask,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
 
@@ -889,17 +892,19 @@ mod flex {
             mask: FlexTensor,
             grad: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> FlexTensor {
             gradient_saved(
                 saved,
                 Target::Labels(&labels),
                 &mask,
                 &grad,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
 
@@ -909,17 +914,19 @@ mod flex {
             mask: FlexTensor,
             grad: FlexTensor,
             activation: u8,
-            squared: bool,
-            difference: bool,
             gamma: f32,
+            without_background: bool,
         ) -> FlexTensor {
             gradient_saved(
                 saved,
                 Target::Dense(&target),
                 &mask,
                 &grad,
-                spec(activation, true, squared, difference),
-                Some(gamma),
+                spec(activation, true, false, false),
+                Some(Pointwise {
+                    gamma,
+                    without_background,
+                }),
             )
         }
     }
@@ -1106,19 +1113,19 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
     }
 }
 
-/// The options of one pointwise call: activation code, squared, difference, gamma.
-type PointwiseOptions = (u8, bool, bool, f32);
+/// The options of one pointwise call: activation code, gamma, without the background.
+type PointwiseOptions = (u8, f32, bool);
 
 impl<B: FusedPointwiseOps> SavedTarget<B> {
     fn pointwise(
         self,
         x: FloatTensor<B>,
         mask: FloatTensor<B>,
-        (a, sq, diff, gamma): PointwiseOptions,
+        (a, gamma, bg): PointwiseOptions,
     ) -> FloatTensor<B> {
         match self {
-            SavedTarget::Labels(l) => B::pointwise_stats_labels(x, l, mask, a, sq, diff, gamma),
-            SavedTarget::Dense(t) => B::pointwise_stats_dense(x, t, mask, a, sq, diff, gamma),
+            SavedTarget::Labels(l) => B::pointwise_stats_labels(x, l, mask, a, gamma, bg),
+            SavedTarget::Dense(t) => B::pointwise_stats_dense(x, t, mask, a, gamma, bg),
         }
     }
 
@@ -1126,15 +1133,11 @@ impl<B: FusedPointwiseOps> SavedTarget<B> {
         self,
         x: FloatTensor<B>,
         mask: FloatTensor<B>,
-        (a, sq, diff, gamma): PointwiseOptions,
+        (a, gamma, bg): PointwiseOptions,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         match self {
-            SavedTarget::Labels(l) => {
-                B::pointwise_stats_labels_saving(x, l, mask, a, sq, diff, gamma)
-            }
-            SavedTarget::Dense(t) => {
-                B::pointwise_stats_dense_saving(x, t, mask, a, sq, diff, gamma)
-            }
+            SavedTarget::Labels(l) => B::pointwise_stats_labels_saving(x, l, mask, a, gamma, bg),
+            SavedTarget::Dense(t) => B::pointwise_stats_dense_saving(x, t, mask, a, gamma, bg),
         }
     }
 
@@ -1143,14 +1146,14 @@ impl<B: FusedPointwiseOps> SavedTarget<B> {
         saved: FloatTensor<B>,
         mask: FloatTensor<B>,
         grad: FloatTensor<B>,
-        (a, sq, diff, gamma): PointwiseOptions,
+        (a, gamma, bg): PointwiseOptions,
     ) -> FloatTensor<B> {
         match self {
             SavedTarget::Labels(l) => {
-                B::pointwise_stats_labels_backward_saved(saved, l, mask, grad, a, sq, diff, gamma)
+                B::pointwise_stats_labels_backward_saved(saved, l, mask, grad, a, gamma, bg)
             }
             SavedTarget::Dense(t) => {
-                B::pointwise_stats_dense_backward_saved(saved, t, mask, grad, a, sq, diff, gamma)
+                B::pointwise_stats_dense_backward_saved(saved, t, mask, grad, a, gamma, bg)
             }
         }
     }
@@ -1226,15 +1229,14 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self> {
         record_pointwise::<B, C>(
             logits,
             SavedTarget::Labels(labels),
             mask,
-            (activation, squared, difference, gamma),
+            (activation, gamma, without_background),
         )
     }
 
@@ -1243,15 +1245,14 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         activation: u8,
-        squared: bool,
-        difference: bool,
         gamma: f32,
+        without_background: bool,
     ) -> FloatTensor<Self> {
         record_pointwise::<B, C>(
             logits,
             SavedTarget::Dense(target.into_primitive()),
             mask,
-            (activation, squared, difference, gamma),
+            (activation, gamma, without_background),
         )
     }
 
@@ -1260,9 +1261,8 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: IntTensor<Self>,
         _: FloatTensor<Self>,
         _: u8,
-        _: bool,
-        _: bool,
         _: f32,
+        _: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         unimplemented!(
             "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
@@ -1274,9 +1274,8 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: u8,
-        _: bool,
-        _: bool,
         _: f32,
+        _: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         unimplemented!(
             "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
@@ -1289,9 +1288,8 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: u8,
-        _: bool,
-        _: bool,
         _: f32,
+        _: bool,
     ) -> FloatTensor<Self> {
         unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
     }
@@ -1302,9 +1300,8 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: u8,
-        _: bool,
-        _: bool,
         _: f32,
+        _: bool,
     ) -> FloatTensor<Self> {
         unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
     }

@@ -13,7 +13,7 @@ use super::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, We
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, Prepared, Target, prepare};
-use crate::stats::{OverlapStats, PointwiseSums, StatsOptions, fused_pointwise};
+use crate::stats::{FusedTerm, OverlapStats, PointwiseSums, StatsOptions, fused_pointwise};
 
 /// Configuration of a [`DiceCELoss`]; MONAI's `DiceCELoss` options.
 #[derive(Config, Debug)]
@@ -524,12 +524,11 @@ trait OverlapTerm {
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2>;
 }
 
-/// The pointwise term of a compound loss (cross-entropy, focal): the activation and `gamma` of
-/// its fused sums (`None`: the pass cannot compute it), and its reduced value from those sums or
-/// from a prepared input.
+/// The pointwise term of a compound loss (cross-entropy, focal): what the fused pass computes
+/// for it (`None`: the pass cannot), and its reduced value from those sums or from a prepared
+/// input.
 trait PointwiseTerm {
-    fn fused_activation(&self, channels: usize) -> Option<Activation>;
-    fn gamma(&self) -> f64;
+    fn fused_term(&self, channels: usize) -> Option<FusedTerm>;
     fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1>;
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1>;
 }
@@ -556,11 +555,8 @@ overlap_term!(DiceLoss);
 overlap_term!(GeneralizedDiceLoss);
 
 impl PointwiseTerm for CrossEntropyLoss {
-    fn fused_activation(&self, channels: usize) -> Option<Activation> {
-        Some(CrossEntropyLoss::activation(channels))
-    }
-    fn gamma(&self) -> f64 {
-        0.0
+    fn fused_term(&self, channels: usize) -> Option<FusedTerm> {
+        Some(CrossEntropyLoss::fused_term(self, channels))
     }
     fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
         CrossEntropyLoss::loss_of_sums(self, prepared, sums)
@@ -571,11 +567,8 @@ impl PointwiseTerm for CrossEntropyLoss {
 }
 
 impl PointwiseTerm for FocalLoss {
-    fn fused_activation(&self, channels: usize) -> Option<Activation> {
-        FocalLoss::fused_activation(self, channels)
-    }
-    fn gamma(&self) -> f64 {
-        self.config().gamma
+    fn fused_term(&self, channels: usize) -> Option<FusedTerm> {
+        FocalLoss::fused_term(self, channels)
     }
     fn loss_of_sums(&self, prepared: &Prepared, sums: &PointwiseSums) -> Tensor<1> {
         FocalLoss::loss_of_sums(self, prepared, sums)
@@ -596,16 +589,8 @@ fn compound_terms(
 ) -> (Tensor<1>, Tensor<1>) {
     let reduction = overlap.reduction();
     let fused = pointwise
-        .fused_activation(prepared.channels)
-        .and_then(|act| {
-            fused_pointwise(
-                loss,
-                prepared,
-                &overlap.stats_options(),
-                act,
-                pointwise.gamma(),
-            )
-        });
+        .fused_term(prepared.channels)
+        .and_then(|term| fused_pointwise(loss, prepared, &overlap.stats_options(), term));
     match fused {
         Some((stats, sums)) => (
             reduction.apply(overlap.loss_of_stats(stats)),

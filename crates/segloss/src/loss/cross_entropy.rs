@@ -9,7 +9,7 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{PointwiseSums, fused_pointwise};
+use crate::stats::{FusedTerm, PointwiseSums, fused_pointwise};
 
 const NAME: &str = "CrossEntropyLoss";
 
@@ -141,12 +141,23 @@ impl CrossEntropyLoss {
         }
     }
 
+    /// The pointwise term of the fused pass for this loss on `channels` channels.
+    pub(crate) fn fused_term(&self, channels: usize) -> FusedTerm {
+        FusedTerm {
+            activation: Self::activation(channels),
+            gamma: 0.0,
+            without_background: false,
+        }
+    }
+
     /// Reduced loss of a prepared input: from the fused pass where it runs (its overlap
     /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
-        let act = Self::activation(prepared.channels);
-        let options = self.prepare_options().stats(act, true, false, false);
-        if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, act, 0.0) {
+        let term = self.fused_term(prepared.channels);
+        let options = self
+            .prepare_options()
+            .stats(term.activation, true, false, false);
+        if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, term) {
             return self.loss_of_sums(prepared, &sums);
         }
         let (values, normaliser) = self.per_voxel(prepared);

@@ -9,7 +9,7 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{PointwiseSums, fused_pointwise, pointwise_fusable};
+use crate::stats::{FusedTerm, PointwiseSums, fused_pointwise};
 
 const NAME: &str = "FocalLoss";
 
@@ -152,10 +152,11 @@ impl FocalLoss {
         }
     }
 
-    /// The activation of the fused pass for this loss on `channels` channels, or `None` where
-    /// the pass cannot compute it: the softmax focal loss without the background normalises over
-    /// the other channels only (MONAI), and a single channel has no softmax.
-    pub(crate) fn fused_activation(&self, channels: usize) -> Option<Activation> {
+    /// The pointwise term of the fused pass for this loss on `channels` channels, or `None` for
+    /// a softmax over a single channel (refused or composed). Without the background the softmax
+    /// term runs over channels `1..C` (MONAI drops the background before its softmax; with two
+    /// channels that softmax is 1 everywhere and the loss 0).
+    pub(crate) fn fused_term(&self, channels: usize) -> Option<FusedTerm> {
         let cfg = &self.config;
         if !cfg.include_background {
             assert!(
@@ -163,37 +164,27 @@ impl FocalLoss {
                 "{NAME}: `include_background = false` would drop the only channel of a single-channel prediction"
             );
         }
-        match cfg.use_softmax {
-            true if cfg.include_background && channels > 1 => Some(Activation::Softmax),
-            true => None,
-            false => Some(Activation::Sigmoid),
-        }
+        let (activation, without_background) = match cfg.use_softmax {
+            true if channels > 1 => (Activation::Softmax, !cfg.include_background),
+            true => return None,
+            false => (Activation::Sigmoid, false),
+        };
+        Some(FusedTerm {
+            activation,
+            gamma: cfg.gamma,
+            without_background,
+        })
     }
 
     /// Reduced loss of a prepared input: from the fused pass where it runs (its overlap
     /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
-        if let Some(act) = self.fused_activation(prepared.channels) {
-            let options = self.prepare_options().stats(act, true, false, false);
-            if let Some((_, sums)) =
-                fused_pointwise(NAME, prepared, &options, act, self.config.gamma)
-            {
+        if let Some(term) = self.fused_term(prepared.channels) {
+            let options = self
+                .prepare_options()
+                .stats(term.activation, true, false, false);
+            if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, term) {
                 return self.loss_of_sums(prepared, &sums);
-            }
-        } else if self.config.use_softmax
-            && prepared.channels > 2
-            && pointwise_fusable(&prepared.logits.device())
-        {
-            // The softmax over channels 1..C (MONAI drops the background before its softmax):
-            // the fused pass over those channels alone, a copy of them and a second pass where
-            // Dice + focal share one pass otherwise. (Two channels leave a softmax of one, which
-            // is 1 everywhere: the composed path below gives its 0.)
-            let kept = prepared.without_background();
-            let act = Activation::Softmax;
-            let options = self.prepare_options().stats(act, true, false, false);
-            if let Some((_, sums)) = fused_pointwise(NAME, &kept, &options, act, self.config.gamma)
-            {
-                return self.reduce(kept.batch, kept.channels, kept.voxels, &kept.mask, &sums);
             }
         }
         let values = self.per_voxel(prepared);
@@ -213,7 +204,7 @@ impl FocalLoss {
     }
 
     /// The reduced loss from the fused pass's pointwise sums (activation of
-    /// [`FocalLoss::fused_activation`], this loss's `gamma`): per (sample, class) the focal sums
+    /// [`FocalLoss::fused_term`]): per (sample, class) the focal sums
     /// with `alpha` (linear in the target for the sigmoid's scalar `alpha`, on the voxels with
     /// `g = 1` for its per-class `alpha`) and the class weights, then the reduction of
     /// [`FocalLossConfig::reduction`].
