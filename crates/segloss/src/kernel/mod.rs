@@ -10,6 +10,7 @@
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod composed;
+pub mod confusion;
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
