@@ -11,6 +11,12 @@
 //! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in `kernel::cube`,
 //! which exists with those features) and for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
 //! applies to a device.
+//!
+//! Beside it: [`FusedPointwiseOps`], the same pass with the cross-entropy and focal sums, and
+//! [`FusedConfusionOps`], the Generalized Wasserstein Dice loss's soft confusion matrix (kernel in
+//! [`super::confusion`]), both on Flex only and built the same way (the recorded forward saves
+//! what the backward starts from; the confusion matrix saves the probabilities, into the buffer
+//! that the backward turns into the gradient).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
