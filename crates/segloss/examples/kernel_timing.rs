@@ -6,7 +6,9 @@
 //! two ways to run a forward + backward: recomputing the activations in the backward
 //! (`forward` + `backward`, the GPU kernels' way), and saving them in the forward's pass
 //! (`forward_saving` + `backward_in_place`, what Flex runs when a backward is recorded); then the
-//! softmax with the pointwise term (cross-entropy, focal, focal without the background), saving.
+//! softmax with the pointwise term (cross-entropy, focal, focal without the background, filter
+//! `pointwise`), saving; then both ways for the confusion matrix of the Generalized Wasserstein
+//! Dice loss (`kernel::confusion`, filter `confusion`).
 use segloss::kernel::cpu::*;
 use std::time::Instant;
 
@@ -112,5 +114,37 @@ fn main() {
             std::hint::black_box((s, p));
         }
         println!("{name}: saving {fs:.1} + {bi:.1} ms");
+    }
+    // The Generalized Wasserstein Dice loss's confusion matrix (softmax against a label map), at
+    // the question's shape and at 2 x 4 x 128^3, both ways.
+    for (b, c, n) in [(3usize, 9usize, 64 * 64 * 64), (2, 4, 128 * 128 * 128)] {
+        let name = format!("confusion {b}x{c}x{n}, label map");
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
+        let x: Vec<f32> = (0..b * c * n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let labels: Vec<i64> = (0..b * n).map(|i| ((i * 31) % c) as i64).collect();
+        let (d, t) = (Dims { b, c, n }, TargetRef::Labels(&labels[..]));
+        let g = vec![0.1f32; b * c * (c + 1)];
+        use segloss::kernel::confusion;
+        let fwd = best(|| drop(std::hint::black_box(confusion::forward(&x, t, None, d))));
+        let bwd = best(|| {
+            drop(std::hint::black_box(confusion::backward(
+                &x, t, None, &g, d,
+            )))
+        });
+        let (mut fs, mut bi) = (f64::MAX, f64::MAX);
+        for _ in 0..REPEAT {
+            let t0 = Instant::now();
+            let (s, mut p) = confusion::forward_saving(&x, t, None, d);
+            fs = fs.min(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            confusion::backward_in_place(&mut p, t, None, &g, d);
+            bi = bi.min(t0.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box((s, p));
+        }
+        println!("{name}: recompute {fwd:.1} + {bwd:.1} ms; saving {fs:.1} + {bi:.1} ms");
     }
 }

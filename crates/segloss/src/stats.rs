@@ -279,7 +279,7 @@ pub(crate) fn fused_pointwise(
 }
 
 /// The prepared target as the fused operations take it.
-fn fused_target(prepared: &Prepared) -> crate::kernel::fused::FusedTarget {
+pub(crate) fn fused_target(prepared: &Prepared) -> crate::kernel::fused::FusedTarget {
     use crate::kernel::fused::FusedTarget;
     match (&prepared.labels, &prepared.dense) {
         (Some(l), _) => FusedTarget::Labels(l.clone()),

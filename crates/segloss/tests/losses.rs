@@ -435,3 +435,168 @@ fn softmax_focal_without_background_fused_matches_composed() {
     let (cv, _) = run(Kernel::Composed, &|x| dice_focal.forward(x, clean.clone()));
     assert!((fv - cv).abs() <= 1e-5 * cv.abs(), "DiceFocal {fv} vs {cv}");
 }
+
+/// One forward + backward of `f` on `logits` with `kernel`: the value and the gradient.
+fn value_and_gradient<const D: usize>(
+    kernel: Kernel,
+    logits: &Tensor<D>,
+    f: &dyn Fn(Tensor<D>) -> Tensor<1>,
+) -> (f32, Vec<f32>) {
+    with_kernel(kernel, || {
+        let x = logits.clone().require_grad();
+        let v = f(x.clone());
+        let g: Vec<f32> = x
+            .grad(&v.backward())
+            .unwrap()
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        (v.into_scalar::<f32>(), g)
+    })
+}
+
+/// A `C x C` distance matrix, zero on the diagonal, not symmetric.
+fn distances(c: usize) -> Vec<Vec<f32>> {
+    (0..c)
+        .map(|i| {
+            (0..c)
+                .map(|j| {
+                    if i == j {
+                        0.0
+                    } else {
+                        ((i * 7 + j * 3) % 5 + 1) as f32 / 5.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn wasserstein_fused_matches_composed() {
+    // The fused confusion matrix (Kernel::Auto on Flex) against the composed path: values to
+    // 1e-4 relative plus 1e-5 absolute, gradients to 1e-4 relative plus 1e-6 absolute (the
+    // softmax's backward takes `sum_j p_j u_j` from `u_c`, which cancels where one class holds
+    // nearly all the probability, on both paths: about 1e-7 apart at a single voxel, where
+    // `u = d loss / d p` is of order 1; gradients here are 1e-5 and larger),
+    // on shapes with one voxel, odd voxel counts (tails of 256-voxel tiles and of 8-voxel runs)
+    // and several 1024-voxel blocks, B = 1..3, C = 2..14; label maps with ignore_index, a voxel
+    // mask, dense targets with and without ignore_index; both weightings; logits of scale 3 and
+    // of +-1e4 (finite values and gradients).
+    // The call counter is global: this is the only test of this binary that runs the loss, so
+    // that it can check that the composed path does not call the fused operation.
+    use burn::tensor::Distribution;
+    let calls = segloss::kernel::fused::confusion_calls;
+    // Without autodiff too.
+    let loss = GeneralizedWassersteinDiceLossConfig::new(distances(3)).init();
+    let flex = Device::flex();
+    let x = Tensor::<4>::random([2, 3, 5, 7], Distribution::Normal(0.0, 2.0), &flex);
+    let y = Tensor::<3, Int>::random([2, 5, 7], Distribution::Uniform(0.0, 2.999), &flex);
+    let before = calls();
+    let fused = scalar(loss.forward(x.clone(), y.clone()));
+    assert_eq!(
+        calls(),
+        before + 1,
+        "the fused path did not run without autodiff"
+    );
+    let composed = with_kernel(Kernel::Composed, || scalar(loss.forward(x, y)));
+    assert_eq!(calls(), before + 1, "Kernel::Composed ran the fused path");
+    assert!(
+        (fused - composed).abs() <= 1e-4 * composed.abs() + 1e-5,
+        "{fused} vs {composed}"
+    );
+
+    let device = Device::flex().autodiff();
+    let shapes: [(usize, usize, [usize; 3]); 6] = [
+        (1, 2, [1, 1, 1]),
+        (2, 3, [5, 7, 9]),
+        (3, 5, [3, 17, 23]),
+        (1, 9, [9, 17, 23]),
+        (2, 14, [4, 11, 13]),
+        (3, 4, [1, 1, 37]),
+    ];
+    let mut checked = 0;
+    for (b, c, [z, y, x]) in shapes {
+        let normal = Tensor::<5>::random([b, c, z, y, x], Distribution::Normal(0.0, 3.0), &device);
+        let signs = Tensor::<5>::random([b, c, z, y, x], Distribution::Uniform(-1.0, 1.0), &device);
+        let extreme = signs.sign().mul_scalar(1e4);
+        // Labels in 0..=C, where C is the ignore index below.
+        let raw = Tensor::<5>::random(
+            [b, 1, z, y, x],
+            Distribution::Uniform(0.0, c as f64 + 0.999),
+            &device,
+        )
+        .int()
+        .clamp(0, c as i64);
+        let clean = raw.clone().clamp(0, c as i64 - 1);
+        let dense = Tensor::<5>::random([b, c, z, y, x], Distribution::Uniform(0.0, 1.0), &device);
+        let mask = Tensor::<5>::random([b, 1, z, y, x], Distribution::Bernoulli(0.7), &device);
+        for weighting in [WassersteinWeighting::Default, WassersteinWeighting::Gdl] {
+            let config = GeneralizedWassersteinDiceLossConfig::new(distances(c))
+                .with_weighting_mode(weighting);
+            let plain = config.init();
+            let ignoring = config.clone().with_ignore_index(Some(c as i64)).init();
+            let ignoring_class = config.clone().with_ignore_index(Some(1)).init();
+            type Case<'a> = (&'a str, Box<dyn Fn(Tensor<5>) -> Tensor<1> + 'a>);
+            let cases: Vec<Case<'_>> = vec![
+                ("labels", Box::new(|x| plain.forward(x, clean.clone()))),
+                (
+                    "labels + ignore_index",
+                    Box::new(|x| ignoring.forward(x, raw.clone())),
+                ),
+                (
+                    "labels + mask",
+                    Box::new(|x| {
+                        plain.forward(x, Target::labels(clean.clone()).with_mask(mask.clone()))
+                    }),
+                ),
+                (
+                    "dense",
+                    Box::new(|x| plain.forward(x, Target::dense(dense.clone()))),
+                ),
+                (
+                    "dense + ignore_index + mask",
+                    Box::new(|x| {
+                        ignoring_class
+                            .forward(x, Target::dense(dense.clone()).with_mask(mask.clone()))
+                    }),
+                ),
+            ];
+            for (name, f) in &cases {
+                for (scale, logits) in [("scale 3", &normal), ("+-1e4", &extreme)] {
+                    let what = format!("{b}x{c}x{z}x{y}x{x} {weighting:?} {name} {scale}");
+                    let before = calls();
+                    let (fv, fg) = value_and_gradient(Kernel::Auto, logits, &**f);
+                    assert_eq!(
+                        calls(),
+                        before + 1,
+                        "{what}: the fused confusion matrix did not run"
+                    );
+                    let (cv, cg) = value_and_gradient(Kernel::Composed, logits, &**f);
+                    assert_eq!(
+                        calls(),
+                        before + 1,
+                        "{what}: the composed path ran the fused operation"
+                    );
+                    assert!(
+                        fv.is_finite() && (fv - cv).abs() <= 1e-4 * cv.abs() + 1e-5,
+                        "{what}: value {fv} vs composed {cv}"
+                    );
+                    assert_eq!(fg.len(), b * c * z * y * x, "{what}");
+                    assert!(
+                        scale == "+-1e4" || z * y * x == 1 || cg.iter().any(|v| v.abs() > 1e-5),
+                        "{what}: no gradient to compare"
+                    );
+                    for (i, (a, r)) in fg.iter().zip(&cg).enumerate() {
+                        assert!(
+                            a.is_finite() && (a - r).abs() <= 1e-4 * r.abs() + 1e-6,
+                            "{what}: gradient {i}: {a} vs composed {r}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 2 * 5 * 2);
+}

@@ -49,8 +49,9 @@ use rayon::prelude::*;
 pub const BLOCK: usize = 1024;
 /// Voxels per tile: the softmax of a tile (`C x TILE` floats) stays in the L1 cache between the
 /// passes over it.
-const TILE: usize = 256;
-const LANES: usize = 8;
+pub(crate) const TILE: usize = 256;
+/// Lanes of the f32 accumulators (one AVX2 vector).
+pub(crate) const LANES: usize = 8;
 /// Voxels per chunk of the pointwise sums' two loops (a multiple of `LANES`; on the stack).
 const POINTWISE_CHUNK: usize = 64;
 /// Rows of the output with the pointwise term (the 4 overlap statistics, then 4 pointwise sums).
@@ -189,13 +190,13 @@ pub fn exp_f32(x: f32) -> f32 {
 
 /// `a b + c`, fused when `FMA` (only inside FMA-enabled code).
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// `exp` with the polynomial in fused multiply-adds when `FMA` (only inside FMA-enabled code).
 #[inline(always)]
-fn exp_poly<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_poly<const FMA: bool>(x: f32) -> f32 {
     let (y, pow2) = exp_parts::<FMA, false>(x);
     y * pow2
 }
@@ -385,7 +386,7 @@ fn upstream_at<const SQ: bool, const MASK: bool, const DIFF: bool>(
 /// cache lines are not read first); the caller checks once per row that the destination is
 /// 16-byte aligned (`aligned16`), which then holds for every run of 8 floats of the row.
 #[inline(always)]
-fn store8<const NT: bool>(out: &mut [MaybeUninit<f32>], v: &[f32; LANES]) {
+pub(crate) fn store8<const NT: bool>(out: &mut [MaybeUninit<f32>], v: &[f32; LANES]) {
     #[cfg(target_arch = "x86_64")]
     if NT {
         use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
@@ -408,13 +409,13 @@ fn store8<const NT: bool>(out: &mut [MaybeUninit<f32>], v: &[f32; LANES]) {
 
 /// Whether non-temporal stores can write `out` 8 floats at a time (x86-64, 16-byte aligned).
 #[inline(always)]
-fn aligned16(out: &[MaybeUninit<f32>]) -> bool {
+pub(crate) fn aligned16(out: &[MaybeUninit<f32>]) -> bool {
     cfg!(target_arch = "x86_64") && (out.as_ptr() as usize).is_multiple_of(16)
 }
 
 /// Orders this thread's non-temporal stores before anything it does next (the end of its task).
 #[inline(always)]
-fn store_fence() {
+pub(crate) fn store_fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE is part of x86-64.
     unsafe {
@@ -1389,7 +1390,7 @@ fn with_scratch<R>(d: Dims, f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// Softmax of one tile (`len` voxels from voxel `v0` of sample `b`): `e[c * TILE + i] = exp(x -
 /// max)` and `r[i] = 1 / sum_c e`.
 #[inline(always)]
-fn softmax_tile<const FMA: bool>(
+pub(crate) fn softmax_tile<const FMA: bool>(
     x: &[f32],
     d: Dims,
     b: usize,
@@ -1510,7 +1511,7 @@ fn tile_target<'a, L: Label, const LAB: bool>(
 
 /// Converts the labels of one tile to floats (nothing for a dense target).
 #[inline(always)]
-fn tile_labels<L: Label>(
+pub(crate) fn tile_labels<L: Label>(
     t: TargetRef<'_, L>,
     d: Dims,
     b: usize,
@@ -2193,7 +2194,7 @@ impl<L: Label> Block<'_, L> {
 
 /// A raw pointer to the gradient output; blocks write disjoint ranges.
 #[derive(Clone, Copy)]
-struct DxPtr(*mut MaybeUninit<f32>);
+pub(crate) struct DxPtr(pub(crate) *mut MaybeUninit<f32>);
 unsafe impl Send for DxPtr {}
 unsafe impl Sync for DxPtr {}
 
@@ -2203,7 +2204,7 @@ impl DxPtr {
     /// # Safety
     /// No other live reference may cover the same elements; the output has `B * C * N` elements.
     #[inline(always)]
-    unsafe fn row<'a>(
+    pub(crate) unsafe fn row<'a>(
         self,
         b: usize,
         c: usize,
@@ -2220,7 +2221,7 @@ impl DxPtr {
     /// # Safety
     /// As for `row`, and the elements are initialised.
     #[inline(always)]
-    unsafe fn row_init<'a>(
+    pub(crate) unsafe fn row_init<'a>(
         self,
         b: usize,
         c: usize,
@@ -2235,7 +2236,7 @@ impl DxPtr {
 
 /// What a task computes: its sums, or its gradient.
 #[derive(Clone, Copy)]
-enum Work {
+pub(crate) enum Work {
     /// The sums, and the probabilities written to the buffer when given.
     Forward(Option<DxPtr>),
     /// The gradient, recomputing the activation from the logits.
@@ -2392,7 +2393,7 @@ unsafe fn run_block_avx2<L: Label>(blk: &Block<'_, L>, s: &mut Scratch, work: Wo
 
 /// The instruction set a call runs with.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
+pub(crate) enum Isa {
     /// The best the CPU has (AVX2 + FMA, detected at run time, else the baseline).
     Best,
     /// The target's baseline (SSE2 on x86-64): what runs on CPUs without AVX2 + FMA, and what
@@ -2500,6 +2501,28 @@ fn check_sizes<L: Label>(
             "segloss kernel: a pointwise term without the background needs the softmax and at least 2 channels"
         );
     }
+    check_inputs(what, x, t, mask, d);
+    if let Some(g) = grad {
+        let rows = rows(pw.is_some());
+        let k = rows * d.b * d.k(spec);
+        assert_eq!(
+            g.len(),
+            k,
+            "segloss kernel: the statistics' gradient has {} values, expected {rows} * B * K = {k}",
+            g.len()
+        );
+    }
+}
+
+/// Checks the lengths of the logits (or activations, `what`, `x` values), the target and the
+/// mask against `d`, naming the one that does not fit.
+pub(crate) fn check_inputs<L: Label>(
+    what: &str,
+    x: usize,
+    t: TargetRef<'_, L>,
+    mask: Option<&[f32]>,
+    d: Dims,
+) {
     let n = d.b * d.c * d.n;
     assert_eq!(
         x, n,
@@ -2528,16 +2551,6 @@ fn check_sizes<L: Label>(
             "segloss kernel: the mask has {} values, expected B * N = {}",
             m.len(),
             d.b * d.n
-        );
-    }
-    if let Some(g) = grad {
-        let rows = rows(pw.is_some());
-        let k = rows * d.b * d.k(spec);
-        assert_eq!(
-            g.len(),
-            k,
-            "segloss kernel: the statistics' gradient has {} values, expected {rows} * B * K = {k}",
-            g.len()
         );
     }
 }
@@ -2632,7 +2645,7 @@ fn forward_impl<L: Label>(p: &Problem<'_, L>, save: Option<DxPtr>, isa: Isa) -> 
 
 /// A buffer of `len` floats, not initialised (every element is written by exactly one block, so
 /// it is not zeroed first: that would be one more pass over `B * C * N` floats).
-fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+pub(crate) fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
     let mut v: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { v.set_len(len) };
@@ -2665,7 +2678,7 @@ fn huge_pages(v: &mut [MaybeUninit<f32>]) {
 
 /// # Safety
 /// Every element of `v` has been written.
-unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+pub(crate) unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     let mut v = std::mem::ManuallyDrop::new(v);
     // SAFETY: MaybeUninit<f32> and f32 have the same layout; the caller guarantees initialisation.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }

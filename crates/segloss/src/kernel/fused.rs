@@ -11,6 +11,12 @@
 //! backends with the `wgpu` or `cuda` feature (behind Burn's fusion; kernel in `kernel::cube`,
 //! which exists with those features) and for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
 //! applies to a device.
+//!
+//! Beside it: [`FusedPointwiseOps`], the same pass with the cross-entropy and focal sums, and
+//! [`FusedConfusionOps`], the Generalized Wasserstein Dice loss's soft confusion matrix (kernel in
+//! [`super::confusion`]), both on Flex only and built the same way (the recorded forward saves
+//! what the backward starts from; the confusion matrix saves the probabilities, into the buffer
+//! that the backward turns into the gradient).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -318,6 +324,102 @@ pub fn pointwise_stats(
     Tensor::from_dispatch(out)
 }
 
+/// The soft confusion matrix of the Generalized Wasserstein Dice loss, fused: from logits
+/// `[B, C, N]` (softmax over the channels, applied on the fly), a target and a voxel mask `[B, N]`
+/// (one with no elements means no mask), the output `[B, C, C + 1]` whose row `(b, k)` holds
+/// `S[b, k, c] = sum_n m g_k p_c` for the `C` predicted classes `c`, then the target volume
+/// `V[b, k] = sum_n m g_k` (kernel and formulas in [`super::confusion`]). The hand-written backward
+/// writes the gradient with respect to the logits in one more pass; the volume column's gradient
+/// is ignored (the volume does not depend on the logits). Flex only ([`supports_confusion`]).
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait FusedConfusionOps: Backend {
+    /// Against a label map `[B, N]` (a label outside `[0, C)` matches no class).
+    fn confusion_labels(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Against a dense target `[B, C, N]`.
+    fn confusion_dense(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// [`confusion_labels`](FusedConfusionOps::confusion_labels) for a recorded backward, with
+    /// what the backward starts from (on Flex the probabilities, written in the same pass into
+    /// the buffer that the backward turns into the gradient).
+    fn confusion_labels_saving(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`confusion_labels_saving`](FusedConfusionOps::confusion_labels_saving) against a dense target.
+    fn confusion_dense_saving(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The gradient `[B, C, N]` with respect to the logits, from what the `_saving` forward
+    /// returned and the gradient `[B, C, C + 1]` of its output.
+    fn confusion_labels_backward_saved(
+        saved: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// [`confusion_labels_backward_saved`](FusedConfusionOps::confusion_labels_backward_saved) against a dense target.
+    fn confusion_dense_backward_saved(
+        saved: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether the fused confusion matrix ([`FusedConfusionOps`]) runs on `device`, with or without
+/// autodiff: Flex (feature `flex`). Elsewhere the Generalized Wasserstein Dice loss composes it
+/// from Burn operations.
+pub fn supports_confusion(device: &Device) -> bool {
+    match without_autodiff(device).as_dispatch() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        _ => false,
+    }
+}
+
+/// The soft confusion matrix and target volumes `[B, C, C + 1]` of logits `[B, C, N]` (see
+/// [`FusedConfusionOps`]), against `target`, weighted by `mask` `[B, N]`.
+///
+/// # Panics
+/// Where [`supports_confusion`] is false, or if the shapes do not match (the kernel names the
+/// input).
+pub fn confusion(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>) -> Tensor<3> {
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CONFUSION_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let device = logits.device();
+    let mask = mask
+        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
+        .into_dispatch();
+    let out = match target {
+        FusedTarget::Labels(l) => <Dispatch as FusedConfusionOps>::confusion_labels(
+            logits.into_dispatch(),
+            l.into_dispatch(),
+            mask,
+        ),
+        FusedTarget::Dense(t) => <Dispatch as FusedConfusionOps>::confusion_dense(
+            logits.into_dispatch(),
+            t.into_dispatch(),
+            mask,
+        ),
+    };
+    Tensor::from_dispatch(out)
+}
+
 /// Whether the fused operation runs on `device`, with or without autodiff: Flex (feature
 /// `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`, `cuda`).
 pub fn supports(device: &Device) -> bool {
@@ -380,6 +482,14 @@ pub fn pointwise_calls() -> usize {
     POINTWISE_CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static CONFUSION_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many of [`calls`] were the fused confusion matrix ([`confusion`]).
+#[doc(hidden)]
+pub fn confusion_calls() -> usize {
+    CONFUSION_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fused statistics `[4, B, K]` of logits `[B, C, N]`.
 pub fn overlap_stats(
     logits: Tensor<3>,
@@ -422,8 +532,9 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::tensor::{DType, TensorData};
 
+    use super::super::confusion;
     use super::super::cpu::{self, Act, Dims, Label, Pointwise, Spec, TargetRef};
-    use super::{FusedPointwiseOps, FusedStatsOps};
+    use super::{FusedConfusionOps, FusedPointwiseOps, FusedStatsOps};
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         assert_eq!(
@@ -451,35 +562,64 @@ mod flex {
 
     /// What one call computes, from which input.
     enum Job<'a> {
-        /// The statistics `[4, B, K]` from the logits.
+        /// The forward's output from the logits.
         Stats(&'a [f32]),
-        /// The statistics and the activations `[B, C, N]` from the logits.
+        /// The forward's output and the activations `[B, C, N]` from the logits.
         Saving(&'a [f32]),
-        /// The gradient `[B, C, N]` from the logits, given the statistics' gradient.
+        /// The gradient `[B, C, N]` from the logits, given the output's gradient.
         Gradient(&'a [f32], &'a [f32]),
-        /// The gradient written over the saved activations, given the statistics' gradient.
+        /// The gradient written over the saved activations, given the output's gradient.
         InPlace(&'a mut [f32], &'a [f32]),
+    }
+
+    /// A computation over the target as a slice, for any label type.
+    trait TargetJob {
+        fn run<L: Label>(self, t: TargetRef<'_, L>, m: Option<&[f32]>) -> Vec<Vec<f32>>;
     }
 
     /// Runs `job` with the target as a slice: dense values, or labels as `i64` or `i32` (other
     /// integer types are converted). A mask with no elements means no mask.
-    /// `pw`: the pointwise term, when its rows are wanted.
-    fn run(
-        job: Job<'_>,
-        target: Target<'_>,
-        mask: &FlexTensor,
+    fn with_target(job: impl TargetJob, target: Target<'_>, mask: &FlexTensor) -> Vec<Vec<f32>> {
+        let m = (mask.shape().num_elements() > 0).then(|| floats(mask));
+        let m = m.as_deref();
+        match target {
+            Target::Dense(t) => job.run::<i64>(TargetRef::Dense(&floats(t)), m),
+            Target::Labels(l) => {
+                let l = l.to_contiguous();
+                match l.dtype() {
+                    DType::I64 => job.run(
+                        TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")),
+                        m,
+                    ),
+                    DType::I32 => job.run(
+                        TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")),
+                        m,
+                    ),
+                    _ => {
+                        let v: Vec<i64> = l
+                            .into_data()
+                            .convert::<i64>()
+                            .try_to_vec()
+                            .expect("labels as i64");
+                        job.run(TargetRef::Labels(&v), m)
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call of the overlap statistics' kernel ([`cpu`]): the job, the sizes, the options and
+    /// the pointwise term, when its rows are wanted.
+    struct StatsJob<'a> {
+        job: Job<'a>,
         d: Dims,
         s: Spec,
         pw: Option<Pointwise>,
-    ) -> Vec<Vec<f32>> {
-        fn go<L: Label>(
-            job: Job<'_>,
-            t: TargetRef<'_, L>,
-            m: Option<&[f32]>,
-            d: Dims,
-            s: Spec,
-            pw: Option<Pointwise>,
-        ) -> Vec<Vec<f32>> {
+    }
+
+    impl TargetJob for StatsJob<'_> {
+        fn run<L: Label>(self, t: TargetRef<'_, L>, m: Option<&[f32]>) -> Vec<Vec<f32>> {
+            let StatsJob { job, d, s, pw } = self;
             match (job, pw) {
                 (Job::Stats(x), None) => vec![cpu::forward(x, t, m, d, s)],
                 (Job::Stats(x), Some(pw)) => vec![cpu::pointwise_forward(x, t, m, d, s, pw)],
@@ -503,37 +643,40 @@ mod flex {
                 }
             }
         }
-        let m = (mask.shape().num_elements() > 0).then(|| floats(mask));
-        let m = m.as_deref();
-        match target {
-            Target::Dense(t) => go::<i64>(job, TargetRef::Dense(&floats(t)), m, d, s, pw),
-            Target::Labels(l) => {
-                let l = l.to_contiguous();
-                match l.dtype() {
-                    DType::I64 => go(
-                        job,
-                        TargetRef::Labels(l.as_slice::<i64>().expect("i64 labels")),
-                        m,
-                        d,
-                        s,
-                        pw,
-                    ),
-                    DType::I32 => go(
-                        job,
-                        TargetRef::Labels(l.as_slice::<i32>().expect("i32 labels")),
-                        m,
-                        d,
-                        s,
-                        pw,
-                    ),
-                    _ => {
-                        let v: Vec<i64> = l
-                            .into_data()
-                            .convert::<i64>()
-                            .try_to_vec()
-                            .expect("labels as i64");
-                        go(job, TargetRef::Labels(&v), m, d, s, pw)
-                    }
+    }
+
+    /// Runs the statistics' `job` (see [`with_target`]). `pw`: the pointwise term, when its rows
+    /// are wanted.
+    fn run(
+        job: Job<'_>,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        d: Dims,
+        s: Spec,
+        pw: Option<Pointwise>,
+    ) -> Vec<Vec<f32>> {
+        with_target(StatsJob { job, d, s, pw }, target, mask)
+    }
+
+    /// One call of the confusion matrix's kernel ([`confusion`]).
+    struct ConfusionJob<'a> {
+        job: Job<'a>,
+        d: Dims,
+    }
+
+    impl TargetJob for ConfusionJob<'_> {
+        fn run<L: Label>(self, t: TargetRef<'_, L>, m: Option<&[f32]>) -> Vec<Vec<f32>> {
+            let d = self.d;
+            match self.job {
+                Job::Stats(x) => vec![confusion::forward(x, t, m, d)],
+                Job::Saving(x) => {
+                    let (out, p) = confusion::forward_saving(x, t, m, d);
+                    vec![out, p]
+                }
+                Job::Gradient(x, g) => vec![confusion::backward(x, t, m, g, d)],
+                Job::InPlace(p, g) => {
+                    confusion::backward_in_place(p, t, m, g, d);
+                    Vec::new()
                 }
             }
         }
@@ -628,17 +771,80 @@ mod flex {
             return gradient(&saved, target, mask, grad, s, pw);
         }
         let d = dims(&saved);
+        let mut p = owned(saved);
         let len = d.b * d.c * d.n;
-        let mut p = if saved.layout().contiguous_offsets() == Some((0, len))
+        let values = &mut p.try_storage_mut::<f32>().expect("a uniquely owned buffer")[..len];
+        run(Job::InPlace(values, &floats(grad)), target, mask, d, s, pw);
+        p
+    }
+
+    /// `saved` as a contiguous f32 buffer that this call owns, to be overwritten: itself when
+    /// nothing else holds it (the usual case: the backward step consumes its state), else a copy.
+    fn owned(saved: FlexTensor) -> FlexTensor {
+        let d = dims(&saved);
+        let len = d.b * d.c * d.n;
+        if saved.layout().contiguous_offsets() == Some((0, len))
             && saved.dtype() == DType::F32
             && saved.is_unique()
         {
             saved
         } else {
             tensor(floats(&saved).into_owned(), vec![d.b, d.c, d.n])
+        }
+    }
+
+    /// The confusion matrix `[B, C, C + 1]` of the logits.
+    fn confusion_out(logits: &FlexTensor, target: Target<'_>, mask: &FlexTensor) -> FlexTensor {
+        let d = dims(logits);
+        let job = ConfusionJob {
+            job: Job::Stats(&floats(logits)),
+            d,
         };
+        tensor(
+            with_target(job, target, mask).remove(0),
+            vec![d.b, d.c, d.c + 1],
+        )
+    }
+
+    /// The confusion matrix and the probabilities, written in the same pass.
+    fn confusion_saving(
+        logits: FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let d = dims(&logits);
+        let job = ConfusionJob {
+            job: Job::Saving(&floats(&logits)),
+            d,
+        };
+        let mut out = with_target(job, target, mask);
+        let p = out.pop().expect("probabilities");
+        (
+            tensor(
+                out.pop().expect("confusion matrix"),
+                vec![d.b, d.c, d.c + 1],
+            ),
+            tensor(p, vec![d.b, d.c, d.n]),
+        )
+    }
+
+    /// The gradient from the probabilities that [`confusion_saving`] returned, written over them
+    /// when this call owns their buffer (see [`owned`]).
+    fn confusion_gradient_saved(
+        saved: FlexTensor,
+        target: Target<'_>,
+        mask: &FlexTensor,
+        grad: &FlexTensor,
+    ) -> FlexTensor {
+        let d = dims(&saved);
+        let mut p = owned(saved);
+        let len = d.b * d.c * d.n;
         let values = &mut p.try_storage_mut::<f32>().expect("a uniquely owned buffer")[..len];
-        run(Job::InPlace(values, &floats(grad)), target, mask, d, s, pw);
+        let job = ConfusionJob {
+            job: Job::InPlace(values, &floats(grad)),
+            d,
+        };
+        with_target(job, target, mask);
         p
     }
 
@@ -928,6 +1134,54 @@ mod flex {
                     without_background,
                 }),
             )
+        }
+    }
+
+    impl FusedConfusionOps for Flex {
+        fn confusion_labels(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+        ) -> FlexTensor {
+            confusion_out(&logits, Target::Labels(&labels), &mask)
+        }
+
+        fn confusion_dense(logits: FlexTensor, target: FlexTensor, mask: FlexTensor) -> FlexTensor {
+            confusion_out(&logits, Target::Dense(&target), &mask)
+        }
+
+        fn confusion_labels_saving(
+            logits: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            confusion_saving(logits, Target::Labels(&labels), &mask)
+        }
+
+        fn confusion_dense_saving(
+            logits: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            confusion_saving(logits, Target::Dense(&target), &mask)
+        }
+
+        fn confusion_labels_backward_saved(
+            saved: FlexTensor,
+            labels: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+        ) -> FlexTensor {
+            confusion_gradient_saved(saved, Target::Labels(&labels), &mask, &grad)
+        }
+
+        fn confusion_dense_backward_saved(
+            saved: FlexTensor,
+            target: FlexTensor,
+            mask: FlexTensor,
+            grad: FlexTensor,
+        ) -> FlexTensor {
+            confusion_gradient_saved(saved, Target::Dense(&target), &mask, &grad)
         }
     }
 }
@@ -1304,6 +1558,155 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: bool,
     ) -> FloatTensor<Self> {
         unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
+    }
+}
+
+impl<B: FusedConfusionOps> SavedTarget<B> {
+    fn confusion(self, x: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::confusion_labels(x, l, mask),
+            SavedTarget::Dense(t) => B::confusion_dense(x, t, mask),
+        }
+    }
+
+    fn confusion_saving(
+        self,
+        x: FloatTensor<B>,
+        mask: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        match self {
+            SavedTarget::Labels(l) => B::confusion_labels_saving(x, l, mask),
+            SavedTarget::Dense(t) => B::confusion_dense_saving(x, t, mask),
+        }
+    }
+
+    fn confusion_backward(
+        self,
+        saved: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        match self {
+            SavedTarget::Labels(l) => B::confusion_labels_backward_saved(saved, l, mask, grad),
+            SavedTarget::Dense(t) => B::confusion_dense_backward_saved(saved, t, mask, grad),
+        }
+    }
+}
+
+/// What the confusion matrix's backward step keeps (as [`SavedInputs`]).
+#[derive(Debug, Clone)]
+struct SavedConfusion<B: Backend> {
+    saved: FloatTensor<B>,
+    target: SavedTarget<B>,
+    mask: FloatTensor<B>,
+}
+
+#[derive(Debug)]
+struct FusedConfusionBackward;
+
+impl<B: FusedConfusionOps> Backward<B, 1> for FusedConfusionBackward {
+    type State = SavedConfusion<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, s.target.confusion_backward(s.saved, s.mask, grad));
+        }
+    }
+}
+
+fn record_confusion<B: FusedConfusionOps, C: CheckpointStrategy>(
+    logits: FloatTensor<Autodiff<B, C>>,
+    target: SavedTarget<B>,
+    mask: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let node = logits.node();
+    let mask = mask.into_primitive();
+    let x = logits.into_primitive();
+    match FusedConfusionBackward
+        .prepare::<C>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, saved) = target.clone().confusion_saving(x, mask.clone());
+            prep.finish(
+                SavedConfusion::<B> {
+                    saved,
+                    target,
+                    mask,
+                },
+                out,
+            )
+        }
+        OpsKind::UnTracked(prep) => prep.finish(target.confusion(x, mask)),
+    }
+}
+
+impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff<B, C> {
+    fn confusion_labels(
+        logits: FloatTensor<Self>,
+        labels: IntTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        record_confusion::<B, C>(logits, SavedTarget::Labels(labels), mask)
+    }
+
+    fn confusion_dense(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        record_confusion::<B, C>(logits, SavedTarget::Dense(target.into_primitive()), mask)
+    }
+
+    fn confusion_labels_saving(
+        _: FloatTensor<Self>,
+        _: IntTensor<Self>,
+        _: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!(
+            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
+        )
+    }
+
+    fn confusion_dense_saving(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!(
+            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
+        )
+    }
+
+    fn confusion_labels_backward_saved(
+        _: FloatTensor<Self>,
+        _: IntTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        unimplemented!(
+            "segloss: second derivatives of the fused confusion matrix are not supported"
+        )
+    }
+
+    fn confusion_dense_backward_saved(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        unimplemented!(
+            "segloss: second derivatives of the fused confusion matrix are not supported"
+        )
     }
 }
 

@@ -7,9 +7,12 @@
 //!   `cuda`): no one-hot or product tensor is built, and nothing of the prediction's size is
 //!   allocated but the gradient (on Flex, when a backward is recorded, the forward writes the
 //!   activations into the gradient's buffer so that the backward does not recompute them).
+//!   Beside it, for the Generalized Wasserstein Dice loss, [`fused::FusedConfusionOps`]: the soft
+//!   confusion matrix of a softmax against the target, on Flex only (CPU kernel in [`confusion`]).
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod composed;
+pub mod confusion;
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;

@@ -2,12 +2,14 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
 
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{PrepareOptions, Target, prepare};
+use crate::input::{PrepareOptions, Prepared, Target, prepare};
+use crate::kernel::{Kernel, current_kernel, fused};
+use crate::stats::fused_target;
 
 const NAME: &str = "GeneralizedWassersteinDiceLoss";
 
@@ -122,8 +124,18 @@ impl GeneralizedWassersteinDiceLossConfig {
 /// loss = 1 - (2 tp + s_nr) / (den + s_dr)
 /// ```
 ///
-/// Computed from the soft confusion matrix `S[k, c] = sum_n g_k,n p_c,n` (one batched matrix
-/// product), so no `[B, C, C, N]` tensor is built. Fidon et al., "Generalised Wasserstein Dice Score
+/// Computed from the soft confusion matrix `S[k, c] = sum_n m_n g_k,n p_c,n` (`g` the one-hot or
+/// dense target, `m` the voxel mask: a user mask times the `ignore_index` mask) and the target
+/// volumes `V_k = sum_n m_n g_k,n`: the voxels of class `k` have the total error
+/// `E_k = sum_c M[k, c] S[k, c]`, so `tp = sum_k alpha_k (V_k - E_k)`, and the rest is arithmetic
+/// on `[B, C]` tensors. On Flex, `S` and `V` come from one fused operation
+/// ([`FusedConfusionOps`](crate::kernel::fused::FusedConfusionOps), CPU kernel in
+/// [`kernel::confusion`](crate::kernel::confusion)): one pass over the logits with the softmax
+/// applied on the fly and the one-hot read from the label map, and a hand-written backward that
+/// writes the gradient in one more pass, so nothing of the prediction's size is allocated but the
+/// gradient. On the other backends, and under [`with_kernel`](crate::with_kernel)`(Kernel::Composed, ..)`,
+/// from Burn operations (the softmax, the dense target, one batched matrix product); no
+/// `[B, C, C, N]` tensor is built on either path. Fidon et al., "Generalised Wasserstein Dice Score
 /// for Imbalanced Multi-class Segmentation using Holistic Convolutional Networks", BrainLes 2017;
 /// MONAI `GeneralizedWassersteinDiceLoss` 1.6.1. A dense (one-hot or soft) target is also
 /// accepted and gives the expected error under the target distribution.
@@ -181,7 +193,7 @@ impl GeneralizedWassersteinDiceLoss {
                 validate_labels: cfg.validate_labels,
             },
         );
-        let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
+        let [b, c] = [prepared.batch, prepared.channels];
         let k = cfg.dist_matrix.len();
         assert!(
             c == k,
@@ -197,26 +209,19 @@ impl GeneralizedWassersteinDiceLoss {
         let flat: Vec<f32> = cfg.dist_matrix.iter().flatten().map(|v| v / max).collect();
         let m = Tensor::<1>::from_floats(flat.as_slice(), &device).reshape([1, c, c]);
 
-        let p = softmax(prepared.logits.clone(), 1);
-        let mut g = prepared.dense_target();
-        if let Some(mask) = &prepared.mask {
-            g = g * mask.clone().reshape([b, 1, n]);
-        }
-        let volume = g.clone().sum_dim(2).reshape([b, c]);
-        // The soft confusion matrix [B, C(true), C(pred)] = g p^T. On the CubeCL backends one
-        // predicted class at a time, with element-wise products and sums: Burn's CUDA backend may
-        // run an f32 matmul on TF32 tensor cores, which moved this loss by up to 5.5e-5 on an
-        // H200. Elsewhere (Flex) a matmul: the element-wise form took 2.7x the time and 2.3x the
-        // memory there (forward + backward at 3 x 9 x 64^3, 665 vs 246 ms, 332 vs 143 MiB).
-        let confusion = if crate::kernel::fused::is_cube(&device) {
-            Tensor::cat(
-                (0..c)
-                    .map(|l| (g.clone() * p.clone().narrow(1, l, 1)).sum_dim(2))
-                    .collect(),
-                2,
+        // The soft confusion matrix [B, C(true), C(pred)] and the target volume [B, C].
+        let (confusion, volume) = if fusable(&device) {
+            let out = fused::confusion(
+                prepared.logits.clone(),
+                fused_target(&prepared),
+                prepared.mask.clone(),
+            );
+            (
+                out.clone().narrow(2, 0, c),
+                out.narrow(2, c, 1).reshape([b, c]),
             )
         } else {
-            g.matmul(p.swap_dims(1, 2))
+            composed_confusion(&prepared)
         };
         let error = (confusion * m).sum_dim(2).reshape([b, c]); // sum over voxels of class k of W_n
         let alpha = match cfg.weighting_mode {
@@ -235,4 +240,37 @@ impl GeneralizedWassersteinDiceLoss {
         let num = tp.mul_scalar(2.0).add_scalar(cfg.smooth_nr);
         num.div(den.add_scalar(cfg.smooth_dr)).neg().add_scalar(1.0)
     }
+}
+
+/// Whether the fused confusion matrix runs on `device` with the kernel chosen now.
+fn fusable(device: &Device) -> bool {
+    current_kernel() != Kernel::Composed && fused::supports_confusion(device)
+}
+
+/// The soft confusion matrix `[B, C, C]` and the target volume `[B, C]` from Burn operations
+/// (every backend; the reference for the fused operation): the softmax and the masked dense
+/// target `g` materialised, then `g p^T`.
+fn composed_confusion(prepared: &Prepared) -> (Tensor<3>, Tensor<2>) {
+    let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
+    let p = softmax(prepared.logits.clone(), 1);
+    let mut g = prepared.dense_target();
+    if let Some(mask) = &prepared.mask {
+        g = g * mask.clone().reshape([b, 1, n]);
+    }
+    let volume = g.clone().sum_dim(2).reshape([b, c]);
+    // On the CubeCL backends one predicted class at a time, with element-wise products and sums:
+    // Burn's CUDA backend may run an f32 matmul on TF32 tensor cores, which moved this loss by up
+    // to 5.5e-5 on an H200. Elsewhere a matmul: the element-wise form took 2.7x the time and
+    // 2.3x the memory on Flex (forward + backward at 3 x 9 x 64^3, 665 vs 246 ms, 332 vs 143 MiB).
+    let confusion = if fused::is_cube(&p.device()) {
+        Tensor::cat(
+            (0..c)
+                .map(|l| (g.clone() * p.clone().narrow(1, l, 1)).sum_dim(2))
+                .collect(),
+            2,
+        )
+    } else {
+        g.matmul(p.swap_dims(1, 2))
+    };
+    (confusion, volume)
 }
