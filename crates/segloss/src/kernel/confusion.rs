@@ -588,10 +588,7 @@ unsafe fn run_block_avx2<L: Label>(blk: &Block<'_, L>, s: &mut Scratch, work: Wo
 /// [`run_block`] compiled for the instruction set `isa` asks for.
 fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Best
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
+    if isa.avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { run_block_avx2(blk, s, work) };
     }

@@ -2402,13 +2402,28 @@ pub(crate) enum Isa {
     Baseline,
 }
 
+impl Isa {
+    /// Whether a call with this choice runs the AVX2 + FMA code: asked for (`Best`) and the CPU
+    /// has both (detected at run time).
+    pub(crate) fn avx2_fma(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self == Isa::Best
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+}
+
 /// [`run_block`] compiled for the instruction set `isa` asks for.
 fn run_block_with<L: Label>(isa: Isa, blk: &Block<'_, L>, s: &mut Scratch, work: Work) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Best
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
+    if isa.avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { run_block_avx2(blk, s, work) };
     }
