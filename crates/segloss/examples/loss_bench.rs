@@ -15,8 +15,8 @@
 //!
 //! Prints one JSON line: the median and minimum time per forward + backward in milliseconds, the
 //! memory-traffic floor measured in the same process, and the peak resident memory added by the
-//! first forward + backward beyond the inputs (the OS's peak-resident counter, reset just before
-//! it). On a GPU device (wgpu, CUDA) a step ends with reading back the sum of the gradient (so
+//! first full-size forward + backward beyond the inputs (the OS's peak-resident counter, reset just
+//! before it), after one step on a 64-voxel input that loads the code and starts the threads. On a GPU device (wgpu, CUDA) a step ends with reading back the sum of the gradient (so
 //! the time covers all the queued work), two untimed steps come first (kernel compilation,
 //! autotuning), and the floor and peak memory, which are host measurements, are `null`.
 //!
@@ -205,24 +205,24 @@ fn main() {
         Some(t) => Target::dense(t.clone()),
         None => Target::labels(labels.clone()),
     };
-    // The loss, built once: logits in, the reduced loss `[1]` out.
-    let forward: Box<dyn Fn(Tensor<3>) -> Tensor<1>> = match loss.as_str() {
+    // The loss, built once: logits and target in, the reduced loss `[1]` out.
+    let forward: Box<dyn Fn(Tensor<3>, Target) -> Tensor<1>> = match loss.as_str() {
         "dice" => {
             let l = DiceLossConfig::new(act)
                 .with_include_background(false)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "sigmoid-dice" => {
             let l = DiceLossConfig::new(Activation::Sigmoid).init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "gdl" => {
             let l = GeneralizedDiceLossConfig::new(act)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "tversky" => {
             let l = TverskyLossConfig::new(act)
@@ -231,14 +231,14 @@ fn main() {
                 .with_beta(0.7)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "dice-ce" => {
             let l = DiceCELossConfig::new(act)
                 .with_include_background(false)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "dice-focal" => {
             let l = DiceFocalLossConfig::new(act)
@@ -246,27 +246,27 @@ fn main() {
                 .with_focal_use_softmax(true)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "gdl-focal" => {
             let l = GeneralizedDiceFocalLossConfig::new(act)
                 .with_focal_use_softmax(true)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "focal" => {
             let l = FocalLossConfig::new()
                 .with_use_softmax(true)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "ce" => {
             let l = CrossEntropyLossConfig::new()
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         "wasserstein" => {
             let dist = (0..c)
@@ -279,14 +279,14 @@ fn main() {
             let l = GeneralizedWassersteinDiceLossConfig::new(dist)
                 .with_validate_labels(validate)
                 .init();
-            Box::new(move |x| l.forward(x, target()))
+            Box::new(move |x, t| l.forward(x, t))
         }
         other => unreachable!("{other} is checked above"),
     };
 
-    let step = || {
+    let step_on = |logits: &Tensor<3>, target: Target| {
         let x = logits.clone().require_grad();
-        let grads = forward(x.clone()).backward();
+        let grads = forward(x.clone(), target).backward();
         let g = x.grad(&grads).expect("gradient");
         if on_host {
             black_box(g);
@@ -295,6 +295,27 @@ fn main() {
             black_box(g.sum().into_scalar::<f32>());
         }
     };
+    let step = || step_on(&logits, target());
+
+    // One step of the same loss on a small input (64 voxels per sample) first: it loads the code
+    // the step runs and starts the thread pool, which the OS counts as resident memory but which
+    // does not grow with the input (compare_monai.py does the same in MONAI's process).
+    let small_n = n.min(64);
+    let small_logits =
+        Tensor::<3>::random([b, c, small_n], Distribution::Normal(0.0, 1.0), &device);
+    let small_target = || match &multi {
+        Some(_) => Target::dense(Tensor::<3>::random(
+            [b, c, small_n],
+            Distribution::Bernoulli(0.3),
+            &device,
+        )),
+        None => Target::labels(Tensor::<2, Int>::random(
+            [b, small_n],
+            Distribution::Uniform(0.0, c as f64),
+            &device,
+        )),
+    };
+    with_kernel(kernel, || step_on(&small_logits, small_target()));
 
     // Peak memory of one forward + backward beyond what is resident before it (the inputs).
     reset_peak();
