@@ -49,9 +49,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::buffer::{assume_init, uninit};
 use super::cpu::{
-    BLOCK, Dims, DxPtr, Isa, LANES, Label, TILE, TargetRef, Work, aligned16, assume_init,
-    check_inputs, madd, softmax_tile, store_fence, store8, tile_labels, uninit,
+    BLOCK, Dims, DxPtr, Isa, LANES, Label, TILE, TargetRef, Work, aligned16, check_inputs, madd,
+    softmax_tile, store_fence, store8, tile_labels,
 };
 
 /// Columns of a row of the output: the `C` predicted classes, then the volume.

@@ -44,6 +44,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::buffer::{assume_init, uninit};
+
 /// Voxels per block, the unit of f64 accumulation (and of parallel work for the softmax; runs of
 /// four blocks for the other activations).
 pub const BLOCK: usize = 1024;
@@ -2656,47 +2658,6 @@ fn forward_impl<L: Label>(p: &Problem<'_, L>, save: Option<DxPtr>, isa: Isa) -> 
         }
     }
     out.into_iter().map(|v| v as f32).collect()
-}
-
-/// A buffer of `len` floats, not initialised (every element is written by exactly one block, so
-/// it is not zeroed first: that would be one more pass over `B * C * N` floats).
-pub(crate) fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
-    let mut v: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialisation.
-    unsafe { v.set_len(len) };
-    huge_pages(&mut v);
-    v
-}
-
-/// Asks Linux to back a large fresh buffer with 2 MiB pages where it can (transparent huge
-/// pages in `madvise` mode): a 64 MiB gradient then costs 32 page faults instead of 16384, which
-/// took as long as the kernel's own work on the development machine. Advice only: nothing
-/// changes where the kernel declines.
-fn huge_pages(v: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let (start, end) = (
-            v.as_ptr() as usize,
-            v.as_ptr() as usize + std::mem::size_of_val(v),
-        );
-        let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-        if hi >= lo + HUGE {
-            // SAFETY: [lo, hi) lies inside the buffer this function borrows mutably; MADV_HUGEPAGE
-            // only changes how the kernel backs the pages, not their contents.
-            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
-}
-
-/// # Safety
-/// Every element of `v` has been written.
-pub(crate) unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: MaybeUninit<f32> and f32 have the same layout; the caller guarantees initialisation.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
 
 /// The gradient with respect to the logits, as [`backward`], written over the activations `p`

@@ -532,8 +532,8 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::tensor::{DType, TensorData};
 
-    use super::super::confusion;
     use super::super::cpu::{self, Act, Dims, Label, Pointwise, Spec, TargetRef};
+    use super::super::{buffer, confusion};
     use super::{FusedConfusionOps, FusedPointwiseOps, FusedStatsOps};
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -687,8 +687,14 @@ mod flex {
         Dims { b, c, n }
     }
 
+    /// A kernel output as a tensor; a prediction-sized one returns to the buffer cache when
+    /// dropped ([`super::super::buffer`]).
     fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, shape))
+        FlexTensor::from_data(TensorData::from_bytes(
+            buffer::into_bytes(values),
+            shape,
+            DType::F32,
+        ))
     }
 
     /// Rows of the output: 4 overlap statistics, and 4 pointwise sums with `pw`.

@@ -11,6 +11,7 @@
 //!   confusion matrix of a softmax against the target, on Flex only (CPU kernel in [`confusion`]).
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
+pub mod buffer;
 pub mod composed;
 pub mod confusion;
 pub mod cpu;
