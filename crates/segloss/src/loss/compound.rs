@@ -134,6 +134,8 @@ impl DiceCELossConfig {
 ///
 /// **Shapes**: prediction `[B, C, spatial...]`, target a label map or dense tensor; `forward` `[1]`;
 /// [`forward_terms`](DiceCELoss::forward_terms) gives the two reduced terms before the lambdas.
+/// No unreduced form: the Dice term is per (sample, class) and the cross-entropy per voxel over
+/// all classes, with no common shape (MONAI 1.6.1's `DiceCELoss` refuses `reduction="none"`).
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Int, Tensor};
@@ -303,7 +305,8 @@ impl DiceFocalLossConfig {
 /// logits and target (Zhu et al., "AnatomyNet", Medical Physics 2019; MONAI `DiceFocalLoss` 1.6.1).
 ///
 /// **Shapes**: as [`DiceLoss`]; `forward` `[1]`; [`forward_terms`](DiceFocalLoss::forward_terms)
-/// gives both reduced terms.
+/// gives both reduced terms; [`forward_no_reduction`](DiceFocalLoss::forward_no_reduction)
+/// `[B, C', spatial...]` as MONAI's `reduction="none"`.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
@@ -350,6 +353,31 @@ impl DiceFocalLoss {
             self.dice.prepare_options(),
         );
         compound_terms("DiceFocalLoss", &prepared, &self.dice, &self.focal)
+    }
+
+    /// The loss per (sample, class, voxel), `[B, C', spatial...]` (MONAI's `reduction="none"`):
+    /// `lambda_dice` times the Dice loss of the voxel's (sample, class) (of its class with
+    /// `batch`) plus `lambda_focal` times the voxel's focal loss; masked and ignored voxels 0.
+    /// Its sum is not the reduced loss: the Dice term is repeated at every voxel.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<D> {
+        let prepared = prepare(
+            "DiceFocalLoss",
+            prediction,
+            target.into(),
+            self.dice.prepare_options(),
+        );
+        let values = compound_per_voxel(
+            &prepared,
+            self.dice.forward_prepared(&prepared),
+            self.focal.per_voxel(&prepared),
+            self.lambda_dice,
+            self.lambda_focal,
+        );
+        voxel_shape(&prepared, values)
     }
 }
 
@@ -462,6 +490,11 @@ impl GeneralizedDiceFocalLossConfig {
 /// `lambda_gdl GDL + lambda_focal Focal`: the [`GeneralizedDiceLoss`] and the [`FocalLoss`]
 /// (MONAI `GeneralizedDiceFocalLoss` 1.6.1).
 ///
+/// **Shapes**: as [`GeneralizedDiceLoss`]; `forward` `[1]`;
+/// [`forward_terms`](GeneralizedDiceFocalLoss::forward_terms) gives both reduced terms;
+/// [`forward_no_reduction`](GeneralizedDiceFocalLoss::forward_no_reduction) `[B, C',
+/// spatial...]` as MONAI's `reduction="none"`.
+///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
 /// use segloss::{Activation, GeneralizedDiceFocalLossConfig};
@@ -512,6 +545,32 @@ impl GeneralizedDiceFocalLoss {
             &self.gdl,
             &self.focal,
         )
+    }
+
+    /// The loss per (sample, class, voxel), `[B, C', spatial...]` (MONAI's `reduction="none"`):
+    /// `lambda_gdl` times the Generalized Dice loss of the voxel's sample (of the batch with
+    /// `batch`) plus `lambda_focal` times the voxel's focal loss of each class; masked and
+    /// ignored voxels 0. Its sum is not the reduced loss: the Generalized Dice term is repeated
+    /// at every voxel and class.
+    pub fn forward_no_reduction<const D: usize>(
+        &self,
+        prediction: Tensor<D>,
+        target: impl Into<Target>,
+    ) -> Tensor<D> {
+        let prepared = prepare(
+            "GeneralizedDiceFocalLoss",
+            prediction,
+            target.into(),
+            self.gdl.prepare_options(),
+        );
+        let values = compound_per_voxel(
+            &prepared,
+            self.gdl.forward_prepared(&prepared),
+            self.focal.per_voxel(&prepared),
+            self.lambda_gdl,
+            self.lambda_focal,
+        );
+        voxel_shape(&prepared, values)
     }
 }
 
@@ -601,4 +660,32 @@ fn compound_terms(
             pointwise.forward_prepared(prepared),
         ),
     }
+}
+
+/// The unreduced compound loss `[B, K, N]`: the overlap term per (sample, class) `[B or 1, K or
+/// 1]` repeated at every voxel, weighted, plus the weighted pointwise term `[B, K, N]`; voxels
+/// the mask drops are 0 in both (as they are in the pointwise term).
+fn compound_per_voxel(
+    prepared: &Prepared,
+    overlap: Tensor<2>,
+    pointwise: Tensor<3>,
+    lambda_overlap: f64,
+    lambda_pointwise: f64,
+) -> Tensor<3> {
+    let shape = pointwise.dims();
+    let mut overlap = overlap
+        .mul_scalar(lambda_overlap)
+        .unsqueeze_dim::<3>(2)
+        .expand(shape);
+    if let Some(mask) = &prepared.mask {
+        overlap = overlap * mask.clone().unsqueeze_dim::<3>(1);
+    }
+    overlap + pointwise.mul_scalar(lambda_pointwise)
+}
+
+/// `[B, K, N]` values in the prediction's shape with `K` channels.
+fn voxel_shape<const D: usize>(prepared: &Prepared, values: Tensor<3>) -> Tensor<D> {
+    let mut shape = prepared.prediction_shape();
+    shape[1] = values.dims()[1];
+    values.reshape(<[usize; D]>::try_from(shape).expect("rank is D"))
 }

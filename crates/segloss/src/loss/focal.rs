@@ -288,7 +288,8 @@ impl FocalLoss {
     }
 
     /// `[B, C', N]` focal loss values, masked voxels 0.
-    fn per_voxel(&self, prepared: &Prepared) -> Tensor<3> {
+    /// The loss per (sample, class, voxel) `[B, C', N]`, masked voxels 0.
+    pub(crate) fn per_voxel(&self, prepared: &Prepared) -> Tensor<3> {
         let cfg = &self.config;
         let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
         let mut x = prepared.logits.clone();

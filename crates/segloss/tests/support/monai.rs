@@ -7,8 +7,8 @@
 //! option the loss does not take in MONAI 1.6.1 or that the harness does not map, an option value
 //! of the wrong type, an unknown string value (`reduction`, `w_type`, `weighting_mode`), `softmax`
 //! and `sigmoid` both true, a case or file field it does not know, an array whose data does not
-//! fill its shape, a `reduction = "none"` case of a compound loss (segloss has no unreduced form
-//! of those), an `equivalent_of` naming no case. Values and gradients are compared element by
+//! fill its shape, a `reduction = "none"` case of `DiceCELoss` (MONAI 1.6.1 refuses it too), an
+//! `equivalent_of` naming no case. Values and gradients are compared element by
 //! element and by shape: the loss's shape in MONAI's convention (see [`monai_value_shape`]) and
 //! the gradient's shape must equal the expected shapes; NaN only matches NaN and an infinity only
 //! the same infinity.
@@ -516,22 +516,11 @@ fn build(name: &str, o: &Options) -> Result<Built, String> {
         }
     };
     o.finish(name)?;
-    if built.reduction == Reduction::None {
-        match built.loss {
-            Loss::DiceCe(_) => {
-                return Err("reduction \"none\" is not supported: MONAI 1.6.1's DiceCELoss refuses it (only \"mean\" \
-                            and \"sum\"), and segloss's DiceCELoss has no unreduced form"
-                    .into());
-            }
-            Loss::DiceFocal(_) | Loss::GdlFocal(_) => {
-                return Err(format!(
-                    "reduction \"none\" is not supported: segloss's {name} has no unreduced form (MONAI 1.6.1 \
-                     returns the Dice-family term per (sample, class) broadcast onto the focal term per voxel: \
-                     [B, C', spatial...])"
-                ));
-            }
-            _ => {}
-        }
+    if built.reduction == Reduction::None && matches!(built.loss, Loss::DiceCe(_)) {
+        return Err("reduction \"none\" is not supported: MONAI 1.6.1's DiceCELoss refuses it (only \"mean\" \
+                    and \"sum\"), and segloss's DiceCELoss has no unreduced form (its two terms have no common \
+                    shape)"
+            .into());
     }
     Ok(built)
 }
@@ -541,7 +530,7 @@ fn build(name: &str, o: &Options) -> Result<Built, String> {
 /// `[B, C', 1...]` (`[C', 1...]` with `batch`) against segloss's `[B, C']` (`[1, C']`); the
 /// Generalized Dice losses `[B, 1, 1...]` (`[1, 1...]`) against `[B, 1]` (`[1, 1]`); Tversky
 /// `[B, C']` (`[C']`) against `[B, C']` (`[1, C']`); focal the same shape; the Wasserstein loss
-/// `[B]` against `[B, 1]`. A shape that does not fit the convention is returned unchanged, so
+/// `[B]` against `[B, 1]`; the Dice-focal compounds `[B, C', spatial...]` in both. A shape that does not fit the convention is returned unchanged, so
 /// that it differs from MONAI's.
 fn monai_value_shape(b: &Built, ours: &[usize], input_rank: usize) -> Vec<usize> {
     if b.reduction != Reduction::None {
@@ -597,10 +586,12 @@ fn run<const D: usize>(b: &Built, x: &Array, t: Target, device: &Device) -> Outp
         (Loss::Wasserstein(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::Wasserstein(l), false) => flat(l.forward(i, t)),
         (Loss::DiceCe(l), false) => flat(l.forward(i, t)),
+        (Loss::DiceFocal(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::DiceFocal(l), false) => flat(l.forward(i, t)),
+        (Loss::GdlFocal(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::GdlFocal(l), false) => flat(l.forward(i, t)),
-        (Loss::DiceCe(_) | Loss::DiceFocal(_) | Loss::GdlFocal(_), true) => {
-            unreachable!("`build` refuses reduction none for the compound losses")
+        (Loss::DiceCe(_), true) => {
+            unreachable!("`build` refuses reduction none for DiceCELoss")
         }
     };
     let grads = out.clone().sum().backward();
