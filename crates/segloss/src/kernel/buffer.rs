@@ -193,8 +193,11 @@ mod tests {
         drop(bytes);
         assert_eq!(cached_of(len), 1, "returned to the cache on drop");
         // Another length does not take it; the same length does, the same memory.
-        assert_ne!(uninit(len + 1).as_ptr() as *const f32, ptr);
-        assert_eq!(uninit(len).as_ptr() as *const f32, ptr);
+        let other = uninit(len + 1);
+        assert_ne!(other.as_ptr() as *const f32, ptr);
+        let same = uninit(len);
+        assert_eq!(same.as_ptr() as *const f32, ptr);
+        drop((other, same));
         assert_eq!(cached_of(len), 0);
         // Small buffers are never cached.
         drop(into_bytes(vec![0.0; 16]));
