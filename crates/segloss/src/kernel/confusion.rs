@@ -31,10 +31,9 @@
 //! `p` from the logits, while [`forward_saving`] writes `p` in the forward's pass into a buffer of
 //! the gradient's size (streaming stores) and [`backward_in_place`] turns that buffer into the
 //! gradient; both give the same gradient bit for bit. Flex runs the saving pair whenever a
-//! backward is recorded: on a 2-core development machine (`kernel_timing confusion`, 2 threads,
-//! forward + backward) it took 4.5 + 1.9 ms at 3 x 9 x 64^3 against 3.9 + 3.1 ms recomputing, and
-//! 18.9 + 6.0 against 9.8 + 17.6 ms at 2 x 4 x 128^3 (the fresh gradient-sized buffer is filled
-//! in the forward instead of the backward); the peak memory is the same.
+//! backward is recorded, as for the overlap statistics: the memory traffic costs less than the
+//! `exp` it saves (`examples/kernel_timing.rs confusion` times both; the figures are in
+//! `docs/performance-history.md`); the peak memory is the same.
 //!
 //! **Numerics**: sums run over blocks of [`BLOCK`] voxels with 8 f32 lane accumulators per entry;
 //! block totals are added in f64 in block order, so the result does not depend on the number of

@@ -1,5 +1,7 @@
-//! The fused overlap-statistics kernel for CPUs: plain Rust over slices, vectorised by the compiler
-//! (AVX2/FMA when the CPU has them, detected at run time; SSE2 otherwise) and parallel with rayon.
+//! The fused overlap-statistics kernel for CPUs, parallel with rayon. The hot loops are written
+//! twice: with AVX2 + FMA intrinsics (module `avx2`, taken when the CPU has both, detected at run
+//! time: `Isa`) and as plain Rust over slices that the compiler vectorises for the target's
+//! baseline (SSE2 on x86-64), which the tests compare with the intrinsics.
 //!
 //! **Forward** ([`forward`]): one pass over the logits computes, per (sample, class),
 //! `I = sum m p m g`, `P = sum m p` (or `(m p)^2`), `G = sum m g` (or `(m g)^2`) and
@@ -24,10 +26,10 @@
 //!   the gradient's rows, then runs the same in-place step as below;
 //! - [`forward_saving`] writes `p` during the forward's pass into a buffer of the gradient's size
 //!   (streaming stores: the lines are not read first), and [`backward_in_place`] turns that
-//!   buffer into the gradient. On CPUs `exp` costs more than the memory traffic it saves (about
-//!   1.2 ns per element and thread on the development machine, where the backward drops from
-//!   10 ms to 3.5 ms at 3 x 9 x 64^3), so Flex runs this way whenever a backward is recorded;
-//!   the peak memory is the same, the gradient's buffer is just allocated at the forward.
+//!   buffer into the gradient. On CPUs `exp` costs more than the memory traffic it saves
+//!   (`examples/kernel_timing.rs` times both), so Flex runs this way whenever a backward is
+//!   recorded; the peak memory is the same, the gradient's buffer is just allocated at the
+//!   forward (from [`super::buffer`], which reuses it across steps).
 //!
 //! **Numerics**: sums run over blocks of [`BLOCK`] voxels with 8 independent f32 accumulators per
 //! statistic, block totals are added in f64, in block order: the result does not depend on the
