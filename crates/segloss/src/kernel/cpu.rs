@@ -88,12 +88,19 @@ impl Act {
         }
     }
 
-    /// The inverse of [`code`](Act::code) (any other value is `None`).
+    /// The inverse of [`code`](Act::code).
+    ///
+    /// # Panics
+    /// For any other value: a code crosses the backend-extension boundary as a plain byte, and a
+    /// wrong one must not silently become "no activation".
     pub fn from_code(code: u8) -> Self {
         match code {
             0 => Act::Softmax,
             1 => Act::Sigmoid,
-            _ => Act::None,
+            2 => Act::None,
+            other => panic!(
+                "segloss kernel: unknown activation code {other} (0 softmax, 1 sigmoid, 2 none)"
+            ),
         }
     }
 }
@@ -2892,6 +2899,19 @@ fn backward_impl<L: Label>(problem: &Problem<'_, L>, grad: &[f32], isa: Isa) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_codes_round_trip() {
+        for act in [Act::Softmax, Act::Sigmoid, Act::None] {
+            assert_eq!(Act::from_code(act.code()), act);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown activation code 3")]
+    fn an_unknown_activation_code_panics() {
+        Act::from_code(3);
+    }
 
     /// The same statistics and gradient, bit for bit, on 1, 2 and 3 threads.
     #[test]

@@ -183,17 +183,7 @@ impl CrossEntropyLoss {
             None => Tensor::<1>::from_floats([(b * n) as f32], &device),
         };
         let (total, normaliser) = if c == 1 {
-            let positive = match &cfg.weight {
-                Some(w) => {
-                    assert!(
-                        w.len() == 1,
-                        "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}",
-                        w.len()
-                    );
-                    w[0] as f64
-                }
-                None => 1.0,
-            };
+            let positive = self.positive_weight();
             (
                 sums.plain.clone().sum() + sums.fourth.clone().sum().mul_scalar(positive - 1.0),
                 counted(),
@@ -226,6 +216,25 @@ impl CrossEntropyLoss {
         }
     }
 
+    /// The positive-class weight of the binary cross-entropy (a single-channel prediction):
+    /// the one `weight`, or 1.
+    ///
+    /// # Panics
+    /// If `weight` holds more than one value.
+    fn positive_weight(&self) -> f64 {
+        match &self.config.weight {
+            Some(w) => {
+                assert!(
+                    w.len() == 1,
+                    "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}",
+                    w.len()
+                );
+                w[0] as f64
+            }
+            None => 1.0,
+        }
+    }
+
     /// Per-voxel values `[B, N]` and the normaliser of the mean (`[1]`).
     fn per_voxel(&self, prepared: &Prepared) -> (Tensor<2>, Tensor<1>) {
         let cfg = &self.config;
@@ -241,17 +250,7 @@ impl CrossEntropyLoss {
         if c == 1 {
             let g = prepared.dense_target().reshape([b, n]);
             let x = x.reshape([b, n]);
-            let positive = match &cfg.weight {
-                Some(w) => {
-                    assert!(
-                        w.len() == 1,
-                        "{NAME}: a single-channel prediction takes one positive-class `weight`, got {}",
-                        w.len()
-                    );
-                    w[0] as f64
-                }
-                None => 1.0,
-            };
+            let positive = self.positive_weight();
             let l = (g.clone() * log_sigmoid(x.clone())).mul_scalar(positive)
                 + (g.neg().add_scalar(1.0) * log_sigmoid(x.neg()));
             let values = l.neg() * counted.clone();
