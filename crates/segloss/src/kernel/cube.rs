@@ -27,7 +27,8 @@
 //! **Backward** (`grad_kernel`): one unit per voxel `(b, n)` recomputes the activations of its
 //! `C` channels and writes all `C` gradient values, with the formulas of [`super::cpu`].
 //!
-//! **Shared with the other CubeCL kernels** (the pointwise pass of `super::cube_pointwise`): the per-voxel helpers of the kernel module
+//! **Shared with the other CubeCL kernels** (the pointwise pass of `super::cube_pointwise`, the
+//! confusion matrix of `super::cube_confusion`): the per-voxel helpers of the kernel module
 //! (clamped `exp`, the softmax's maximum and normaliser, the activation, the target, label and
 //! mask readers, the statistics' upstream gradient), the cube's tree sum, the row reduction
 //! `sum_rows_kernel`, and on the host the input checks, the launch geometry and the reduction of
@@ -65,7 +66,8 @@ pub const UNITS: usize = 256;
 
 // The helpers read an optional input with `#[comptime] let x = match .. ; x`: the attribute on
 // the binding resolves the option when the kernel is expanded, so the binding cannot go. They
-// are `pub(crate)` because the pointwise kernel (`super::cube_pointwise`) calls them too.
+// are `pub(crate)` because the pointwise and confusion kernels (`super::cube_pointwise`,
+// `super::cube_confusion`) call them too.
 #[allow(clippy::let_and_return)]
 pub(super) mod kernels {
     use cubecl::prelude::*;

@@ -12,12 +12,13 @@
 //! which exists with those features) and for their autodiff decorator. Other backends keep the composed path; [`supports`] tells which
 //! applies to a device.
 //!
-//! Beside it: [`FusedPointwiseOps`], the same pass with the cross-entropy and focal sums (on Flex
-//! and on the CubeCL backends, kernel in `kernel::cube_pointwise`), and [`FusedConfusionOps`],
-//! the Generalized Wasserstein Dice loss's soft confusion matrix (kernel in
-//! [`super::confusion`], Flex only), built the same way: the recorded forward saves what the
-//! backward starts from, on Flex the activations (the confusion matrix's probabilities into the
-//! buffer that the backward turns into the gradient), on the CubeCL backends the logits.
+//! Beside it: [`FusedPointwiseOps`], the same pass with the cross-entropy and focal sums, and
+//! [`FusedConfusionOps`], the Generalized Wasserstein Dice loss's soft confusion matrix (CPU
+//! kernel in [`super::confusion`]), both on Flex and on the CubeCL backends (kernels in
+//! `kernel::cube_pointwise` and `kernel::cube_confusion`) and built the same way: the recorded
+//! forward saves what the backward starts from, on Flex the activations (the confusion matrix's
+//! probabilities into the buffer that the backward turns into the gradient), on the CubeCL
+//! backends the logits.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -367,10 +368,17 @@ pub fn pointwise_stats(
 /// `S[b, k, c] = sum_n m g_k p_c` for the `C` predicted classes `c`, then the target volume
 /// `V[b, k] = sum_n m g_k` (kernel and formulas in [`super::confusion`]). The hand-written backward
 /// writes the gradient with respect to the logits in one more pass; the volume column's gradient
-/// is ignored (the volume does not depend on the logits). Flex only ([`supports_confusion`]).
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+/// is ignored (the volume does not depend on the logits). Flex and the CubeCL backends (kernel in
+/// `kernel::cube_confusion`, with the features `wgpu`, `cuda`); see [`supports_confusion`].
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait FusedConfusionOps: Backend {
     /// Against a label map `[B, N]` (a label outside `[0, C)` matches no class).
+    #[fusion(dtype = logits, shape = confusion_shape(logits))]
     fn confusion_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -378,6 +386,7 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// Against a dense target `[B, C, N]`.
+    #[fusion(dtype = logits, shape = confusion_shape(logits))]
     fn confusion_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -385,23 +394,31 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`confusion_labels`](FusedConfusionOps::confusion_labels) for a recorded backward, with
-    /// what the backward starts from (on Flex the probabilities, written in the same pass into
-    /// the buffer that the backward turns into the gradient).
+    /// what the backward starts from: on Flex the probabilities, written in the same pass into
+    /// the buffer that the backward turns into the gradient; the default returns the logits (the
+    /// CubeCL backends: their backward recomputes the softmax).
+    #[fusion(default)]
     fn confusion_labels_saving(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::confusion_labels(logits.clone(), labels, mask), logits)
+    }
 
     /// [`confusion_labels_saving`](FusedConfusionOps::confusion_labels_saving) against a dense target.
+    #[fusion(default)]
     fn confusion_dense_saving(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::confusion_dense(logits.clone(), target, mask), logits)
+    }
 
     /// The gradient `[B, C, N]` with respect to the logits, from what the `_saving` forward
     /// returned and the gradient `[B, C, C + 1]` of its output.
+    #[fusion(dtype = saved, shape = saved)]
     fn confusion_labels_backward_saved(
         saved: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -410,6 +427,7 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`confusion_labels_backward_saved`](FusedConfusionOps::confusion_labels_backward_saved) against a dense target.
+    #[fusion(dtype = saved, shape = saved)]
     fn confusion_dense_backward_saved(
         saved: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -418,15 +436,17 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// The shape of the fused confusion matrix of logits `[B, C, N]`: `[B, C, C + 1]` (the output
+/// shape Burn's fusion records before the kernel runs).
+pub fn confusion_shape(logits: &Shape) -> Shape {
+    Shape::new([logits[0], logits[1], logits[1] + 1])
+}
+
 /// Whether the fused confusion matrix ([`FusedConfusionOps`]) runs on `device`, with or without
-/// autodiff: Flex (feature `flex`). Elsewhere the Generalized Wasserstein Dice loss composes it
-/// from Burn operations.
+/// autodiff: Flex (feature `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`,
+/// `cuda`). Elsewhere the Generalized Wasserstein Dice loss composes it from Burn operations.
 pub fn supports_confusion(device: &Device) -> bool {
-    match without_autodiff(device).as_dispatch() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        _ => false,
-    }
+    supports(device)
 }
 
 /// The soft confusion matrix and target volumes `[B, C, C + 1]` of logits `[B, C, N]` (see
