@@ -13,12 +13,20 @@
 //! alone (focal loss) and with the Dice term (Dice + focal, Dice + cross-entropy). The confusion
 //! matrix: both weightings.
 //!
+//! A second part calls the two fused operations directly (B = 2, C = 5, 3089 voxels per sample,
+//! logits in [-6, 6) with some of +-1e4, labels outside `[0, C)` among the others) for every
+//! option combination and compares the output and the gradient of the output weighted over every
+//! element (every row's backward) on the GPU with the fused CPU kernels on Flex.
+//!
 //! The device is `SEGLOSS_GPU_DEVICE` (`wgpu` by default); without a usable adapter it prints why
 //! and passes, unless `SEGLOSS_REQUIRE_WGPU=1`. Runs with its own `main` (`harness = false`) so the
 //! summary is always shown.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use segloss::kernel::fused::{confusion_calls, pointwise_calls};
+use segloss::kernel::cpu::{Act, Pointwise, Spec};
+use segloss::kernel::fused::{
+    FusedTarget, confusion, confusion_calls, pointwise_calls, pointwise_stats,
+};
 use segloss::{
     Activation, DiceCELossConfig, DiceFocalLossConfig, FocalLossConfig,
     GeneralizedWassersteinDiceLossConfig, Kernel, Target, WassersteinWeighting, with_kernel,
@@ -101,13 +109,155 @@ fn main() {
         report.pointwise_calls,
         report.confusion_calls,
     );
+    let (checked, op_failed, worst) = operation_cases(&device, &flex);
+    for f in &op_failed {
+        println!("FAILED {f}");
+    }
+    println!(
+        "{name}: {checked} operation cases (B = 2, C = 5, N = 3089, every output row weighted), {} failed (fused on {name} vs fused on Flex, output and gradient, largest difference {worst:.2e} relative to max(1, |Flex value|), limit {KERNEL:.0e})",
+        op_failed.len()
+    );
     assert!(
         report.pointwise_calls > 0 && report.confusion_calls > 0,
         "the fused pointwise pass or confusion matrix never ran on {name}"
     );
-    if !report.failed.is_empty() {
+    if !report.failed.is_empty() || !op_failed.is_empty() {
         std::process::exit(1);
     }
+}
+
+/// The fused operation of one operation case: the pointwise pass, or the confusion matrix.
+#[derive(Clone, Copy, Debug)]
+enum Operation {
+    Pointwise {
+        act: Act,
+        gamma: f32,
+        without_background: bool,
+    },
+    Confusion,
+}
+
+/// The output of `op` and the gradient of `sum(output * w)` with respect to the logits, `w`
+/// fixed weights of both signs over every output element (so that every row's backward runs),
+/// on `device`.
+fn operation_run(device: &Device, op: Operation, dense: bool, mask: bool) -> (Vec<f64>, Vec<f64>) {
+    let (b, c, n) = (2usize, 5usize, 3089usize);
+    // Logits in [-6, 6) with every 97th of +-1e4; labels in [0, C) with every 11th outside
+    // (-1 or C: no class); a mask with zeros and fractions; a soft dense target.
+    let x: Vec<f32> = (0..b * c * n)
+        .map(|i| match i % 97 {
+            0 => 1e4,
+            48 => -1e4,
+            _ => ((i * 7919 + 13) % 1201) as f32 / 100.0 - 6.0,
+        })
+        .collect();
+    let l: Vec<i64> = (0..b * n)
+        .map(|i| match i % 11 {
+            0 => -1,
+            5 => c as i64,
+            _ => ((i * 31 + i / 7) % c) as i64,
+        })
+        .collect();
+    let m: Vec<f32> = (0..b * n)
+        .map(|i| [1.0, 0.0, 0.25, 1.0, 0.5][i % 5])
+        .collect();
+    let t: Vec<f32> = (0..b * c * n)
+        .map(|i| ((i * 4099) % 101) as f32 / 100.0)
+        .collect();
+    let x = Tensor::<3>::from_data(TensorData::new(x, [b, c, n]), device).require_grad();
+    let target = if dense {
+        FusedTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
+    } else {
+        FusedTarget::Labels(Tensor::<2, Int>::from_data(
+            TensorData::new(l, [b, n]),
+            device,
+        ))
+    };
+    let mask = mask.then(|| Tensor::<2>::from_data(TensorData::new(m, [b, n]), device));
+    let out = with_kernel(Kernel::Auto, || match op {
+        Operation::Pointwise {
+            act,
+            gamma,
+            without_background,
+        } => pointwise_stats(
+            x.clone(),
+            target,
+            mask,
+            Spec {
+                act,
+                include_background: true,
+                squared: false,
+                difference: false,
+            },
+            Pointwise {
+                gamma,
+                without_background,
+            },
+        ),
+        Operation::Confusion => confusion(x.clone(), target, mask),
+    });
+    let dims = out.dims();
+    let count = dims.iter().product::<usize>();
+    let w: Vec<f32> = (0..count).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let w = Tensor::<3>::from_data(TensorData::new(w, dims), device);
+    let grads = (out.clone() * w).sum().backward();
+    let g = x.grad(&grads).expect("the logits are tracked");
+    let v = |d: TensorData| d.iter::<f64>().collect::<Vec<f64>>();
+    (v(out.into_data()), v(g.into_data()))
+}
+
+/// Every option combination of the two operations, GPU against Flex: (cases, failures, largest
+/// difference).
+fn operation_cases(device: &Device, flex: &Device) -> (usize, Vec<String>, f64) {
+    let mut ops = Vec::new();
+    for gamma in [0.0, 2.0, 1.5] {
+        for (act, without_background) in [
+            (Act::Softmax, false),
+            (Act::Softmax, true),
+            (Act::Sigmoid, false),
+        ] {
+            ops.push(Operation::Pointwise {
+                act,
+                gamma,
+                without_background,
+            });
+        }
+    }
+    ops.push(Operation::Confusion);
+    let (mut checked, mut failed, mut worst) = (0, Vec::new(), 0.0f64);
+    for op in ops {
+        for (dense, mask) in [(false, false), (false, true), (true, false), (true, true)] {
+            checked += 1;
+            let what = format!("{op:?}, dense {dense}, mask {mask}");
+            let run = |d: &Device| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    operation_run(d, op, dense, mask)
+                }))
+            };
+            let (gpu, cpu) = match (run(device), run(flex)) {
+                (Ok(g), Ok(c)) => (g, c),
+                (Err(_), _) | (_, Err(_)) => {
+                    failed.push(format!("operation {what}: panicked"));
+                    continue;
+                }
+            };
+            let mut bad = None;
+            for (part, (a, b)) in [("output", (&gpu.0, &cpu.0)), ("gradient", (&gpu.1, &cpu.1))] {
+                for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                    let d = (x - y).abs() / y.abs().max(1.0);
+                    if d.is_nan() || d > KERNEL {
+                        bad.get_or_insert(format!("{part}[{i}]: gpu {x} vs Flex {y}"));
+                    } else {
+                        worst = worst.max(d);
+                    }
+                }
+            }
+            if let Some(b) = bad {
+                failed.push(format!("operation {what}: {b}"));
+            }
+        }
+    }
+    (checked, failed, worst)
 }
 
 /// What the cases found.
