@@ -1,6 +1,8 @@
-//! segloss's MONAI conformance cases through the fused CubeCL kernel on a GPU backend: every
-//! case's value and input gradient against MONAI (the tolerances of `segloss`'s
-//! `tests/conformance.rs`), and against the composed path on Flex to 1e-5.
+//! segloss's MONAI conformance cases through the fused CubeCL kernels on a GPU backend (the
+//! overlap statistics, the pass with the pointwise term for the cross-entropy, focal and compound
+//! cases, the confusion matrix for the Generalized Wasserstein cases): every case's value and
+//! input gradient against MONAI (the tolerances of `segloss`'s `tests/conformance.rs`), and
+//! against the composed path on Flex to 1e-5.
 //!
 //! Most reference cases are small (one cube of the kernel each; those of `fixtures/monai_kernel`
 //! have several thousand voxels per sample), so a second part compares the fused statistics and
@@ -52,13 +54,17 @@ fn main() {
 
     let dirs = monai::reference_dirs();
     let calls_before = segloss::kernel::fused::calls();
+    let pointwise_before = segloss::kernel::fused::pointwise_calls();
+    let confusion_before = segloss::kernel::fused::confusion_calls();
     let s = monai::run_all(&dirs, &device);
     let calls = segloss::kernel::fused::calls() - calls_before;
+    let pointwise_calls = segloss::kernel::fused::pointwise_calls() - pointwise_before;
+    let confusion_calls = segloss::kernel::fused::confusion_calls() - confusion_before;
     for f in &s.failed {
         println!("FAILED {f}");
     }
     println!(
-        "{name} ({adapter}): {} cases, {} failed (values and gradients vs MONAI, largest passing error {:.2e}; fused on {name} vs composed on Flex, largest difference {:.2e}, limit {:.0e}; {calls} fused calls)",
+        "{name} ({adapter}): {} cases, {} failed (values and gradients vs MONAI, largest passing error {:.2e}; fused on {name} vs composed on Flex, largest difference {:.2e}, limit {:.0e}; {calls} fused calls, of which {pointwise_calls} with the pointwise term and {confusion_calls} of the confusion matrix)",
         s.total,
         s.failed.len(),
         s.worst,
@@ -75,6 +81,16 @@ fn main() {
     );
     assert!(s.total > 0, "no reference case found in {dirs:?}");
     assert!(calls > 0, "the fused path never ran on {name}");
+    // The cross-entropy, focal and compound cases run the fused pointwise pass, the Generalized
+    // Wasserstein cases the fused confusion matrix: a silent fallback to the composed path fails.
+    assert!(
+        pointwise_calls > 0,
+        "the fused pointwise pass never ran on {name}"
+    );
+    assert!(
+        confusion_calls > 0,
+        "the fused confusion matrix never ran on {name}"
+    );
     if !s.failed.is_empty() || !large_failed.is_empty() {
         std::process::exit(1);
     }

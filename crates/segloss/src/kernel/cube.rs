@@ -27,6 +27,13 @@
 //! **Backward** (`grad_kernel`): one unit per voxel `(b, n)` recomputes the activations of its
 //! `C` channels and writes all `C` gradient values, with the formulas of [`super::cpu`].
 //!
+//! **Shared with the other CubeCL kernels** (the pointwise pass of `super::cube_pointwise`, the
+//! confusion matrix of `super::cube_confusion`): the per-voxel helpers of the kernel module
+//! (clamped `exp`, the softmax's maximum and normaliser, the activation, the target, label and
+//! mask readers, the statistics' upstream gradient), the cube's tree sum, the row reduction
+//! `sum_rows_kernel`, and on the host the input checks, the launch geometry and the reduction of
+//! the partials. One copy of each, so that the kernels cannot drift apart.
+//!
 //! **Numerics**: everything is f32 (WGSL has no f64). A statistic of one (sample, class) is a
 //! sequential sum of `ITEMS` values per unit, a binary tree of depth `log2 UNITS` per cube, a
 //! sequential sum of `chunks / UNITS` cube partials per unit and a second tree: a summation depth
@@ -42,11 +49,12 @@
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{DType, Shape};
+
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::prelude::{CubeCount, CubeDim, ElemType};
 
 use super::cpu::{Act, Spec};
 use super::fused::FusedStatsOps;
@@ -57,14 +65,16 @@ pub const ITEMS: usize = 4;
 pub const UNITS: usize = 256;
 
 // The helpers read an optional input with `#[comptime] let x = match .. ; x`: the attribute on
-// the binding resolves the option when the kernel is expanded, so the binding cannot go.
+// the binding resolves the option when the kernel is expanded, so the binding cannot go. They
+// are `pub(crate)` because the pointwise and confusion kernels (`super::cube_pointwise`,
+// `super::cube_confusion`) call them too.
 #[allow(clippy::let_and_return)]
-mod kernels {
+pub(super) mod kernels {
     use cubecl::prelude::*;
 
     /// Comptime description of one forward or backward launch.
     #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-    pub struct Flags {
+    pub(crate) struct Flags {
         /// 0 softmax, 1 sigmoid, 2 none.
         pub act: u32,
         /// First class of the statistics (1 when the background is dropped).
@@ -75,13 +85,13 @@ mod kernels {
 
     /// `exp` with the argument clamped to the f32 range, as the CPU kernel does.
     #[cube]
-    fn exp_clamped(v: f32) -> f32 {
+    pub(crate) fn exp_clamped(v: f32) -> f32 {
         v.clamp(-87.336_55f32, 88.0f32).exp()
     }
 
     /// The activation of logit `v` (with the voxel's softmax maximum `mx` and normaliser `inv`).
     #[cube]
-    fn activate(v: f32, mx: f32, inv: f32, #[comptime] act: u32) -> f32 {
+    pub(crate) fn activate(v: f32, mx: f32, inv: f32, #[comptime] act: u32) -> f32 {
         let mut p = v;
         if act == 0 {
             p = exp_clamped(v - mx) * inv;
@@ -93,7 +103,7 @@ mod kernels {
 
     /// The softmax maximum and the reciprocal of the normaliser of voxel `n` of sample `b`.
     #[cube]
-    fn softmax_norm(x: &Tensor<f32>, b: usize, n: usize, c_count: usize) -> (f32, f32) {
+    pub(crate) fn softmax_norm(x: &Tensor<f32>, b: usize, n: usize, c_count: usize) -> (f32, f32) {
         let mut mx = x[b * x.stride(0) + n * x.stride(2)];
         for c in 1..c_count {
             mx = mx.max(x[b * x.stride(0) + c * x.stride(1) + n * x.stride(2)]);
@@ -108,7 +118,7 @@ mod kernels {
     /// The target of class `c` at voxel `n` of sample `b`: the dense value, or the one-hot of the
     /// label `lab` (the label value itself for a single channel).
     #[cube]
-    fn target_value(
+    pub(crate) fn target_value(
         dense: &ComptimeOption<&Tensor<f32>>,
         lab: f32,
         b: usize,
@@ -132,7 +142,11 @@ mod kernels {
 
     /// The label of voxel `n` of sample `b` as a float (through i32, as the CPU kernel converts).
     #[cube]
-    fn label_value<I: Int>(labels: &ComptimeOption<&Tensor<I>>, b: usize, n: usize) -> f32 {
+    pub(crate) fn label_value<I: Int>(
+        labels: &ComptimeOption<&Tensor<I>>,
+        b: usize,
+        n: usize,
+    ) -> f32 {
         #[comptime]
         let l = match labels {
             ComptimeOption::Some(l) => {
@@ -145,7 +159,7 @@ mod kernels {
 
     /// The mask weight of voxel `n` of sample `b` (1 without a mask).
     #[cube]
-    fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize) -> f32 {
+    pub(crate) fn mask_value(mask: &ComptimeOption<&Tensor<f32>>, b: usize, n: usize) -> f32 {
         #[comptime]
         let w = match mask {
             ComptimeOption::Some(m) => m[b * m.stride(0) + n * m.stride(1)],
@@ -154,10 +168,36 @@ mod kernels {
         w
     }
 
+    /// Adds the `units` values of each of the `rows` rows of `sh` (row `q` at `q * units`) into
+    /// the row's first slot: a fixed binary tree over the cube's units, so the order of the
+    /// additions depends on the launch geometry only. Every unit of the cube must call it, after
+    /// writing its own slots (it synchronises the cube before and after each level).
+    #[cube]
+    pub(crate) fn tree_sum(
+        sh: &mut Shared<[f32]>,
+        unit: usize,
+        #[comptime] units: usize,
+        #[comptime] rows: usize,
+    ) {
+        sync_cube();
+        // `runtime()`: a comptime value would be unrolled, not looped over.
+        let mut stride = (units / 2).runtime();
+        while stride > 0 {
+            if unit < stride {
+                #[unroll]
+                for q in 0..rows {
+                    sh[q * units + unit] += sh[q * units + unit + stride];
+                }
+            }
+            sync_cube();
+            stride /= 2;
+        }
+    }
+
     /// Partial statistics of one cube: `partial[((q B + b) K + j), chunk]`.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub fn stats_kernel<I: Int>(
+    pub(crate) fn stats_kernel<I: Int>(
         x: &Tensor<f32>,
         labels: ComptimeOption<&Tensor<I>>,
         dense: ComptimeOption<&Tensor<f32>>,
@@ -246,20 +286,7 @@ mod kernels {
             sh[units + unit] = sp;
             sh[2 * units + unit] = sg;
             sh[3 * units + unit] = se;
-            sync_cube();
-            // A fixed binary tree over the cube's units (`runtime()`: a comptime value would be
-            // unrolled, not looped over).
-            let mut stride = (units / 2).runtime();
-            while stride > 0 {
-                if unit < stride {
-                    #[unroll]
-                    for q in 0..4usize {
-                        sh[q * units + unit] += sh[q * units + unit + stride];
-                    }
-                }
-                sync_cube();
-                stride /= 2;
-            }
+            tree_sum(&mut sh, unit, units, 4usize);
             if unit == 0 {
                 #[unroll]
                 for q in 0..4usize {
@@ -274,7 +301,11 @@ mod kernels {
 
     /// `out[q, b, j] = sum_t partial[r, t]` with `r = (q B + b) K + j`, one cube per row.
     #[cube(launch)]
-    pub fn sum_rows_kernel(partial: &Tensor<f32>, out: &mut Tensor<f32>, #[comptime] units: usize) {
+    pub(crate) fn sum_rows_kernel(
+        partial: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        #[comptime] units: usize,
+    ) {
         let rows = partial.shape(0);
         let b_count = out.shape(1);
         let k_count = out.shape(2);
@@ -292,15 +323,7 @@ mod kernels {
         }
         let mut sh = Shared::<[f32]>::new_slice(units);
         sh[unit] = s;
-        sync_cube();
-        let mut stride = (units / 2).runtime();
-        while stride > 0 {
-            if unit < stride {
-                sh[unit] += sh[unit + stride];
-            }
-            sync_cube();
-            stride /= 2;
-        }
+        tree_sum(&mut sh, unit, units, 1usize);
         if unit == 0 {
             let at = (row / (b_count * k_count)) * out.stride(0)
                 + ((row / k_count) % b_count) * out.stride(1)
@@ -312,7 +335,7 @@ mod kernels {
     /// `u_c = d loss / d p_c` at one voxel (0 for a dropped background channel).
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn upstream(
+    pub(crate) fn upstream(
         grad: &Tensor<f32>,
         p: f32,
         g: f32,
@@ -350,7 +373,7 @@ mod kernels {
     /// The gradient with respect to the logits, one unit per voxel.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub fn grad_kernel<I: Int>(
+    pub(crate) fn grad_kernel<I: Int>(
         x: &Tensor<f32>,
         labels: ComptimeOption<&Tensor<I>>,
         dense: ComptimeOption<&Tensor<f32>>,
@@ -418,12 +441,70 @@ mod kernels {
 }
 
 /// The target of one call.
-enum Target {
+pub(super) enum Target {
+    /// Class indices `[B, N]`.
     Labels(CubeTensor),
+    /// Per-class values `[B, C, N]`.
     Dense(CubeTensor),
 }
 
-fn f32_input(t: CubeTensor, what: &str) -> CubeTensor {
+/// The inputs of one launch, ready to be passed: contiguous, the floats checked to be f32.
+pub(super) struct Inputs {
+    /// The logits `[B, C, N]`.
+    pub x: CubeTensor,
+    /// The label map `[B, N]`, when the target is one.
+    pub labels: Option<CubeTensor>,
+    /// The dense target `[B, C, N]`, when the target is one.
+    pub dense: Option<CubeTensor>,
+    /// The voxel mask `[B, N]`, if any.
+    pub mask: Option<CubeTensor>,
+    /// The labels' element type (i32 without labels: the kernels are generic over it).
+    pub label_type: ElemType,
+    /// `[B, C, N]`.
+    pub dims: [usize; 3],
+}
+
+/// Checks and prepares the inputs of a launch (a `mask` with no elements means no mask).
+pub(super) fn inputs(x: CubeTensor, target: Target, mask: CubeTensor) -> Inputs {
+    let x = f32_input(x, "prediction");
+    let dims = x.shape().dims::<3>();
+    let [b, c, n] = dims;
+    assert!(
+        b * c * n <= u32::MAX as usize,
+        "segloss: the fused CubeCL kernel indexes with 32 bits; a prediction of {b} x {c} x {n} values is too large"
+    );
+    let mask = (mask.shape().num_elements() > 0).then(|| f32_input(mask, "mask"));
+    let (labels, dense) = match target {
+        Target::Labels(l) => (Some(into_contiguous(l)), None),
+        Target::Dense(d) => (None, Some(f32_input(d, "target"))),
+    };
+    let label_type = dtype_to_storage_type(labels.as_ref().map_or(DType::I32, |l| l.dtype));
+    for (what, t, want) in [
+        ("label map", labels.as_ref(), vec![b, n]),
+        ("target", dense.as_ref(), vec![b, c, n]),
+        ("mask", mask.as_ref(), vec![b, n]),
+    ] {
+        if let Some(t) = t {
+            assert_eq!(
+                t.shape().to_vec(),
+                want,
+                "segloss: the fused CubeCL kernel's {what} does not match logits of shape {:?}",
+                [b, c, n]
+            );
+        }
+    }
+    Inputs {
+        x,
+        labels,
+        dense,
+        mask,
+        label_type,
+        dims,
+    }
+}
+
+/// `t` as a contiguous f32 tensor, or a panic naming `what` when it is of another float type.
+pub(super) fn f32_input(t: CubeTensor, what: &str) -> CubeTensor {
     assert_eq!(
         t.dtype,
         DType::F32,
@@ -443,9 +524,61 @@ fn flags(s: &Spec) -> kernels::Flags {
 }
 
 /// The largest power of two `<= min(UNITS, the device's units per cube)`.
-fn units(t: &CubeTensor) -> usize {
+pub(super) fn units(t: &CubeTensor) -> usize {
     let max = (t.client.properties().hardware.max_units_per_cube as usize).clamp(1, UNITS);
     1 << max.ilog2()
+}
+
+/// The grid of a partial-sum launch over `b` samples of `n` voxels: `(chunks, B)` cubes of
+/// `units` units taking `ITEMS` voxels each; panics where the device's grid is smaller.
+pub(super) fn chunk_grid(t: &CubeTensor, b: usize, n: usize, units: usize) -> (usize, CubeCount) {
+    let chunks = n.div_ceil(units * ITEMS);
+    let max = t.client.properties().hardware.max_cube_count;
+    assert!(
+        chunks <= max.0 as usize && b <= max.1 as usize,
+        "segloss: {b} samples of {n} voxels exceed this device's grid ({max:?} cubes of {} voxels)",
+        units * ITEMS
+    );
+    (chunks, CubeCount::Static(chunks as u32, b as u32, 1))
+}
+
+/// An uninitialised f32 tensor of `shape` on `like`'s device.
+pub(super) fn empty_like(like: &CubeTensor, shape: impl Into<Shape>) -> CubeTensor {
+    empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        DType::F32,
+    )
+}
+
+/// Adds the partial sums `[R, chunks]` row by row into `out` of shape `shape` (`R` its number
+/// of elements, row `r` its element `r` in row-major order) with [`kernels::sum_rows_kernel`]:
+/// one cube of `units` units per row.
+pub(super) fn sum_partials(partial: CubeTensor, shape: [usize; 3], units: usize) -> CubeTensor {
+    let client = partial.client.clone();
+    let rows = partial.shape().dims::<2>()[0];
+    debug_assert_eq!(rows, shape.iter().product::<usize>());
+    let out = empty_like(&partial, shape);
+    let cube_dim = CubeDim::new_1d(units as u32);
+    // One cube per row (spread over the grid's dimensions where there are many).
+    let cube_count = cubecl::calculate_cube_count_elemwise(&client, rows * units, cube_dim);
+    kernels::sum_rows_kernel::launch(
+        &client,
+        cube_count,
+        cube_dim,
+        partial.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        units,
+    );
+    out
+}
+
+/// The launch geometry of a kernel with one unit per voxel of `b` samples of `n` voxels.
+pub(super) fn per_voxel(t: &CubeTensor, b: usize, n: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new(&t.client, b * n);
+    let cube_count = cubecl::calculate_cube_count_elemwise(&t.client, b * n, cube_dim);
+    (cube_count, cube_dim)
 }
 
 /// The statistics `[4, B, K]` (no `grad`) or the gradient `[B, C, N]` (given the statistics'
@@ -457,21 +590,16 @@ fn run(
     grad: Option<CubeTensor>,
     s: Spec,
 ) -> CubeTensor {
-    let x = f32_input(x, "prediction");
-    let [b, c, n] = x.shape().dims::<3>();
+    let Inputs {
+        x,
+        labels,
+        dense,
+        mask,
+        label_type,
+        dims: [b, c, n],
+    } = inputs(x, target, mask);
     let k = c - usize::from(!s.include_background);
-    assert!(
-        b * c * n <= u32::MAX as usize,
-        "segloss: the fused CubeCL kernel indexes with 32 bits; a prediction of {b} x {c} x {n} values is too large"
-    );
-    let mask = (mask.shape().num_elements() > 0).then(|| f32_input(mask, "mask"));
-    let (labels, dense) = match target {
-        Target::Labels(l) => (Some(into_contiguous(l)), None),
-        Target::Dense(d) => (None, Some(f32_input(d, "target"))),
-    };
-    let label_type = dtype_to_storage_type(labels.as_ref().map_or(DType::I32, |l| l.dtype));
     let client = x.client.clone();
-    let device = x.device.clone();
     let f = flags(&s);
     let labels_arg = labels.map(|l| l.into_tensor_arg());
     let dense_arg = dense.map(|d| d.into_tensor_arg());
@@ -484,9 +612,8 @@ fn run(
                 [4, b, k],
                 "segloss: the statistics' gradient must be [4, B, K]"
             );
-            let out = empty_device_dtype(client.clone(), device, Shape::new([b, c, n]), DType::F32);
-            let cube_dim = CubeDim::new(&client, b * n);
-            let cube_count = cubecl::calculate_cube_count_elemwise(&client, b * n, cube_dim);
+            let out = empty_like(&x, [b, c, n]);
+            let (cube_count, cube_dim) = per_voxel(&x, b, n);
             kernels::grad_kernel::launch(
                 &client,
                 cube_count,
@@ -504,23 +631,11 @@ fn run(
         }
         None => {
             let units = units(&x);
-            let chunks = n.div_ceil(units * ITEMS);
-            let max = client.properties().hardware.max_cube_count;
-            assert!(
-                chunks <= max.0 as usize && b <= max.1 as usize,
-                "segloss: {b} samples of {n} voxels exceed this device's grid ({max:?} cubes of {} voxels)",
-                units * ITEMS
-            );
-            let rows = 4 * b * k;
-            let partial = empty_device_dtype(
-                client.clone(),
-                device.clone(),
-                Shape::new([rows, chunks]),
-                DType::F32,
-            );
+            let (chunks, cube_count) = chunk_grid(&x, b, n, units);
+            let partial = empty_like(&x, [4 * b * k, chunks]);
             kernels::stats_kernel::launch(
                 &client,
-                CubeCount::Static(chunks as u32, b as u32, 1),
+                cube_count,
                 CubeDim::new_1d(units as u32),
                 x.into_tensor_arg(),
                 labels_arg.into(),
@@ -532,19 +647,7 @@ fn run(
                 ITEMS,
                 label_type,
             );
-            let out = empty_device_dtype(client.clone(), device, Shape::new([4, b, k]), DType::F32);
-            let cube_dim = CubeDim::new_1d(units as u32);
-            // One cube per row (spread over the grid's dimensions where there are many).
-            let cube_count = cubecl::calculate_cube_count_elemwise(&client, rows * units, cube_dim);
-            kernels::sum_rows_kernel::launch(
-                &client,
-                cube_count,
-                cube_dim,
-                partial.into_tensor_arg(),
-                out.clone().into_tensor_arg(),
-                units,
-            );
-            out
+            sum_partials(partial, [4, b, k], units)
         }
     }
 }

@@ -13,10 +13,12 @@
 //! applies to a device.
 //!
 //! Beside it: [`FusedPointwiseOps`], the same pass with the cross-entropy and focal sums, and
-//! [`FusedConfusionOps`], the Generalized Wasserstein Dice loss's soft confusion matrix (kernel in
-//! [`super::confusion`]), both on Flex only and built the same way (the recorded forward saves
-//! what the backward starts from; the confusion matrix saves the probabilities, into the buffer
-//! that the backward turns into the gradient).
+//! [`FusedConfusionOps`], the Generalized Wasserstein Dice loss's soft confusion matrix (CPU
+//! kernel in [`super::confusion`]), both on Flex and on the CubeCL backends (kernels in
+//! `kernel::cube_pointwise` and `kernel::cube_confusion`) and built the same way: the recorded
+//! forward saves what the backward starts from, on Flex the activations (the confusion matrix's
+//! probabilities into the buffer that the backward turns into the gradient), on the CubeCL
+//! backends the logits.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -205,10 +207,17 @@ pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
 /// with focusing parameter `gamma` (the kernel's pointwise section, [`super::cpu`]); with
 /// `without_background` the softmax term over channels `1..C` ([`super::cpu::Pointwise`]).
 /// `activation`: 0 softmax, 1 sigmoid. A compound loss thus reads the logits once forward and
-/// once backward. Flex only for now ([`supports_pointwise`]).
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+/// once backward. Flex and the CubeCL backends (kernel in `kernel::cube_pointwise`, with the
+/// features `wgpu`, `cuda`); see [`supports_pointwise`].
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait FusedPointwiseOps: Backend {
     /// Against a label map `[B, N]`.
+    #[fusion(dtype = logits, shape = pointwise_shape(logits))]
     fn pointwise_stats_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -219,6 +228,7 @@ pub trait FusedPointwiseOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// Against a dense target `[B, C, N]`.
+    #[fusion(dtype = logits, shape = pointwise_shape(logits))]
     fn pointwise_stats_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -229,8 +239,10 @@ pub trait FusedPointwiseOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`pointwise_stats_labels`](FusedPointwiseOps::pointwise_stats_labels) for a recorded
-    /// backward, with what the backward starts from: the softmax's activations, or the logits
-    /// for the sigmoid (whose pointwise gradient reads them).
+    /// backward, with what the backward starts from. Flex returns the softmax's activations, or
+    /// the logits for the sigmoid (whose pointwise gradient reads them); the default returns the
+    /// logits (the CubeCL backends: their backward recomputes the activations).
+    #[fusion(default)]
     fn pointwise_stats_labels_saving(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -238,9 +250,20 @@ pub trait FusedPointwiseOps: Backend {
         activation: u8,
         gamma: f32,
         without_background: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let out = Self::pointwise_stats_labels(
+            logits.clone(),
+            labels,
+            mask,
+            activation,
+            gamma,
+            without_background,
+        );
+        (out, logits)
+    }
 
     /// [`pointwise_stats_labels_saving`](FusedPointwiseOps::pointwise_stats_labels_saving) against a dense target.
+    #[fusion(default)]
     fn pointwise_stats_dense_saving(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -248,11 +271,22 @@ pub trait FusedPointwiseOps: Backend {
         activation: u8,
         gamma: f32,
         without_background: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let out = Self::pointwise_stats_dense(
+            logits.clone(),
+            target,
+            mask,
+            activation,
+            gamma,
+            without_background,
+        );
+        (out, logits)
+    }
 
     /// The gradient with respect to the logits, from what the `_saving` forward returned and
     /// the gradient `[8, B, C]` of its output.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = saved, shape = saved)]
     fn pointwise_stats_labels_backward_saved(
         saved: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -265,6 +299,7 @@ pub trait FusedPointwiseOps: Backend {
 
     /// [`pointwise_stats_labels_backward_saved`](FusedPointwiseOps::pointwise_stats_labels_backward_saved) against a dense target.
     #[allow(clippy::too_many_arguments)]
+    #[fusion(dtype = saved, shape = saved)]
     fn pointwise_stats_dense_backward_saved(
         saved: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -276,15 +311,18 @@ pub trait FusedPointwiseOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// The shape of the fused pointwise output of logits `[B, C, N]`: `[8, B, C]` (the output shape
+/// Burn's fusion records before the kernel runs).
+pub fn pointwise_shape(logits: &Shape) -> Shape {
+    Shape::new([super::cpu::ROWS_MAX, logits[0], logits[1]])
+}
+
 /// Whether the fused pointwise operation ([`FusedPointwiseOps`]) runs on `device`, with or
-/// without autodiff: Flex (feature `flex`). Elsewhere the losses compose the pointwise term from
-/// Burn operations beside the fused overlap statistics.
+/// without autodiff: Flex (feature `flex`), and the CubeCL devices, wgpu and CUDA (features
+/// `wgpu`, `cuda`). Elsewhere the losses compose the pointwise term from Burn operations beside
+/// the fused overlap statistics.
 pub fn supports_pointwise(device: &Device) -> bool {
-    match without_autodiff(device).as_dispatch() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        _ => false,
-    }
+    supports(device)
 }
 
 /// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` (softmax or sigmoid;
@@ -330,10 +368,17 @@ pub fn pointwise_stats(
 /// `S[b, k, c] = sum_n m g_k p_c` for the `C` predicted classes `c`, then the target volume
 /// `V[b, k] = sum_n m g_k` (kernel and formulas in [`super::confusion`]). The hand-written backward
 /// writes the gradient with respect to the logits in one more pass; the volume column's gradient
-/// is ignored (the volume does not depend on the logits). Flex only ([`supports_confusion`]).
-#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+/// is ignored (the volume does not depend on the logits). Flex and the CubeCL backends (kernel in
+/// `kernel::cube_confusion`, with the features `wgpu`, `cuda`); see [`supports_confusion`].
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda")),
+    Autodiff
+)]
 pub trait FusedConfusionOps: Backend {
     /// Against a label map `[B, N]` (a label outside `[0, C)` matches no class).
+    #[fusion(dtype = logits, shape = confusion_shape(logits))]
     fn confusion_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -341,6 +386,7 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// Against a dense target `[B, C, N]`.
+    #[fusion(dtype = logits, shape = confusion_shape(logits))]
     fn confusion_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -348,23 +394,31 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`confusion_labels`](FusedConfusionOps::confusion_labels) for a recorded backward, with
-    /// what the backward starts from (on Flex the probabilities, written in the same pass into
-    /// the buffer that the backward turns into the gradient).
+    /// what the backward starts from: on Flex the probabilities, written in the same pass into
+    /// the buffer that the backward turns into the gradient; the default returns the logits (the
+    /// CubeCL backends: their backward recomputes the softmax).
+    #[fusion(default)]
     fn confusion_labels_saving(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::confusion_labels(logits.clone(), labels, mask), logits)
+    }
 
     /// [`confusion_labels_saving`](FusedConfusionOps::confusion_labels_saving) against a dense target.
+    #[fusion(default)]
     fn confusion_dense_saving(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::confusion_dense(logits.clone(), target, mask), logits)
+    }
 
     /// The gradient `[B, C, N]` with respect to the logits, from what the `_saving` forward
     /// returned and the gradient `[B, C, C + 1]` of its output.
+    #[fusion(dtype = saved, shape = saved)]
     fn confusion_labels_backward_saved(
         saved: FloatTensor<Self>,
         labels: IntTensor<Self>,
@@ -373,6 +427,7 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// [`confusion_labels_backward_saved`](FusedConfusionOps::confusion_labels_backward_saved) against a dense target.
+    #[fusion(dtype = saved, shape = saved)]
     fn confusion_dense_backward_saved(
         saved: FloatTensor<Self>,
         target: FloatTensor<Self>,
@@ -381,15 +436,17 @@ pub trait FusedConfusionOps: Backend {
     ) -> FloatTensor<Self>;
 }
 
+/// The shape of the fused confusion matrix of logits `[B, C, N]`: `[B, C, C + 1]` (the output
+/// shape Burn's fusion records before the kernel runs).
+pub fn confusion_shape(logits: &Shape) -> Shape {
+    Shape::new([logits[0], logits[1], logits[1] + 1])
+}
+
 /// Whether the fused confusion matrix ([`FusedConfusionOps`]) runs on `device`, with or without
-/// autodiff: Flex (feature `flex`). Elsewhere the Generalized Wasserstein Dice loss composes it
-/// from Burn operations.
+/// autodiff: Flex (feature `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`,
+/// `cuda`). Elsewhere the Generalized Wasserstein Dice loss composes it from Burn operations.
 pub fn supports_confusion(device: &Device) -> bool {
-    match without_autodiff(device).as_dispatch() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        _ => false,
-    }
+    supports(device)
 }
 
 /// The soft confusion matrix and target volumes `[B, C, C + 1]` of logits `[B, C, N]` (see

@@ -128,12 +128,12 @@ impl GeneralizedWassersteinDiceLossConfig {
 /// dense target, `m` the voxel mask: a user mask times the `ignore_index` mask) and the target
 /// volumes `V_k = sum_n m_n g_k,n`: the voxels of class `k` have the total error
 /// `E_k = sum_c M[k, c] S[k, c]`, so `tp = sum_k alpha_k (V_k - E_k)`, and the rest is arithmetic
-/// on `[B, C]` tensors. On Flex, `S` and `V` come from one fused operation
-/// ([`FusedConfusionOps`](crate::kernel::fused::FusedConfusionOps), CPU kernel in
-/// [`kernel::confusion`](crate::kernel::confusion)): one pass over the logits with the softmax
-/// applied on the fly and the one-hot read from the label map, and a hand-written backward that
-/// writes the gradient in one more pass, so nothing of the prediction's size is allocated but the
-/// gradient. On the other backends, and under [`with_kernel`](crate::with_kernel)`(Kernel::Composed, ..)`,
+/// on `[B, C]` tensors. On Flex and on the CubeCL backends (wgpu, CUDA), `S` and `V` come from one
+/// fused operation ([`FusedConfusionOps`](crate::kernel::fused::FusedConfusionOps), CPU kernel
+/// in [`kernel::confusion`](crate::kernel::confusion), CubeCL kernel in `kernel::cube_confusion`):
+/// one pass over the logits with the softmax applied on the fly and the one-hot read from the
+/// label map, and a hand-written backward that writes the gradient in one more pass, so nothing of
+/// the prediction's size is allocated but the gradient. On the other backends, and under [`with_kernel`](crate::with_kernel)`(Kernel::Composed, ..)`,
 /// from Burn operations (the softmax, the dense target, one batched matrix product); no
 /// `[B, C, C, N]` tensor is built on either path. Fidon et al., "Generalised Wasserstein Dice Score
 /// for Imbalanced Multi-class Segmentation using Holistic Convolutional Networks", BrainLes 2017;
