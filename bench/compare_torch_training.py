@@ -34,12 +34,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from compare_monai import cpu_name
 
 # name: segloss train settings (the others at their defaults: depth 3, 4 classes, batch 2,
 # 16 steps per epoch, lr 1e-2, loss dice-ce).
@@ -49,17 +50,6 @@ ROWS = {
     "width16_64^3": {"width": 16, "size": 64},
 }
 COMMON = {"depth": 3, "classes": 4, "batch": 2, "steps": 16, "lr": 1e-2, "valid": 8}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_child(cmd, env):

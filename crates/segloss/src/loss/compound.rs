@@ -370,14 +370,13 @@ impl DiceFocalLoss {
             target.into(),
             self.dice.prepare_options(),
         );
-        let values = compound_per_voxel(
+        compound_per_voxel(
             &prepared,
-            self.dice.forward_prepared(&prepared),
-            self.focal.per_voxel(&prepared),
+            &self.dice,
+            &self.focal,
             self.lambda_dice,
             self.lambda_focal,
-        );
-        voxel_shape(&prepared, values)
+        )
     }
 }
 
@@ -563,14 +562,13 @@ impl GeneralizedDiceFocalLoss {
             target.into(),
             self.gdl.prepare_options(),
         );
-        let values = compound_per_voxel(
+        compound_per_voxel(
             &prepared,
-            self.gdl.forward_prepared(&prepared),
-            self.focal.per_voxel(&prepared),
+            &self.gdl,
+            &self.focal,
             self.lambda_gdl,
             self.lambda_focal,
-        );
-        voxel_shape(&prepared, values)
+        )
     }
 }
 
@@ -662,30 +660,29 @@ fn compound_terms(
     }
 }
 
-/// The unreduced compound loss `[B, K, N]`: the overlap term per (sample, class) `[B or 1, K or
-/// 1]` repeated at every voxel, weighted, plus the weighted pointwise term `[B, K, N]`; voxels
-/// the mask drops are 0 in both (as they are in the pointwise term).
-fn compound_per_voxel(
+/// The unreduced compound loss in the prediction's shape with `K` channels: the overlap term
+/// per (sample, class) `[B or 1, K or 1]` repeated at every voxel, weighted, plus the weighted
+/// focal term per voxel `[B, K, N]`; voxels the mask drops are 0 in both (as they are in the
+/// focal term).
+fn compound_per_voxel<const D: usize>(
     prepared: &Prepared,
-    overlap: Tensor<2>,
-    pointwise: Tensor<3>,
+    overlap: &impl OverlapTerm,
+    focal: &FocalLoss,
     lambda_overlap: f64,
-    lambda_pointwise: f64,
-) -> Tensor<3> {
-    let shape = pointwise.dims();
+    lambda_focal: f64,
+) -> Tensor<D> {
+    let focal = focal.per_voxel(prepared);
+    let [b, k, n] = focal.dims();
     let mut overlap = overlap
+        .forward_prepared(prepared)
         .mul_scalar(lambda_overlap)
         .unsqueeze_dim::<3>(2)
-        .expand(shape);
+        .expand([b, k, n]);
     if let Some(mask) = &prepared.mask {
         overlap = overlap * mask.clone().unsqueeze_dim::<3>(1);
     }
-    overlap + pointwise.mul_scalar(lambda_pointwise)
-}
-
-/// `[B, K, N]` values in the prediction's shape with `K` channels.
-fn voxel_shape<const D: usize>(prepared: &Prepared, values: Tensor<3>) -> Tensor<D> {
     let mut shape = prepared.prediction_shape();
-    shape[1] = values.dims()[1];
-    values.reshape(<[usize; D]>::try_from(shape).expect("rank is D"))
+    shape[1] = k;
+    (overlap + focal.mul_scalar(lambda_focal))
+        .reshape(<[usize; D]>::try_from(shape).expect("rank is D"))
 }
