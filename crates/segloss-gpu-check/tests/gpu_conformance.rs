@@ -19,8 +19,10 @@
 mod monai;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use segloss::kernel::cpu::{Act, Spec};
-use segloss::kernel::fused::{FusedTarget, overlap_stats};
+use segloss::Activation;
+use segloss::input::FlatTarget;
+use segloss::kernel::fused::overlap_stats;
+use segloss::kernel::spec::Spec;
 use segloss::{Kernel, with_kernel};
 
 /// Reports that there is no usable device and exits: failing when one is required.
@@ -111,7 +113,7 @@ fn stats_and_grad(
     // Deterministic inputs from fixed formulas: logits in [-6, 6) (probabilities in [0, 1]
     // without an activation, as the losses expect), labels in [0, C), a mask with zeros and
     // fractions, a soft dense target.
-    let (scale, shift) = if spec.act == Act::None {
+    let (scale, shift) = if spec.act == Activation::None {
         (1200.0, 0.0)
     } else {
         (100.0, 6.0)
@@ -128,9 +130,9 @@ fn stats_and_grad(
         .collect();
     let x = Tensor::<3>::from_data(TensorData::new(x, [b, c, n]), device).require_grad();
     let target = if dense {
-        FusedTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
+        FlatTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
     } else {
-        FusedTarget::Labels(Tensor::<2, Int>::from_data(
+        FlatTarget::Labels(Tensor::<2, Int>::from_data(
             TensorData::new(l, [b, n]),
             device,
         ))
@@ -155,7 +157,7 @@ fn stats_and_grad(
 fn large_cases(device: &burn::tensor::Device) -> (usize, Vec<String>, f64) {
     let flex = burn::tensor::Device::flex().autodiff();
     let (mut checked, mut failed, mut worst) = (0, Vec::new(), 0.0f64);
-    for act in [Act::Softmax, Act::Sigmoid, Act::None] {
+    for act in [Activation::Softmax, Activation::Sigmoid, Activation::None] {
         for include_background in [true, false] {
             for squared in [false, true] {
                 for (dense, mask) in [(false, false), (false, true), (true, false), (true, true)] {

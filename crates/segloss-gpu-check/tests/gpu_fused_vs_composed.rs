@@ -23,10 +23,9 @@
 //! summary is always shown.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use segloss::kernel::cpu::{Act, Pointwise, Spec};
-use segloss::kernel::fused::{
-    FusedTarget, confusion, confusion_calls, pointwise_calls, pointwise_stats,
-};
+use segloss::input::FlatTarget;
+use segloss::kernel::fused::{confusion, confusion_calls, pointwise_calls, pointwise_stats};
+use segloss::kernel::spec::Pointwise;
 use segloss::{
     Activation, DiceCELossConfig, DiceFocalLossConfig, FocalLossConfig,
     GeneralizedWassersteinDiceLossConfig, Kernel, Target, WassersteinWeighting, with_kernel,
@@ -130,7 +129,7 @@ fn main() {
 #[derive(Clone, Copy, Debug)]
 enum Operation {
     Pointwise {
-        act: Act,
+        act: Activation,
         gamma: f32,
         without_background: bool,
     },
@@ -166,9 +165,9 @@ fn operation_run(device: &Device, op: Operation, dense: bool, mask: bool) -> (Ve
         .collect();
     let x = Tensor::<3>::from_data(TensorData::new(x, [b, c, n]), device).require_grad();
     let target = if dense {
-        FusedTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
+        FlatTarget::Dense(Tensor::from_data(TensorData::new(t, [b, c, n]), device))
     } else {
-        FusedTarget::Labels(Tensor::<2, Int>::from_data(
+        FlatTarget::Labels(Tensor::<2, Int>::from_data(
             TensorData::new(l, [b, n]),
             device,
         ))
@@ -183,12 +182,7 @@ fn operation_run(device: &Device, op: Operation, dense: bool, mask: bool) -> (Ve
             x.clone(),
             target,
             mask,
-            Spec {
-                act,
-                include_background: true,
-                squared: false,
-                difference: false,
-            },
+            act,
             Pointwise {
                 gamma,
                 without_background,
@@ -212,9 +206,9 @@ fn operation_cases(device: &Device, flex: &Device) -> (usize, Vec<String>, f64) 
     let mut ops = Vec::new();
     for gamma in [0.0, 2.0, 1.5] {
         for (act, without_background) in [
-            (Act::Softmax, false),
-            (Act::Softmax, true),
-            (Act::Sigmoid, false),
+            (Activation::Softmax, false),
+            (Activation::Softmax, true),
+            (Activation::Sigmoid, false),
         ] {
             ops.push(Operation::Pointwise {
                 act,

@@ -9,6 +9,7 @@
 //! softmax with the pointwise term (cross-entropy, focal, focal without the background, filter
 //! `pointwise`), saving; then both ways for the confusion matrix of the Generalized Wasserstein
 //! Dice loss (`kernel::confusion`, filter `confusion`).
+use segloss::Activation;
 use segloss::kernel::cpu::*;
 use std::time::Instant;
 
@@ -38,17 +39,17 @@ fn main() {
     let cases = [
         (
             "softmax, label map",
-            Act::Softmax,
+            Activation::Softmax,
             TargetRef::Labels(&labels[..]),
         ),
         (
             "sigmoid, dense target",
-            Act::Sigmoid,
+            Activation::Sigmoid,
             TargetRef::Dense(&dense[..]),
         ),
         (
             "identity, label map",
-            Act::None,
+            Activation::None,
             TargetRef::Labels(&labels[..]),
         ),
     ];
@@ -56,7 +57,7 @@ fn main() {
     for (name, act, t) in cases.into_iter().filter(|c| c.0.contains(filter.as_str())) {
         let spec = Spec {
             act,
-            include_background: act == Act::Sigmoid,
+            include_background: act == Activation::Sigmoid,
             squared: false,
             difference: false,
         };
@@ -64,7 +65,7 @@ fn main() {
         let fwd = best(|| drop(std::hint::black_box(forward(&x, t, None, d, spec))));
         let bwd = best(|| drop(std::hint::black_box(backward(&x, t, None, &g, d, spec))));
         let mut line = format!("{name}: recompute {fwd:.1} + {bwd:.1} ms");
-        if act != Act::None {
+        if act != Activation::None {
             let (mut fs, mut bi) = (f64::MAX, f64::MAX);
             for _ in 0..REPEAT {
                 let t0 = Instant::now();
@@ -82,7 +83,7 @@ fn main() {
     // The pointwise term beside the softmax statistics (the compound losses' and the
     // cross-entropy's and focal loss's pass), saving forward + in-place backward.
     let spec = Spec {
-        act: Act::Softmax,
+        act: Activation::Softmax,
         include_background: true,
         squared: false,
         difference: false,

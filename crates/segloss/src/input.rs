@@ -28,6 +28,41 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// [`code`](Activation::code) of [`Softmax`](Activation::Softmax).
+    pub const SOFTMAX_CODE: u8 = 0;
+    /// [`code`](Activation::code) of [`Sigmoid`](Activation::Sigmoid).
+    pub const SIGMOID_CODE: u8 = 1;
+    /// [`code`](Activation::code) of [`None`](Activation::None).
+    pub const NONE_CODE: u8 = 2;
+
+    /// The activation as a byte, the form the kernels take it in as a const generic parameter
+    /// and the form it crosses a GPU kernel's launch in.
+    pub const fn code(self) -> u8 {
+        match self {
+            Activation::Softmax => Self::SOFTMAX_CODE,
+            Activation::Sigmoid => Self::SIGMOID_CODE,
+            Activation::None => Self::NONE_CODE,
+        }
+    }
+
+    /// The inverse of [`code`](Activation::code).
+    ///
+    /// # Panics
+    /// For any other value: a wrong code must not silently become "no activation".
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            Self::SOFTMAX_CODE => Activation::Softmax,
+            Self::SIGMOID_CODE => Activation::Sigmoid,
+            Self::NONE_CODE => Activation::None,
+            other => panic!(
+                "segloss: unknown activation code {other} ({} softmax, {} sigmoid, {} none)",
+                Self::SOFTMAX_CODE,
+                Self::SIGMOID_CODE,
+                Self::NONE_CODE
+            ),
+        }
+    }
+
     /// Applies the activation to `[B, C, ...]` along the channel axis 1.
     pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
@@ -38,13 +73,53 @@ impl Activation {
     }
 }
 
-#[derive(Debug, Clone)]
-enum TargetKind {
-    /// Class indices, flattened to `[B, rest]`.
-    Labels(Tensor<2, Int>),
-    /// Per-class values, flattened to `[B, rest]`.
-    Dense(Tensor<2>),
+/// A target in whatever form a layer holds it: a label map `L` of class indices or a dense
+/// per-class target `D`. The one vocabulary for "label map or dense" from the user's [`Target`]
+/// down to the kernels' slices:
+///
+/// | layer | `L` | `D` |
+/// |---|---|---|
+/// | [`Target`], as given (flattened to `[B, rest]`) | `Tensor<2, Int>` | `Tensor<2>` |
+/// | [`FlatTarget`]: validated, what the fused operations take | `Tensor<2, Int>` `[B, N]` | `Tensor<3>` `[B, C, N]` |
+/// | a backend's primitives (saved for a backward) | `IntTensor<B>` | `FloatTensor<B>` |
+/// | the CPU kernel | `&[i64]` or `&[i32]` | `&[f32]` |
+#[derive(Debug, Clone, Copy)]
+pub enum TargetOf<L, D> {
+    /// Class indices (0/1 values with a single-channel prediction).
+    Labels(L),
+    /// Per-class values in `[0, 1]`, the prediction's shape.
+    Dense(D),
 }
+
+impl<L, D> TargetOf<L, D> {
+    /// Whether this is a label map.
+    pub fn is_labels(&self) -> bool {
+        matches!(self, TargetOf::Labels(_))
+    }
+
+    /// The same target with both forms borrowed.
+    pub fn as_ref(&self) -> TargetOf<&L, &D> {
+        match self {
+            TargetOf::Labels(l) => TargetOf::Labels(l),
+            TargetOf::Dense(d) => TargetOf::Dense(d),
+        }
+    }
+
+    /// The target with each form mapped.
+    pub fn map<L2, D2>(
+        self,
+        labels: impl FnOnce(L) -> L2,
+        dense: impl FnOnce(D) -> D2,
+    ) -> TargetOf<L2, D2> {
+        match self {
+            TargetOf::Labels(l) => TargetOf::Labels(labels(l)),
+            TargetOf::Dense(d) => TargetOf::Dense(dense(d)),
+        }
+    }
+}
+
+/// A validated target flattened to label maps `[B, N]` or dense values `[B, C, N]` (f32).
+pub type FlatTarget = TargetOf<Tensor<2, Int>, Tensor<3>>;
 
 /// What a prediction is compared with: a label map of class indices, or a dense per-class target,
 /// plus an optional voxel mask.
@@ -73,7 +148,7 @@ enum TargetKind {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Target {
-    kind: TargetKind,
+    kind: TargetOf<Tensor<2, Int>, Tensor<2>>,
     shape: Vec<usize>,
     mask: Option<(Tensor<2>, Vec<usize>)>,
 }
@@ -90,7 +165,7 @@ impl Target {
         let shape = labels.dims().to_vec();
         let flat = labels.reshape(flat_shape(&shape));
         Self {
-            kind: TargetKind::Labels(flat),
+            kind: TargetOf::Labels(flat),
             shape,
             mask: None,
         }
@@ -101,7 +176,7 @@ impl Target {
         let shape = target.dims().to_vec();
         let flat = target.reshape(flat_shape(&shape));
         Self {
-            kind: TargetKind::Dense(flat),
+            kind: TargetOf::Dense(flat),
             shape,
             mask: None,
         }
@@ -117,7 +192,7 @@ impl Target {
 
     /// Whether this target is a label map (class indices) rather than a dense target.
     pub fn is_label_map(&self) -> bool {
-        matches!(self.kind, TargetKind::Labels(_))
+        self.kind.is_labels()
     }
 
     /// The target's shape as given.
@@ -145,35 +220,14 @@ pub(crate) struct PrepareOptions {
     pub validate_labels: bool,
 }
 
-impl PrepareOptions {
-    /// The statistics options of a Dice-family loss with these input options.
-    pub fn stats(
-        self,
-        activation: Activation,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
-    ) -> crate::stats::StatsOptions {
-        crate::stats::StatsOptions {
-            activation,
-            include_background,
-            squared,
-            difference,
-            ignore_index: self.ignore_index,
-            validate_labels: self.validate_labels,
-        }
-    }
-}
-
 /// A prediction and its target, validated and flattened.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     /// The raw prediction `[B, C, N]`, in f32.
     pub logits: Tensor<3>,
-    /// Label maps `[B, N]` with ignored voxels set to class 0 (they are masked out).
-    pub labels: Option<Tensor<2, Int>>,
-    /// Dense targets `[B, C, N]`.
-    pub dense: Option<Tensor<3>>,
+    /// The target: label maps `[B, N]` with ignored voxels set to class 0 (they are masked
+    /// out), or dense values `[B, C, N]`.
+    pub target: FlatTarget,
     /// Voxel weights `[B, N]`: the user mask times the ignore mask; `None` when every voxel counts.
     pub mask: Option<Tensor<2>>,
     pub batch: usize,
@@ -189,13 +243,10 @@ impl Prepared {
     /// target.
     pub fn dense_target(&self) -> Tensor<3> {
         let dtype = DType::F32;
-        if let Some(d) = &self.dense {
-            return d.clone();
-        }
-        let labels = self
-            .labels
-            .clone()
-            .expect("a target is either labels or dense");
+        let labels = match &self.target {
+            TargetOf::Dense(d) => return d.clone(),
+            TargetOf::Labels(l) => l.clone(),
+        };
         let [b, c, n] = [self.batch, self.channels, self.voxels];
         if c == 1 {
             return in_dtype(labels.float().reshape([b, 1, n]), dtype);
@@ -250,8 +301,8 @@ pub(crate) fn prepare<const D: usize>(
     let logits = in_dtype(prediction, DType::F32).reshape([b, c, n]);
     let tshape = target.shape.clone();
 
-    let (labels, dense, ignore_mask) = match target.kind {
-        TargetKind::Labels(flat) => {
+    let (flat_target, ignore_mask) = match target.kind {
+        TargetOf::Labels(flat) => {
             let with_channel =
                 tshape.len() == D && tshape[0] == b && tshape[1] == 1 && tshape[2..] == spatial[..];
             let without_channel =
@@ -274,12 +325,12 @@ pub(crate) fn prepare<const D: usize>(
             match ignored {
                 Some(ignored) => {
                     let clean = flat.mask_fill(ignored.clone(), 0);
-                    (Some(clean), None, Some(ignored.bool_not().float()))
+                    (TargetOf::Labels(clean), Some(ignored.bool_not().float()))
                 }
-                None => (Some(flat), None, None),
+                None => (TargetOf::Labels(flat), None),
             }
         }
-        TargetKind::Dense(flat) => {
+        TargetOf::Dense(flat) => {
             assert!(
                 tshape == pshape,
                 "{loss}: the dense target must have the prediction's shape {pshape:?}, got {tshape:?}{}",
@@ -311,7 +362,7 @@ pub(crate) fn prepare<const D: usize>(
                         .float()
                 }
             });
-            (None, Some(dense), ignore_mask)
+            (TargetOf::Dense(dense), ignore_mask)
         }
     };
 
@@ -336,8 +387,7 @@ pub(crate) fn prepare<const D: usize>(
     let mask = mask.map(|m| in_dtype(m, DType::F32));
     Prepared {
         logits,
-        labels,
-        dense,
+        target: flat_target,
         mask,
         batch: b,
         channels: c,
@@ -397,7 +447,7 @@ fn check_label_range(
         Some(m) => labels.clone().mask_fill(m, 0),
         None => labels.clone(),
     };
-    let two_stage = crate::kernel::fused::is_cube(&l.device());
+    let two_stage = crate::backend::is_cube(&l.device());
     let data: TensorData = label_min_max(l, two_stage).into_data();
     let v: Vec<i64> = data.iter::<i64>().collect();
     let (lo, hi) = (v[0], v[1]);
@@ -420,7 +470,20 @@ fn check_label_range(
 mod tests {
     use burn::tensor::{Device, Int, Tensor, TensorData};
 
-    use super::{RANGE_ROW, label_min_max};
+    use super::{Activation, RANGE_ROW, label_min_max};
+
+    #[test]
+    fn activation_codes_round_trip() {
+        for act in [Activation::Softmax, Activation::Sigmoid, Activation::None] {
+            assert_eq!(Activation::from_code(act.code()), act);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown activation code 3")]
+    fn an_unknown_activation_code_panics() {
+        Activation::from_code(3);
+    }
 
     /// Both forms of the range find the extreme labels wherever they sit: in the first row, in a
     /// later row, in the tail that does not fill a row, and with no tail at all.

@@ -50,6 +50,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod backend;
 pub mod error;
 pub mod input;
 pub mod kernel;
@@ -59,7 +60,7 @@ pub mod stats;
 
 pub use error::ConfigError;
 pub use input::{Activation, Target};
-pub use kernel::{Kernel, with_kernel};
+pub use kernel::{Kernel, overlap_stats, with_kernel};
 pub use loss::compound::{
     DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, GeneralizedDiceFocalLoss,
     GeneralizedDiceFocalLossConfig,
@@ -73,7 +74,7 @@ pub use loss::tversky::{TverskyLoss, TverskyLossConfig};
 pub use loss::wasserstein::{
     GeneralizedWassersteinDiceLoss, GeneralizedWassersteinDiceLossConfig, WassersteinWeighting,
 };
-pub use stats::{OverlapStats, StatsOptions, overlap_stats};
+pub use stats::{OverlapStats, StatsOptions};
 
 /// The README's code blocks, compiled and run as doctests so they stay true.
 #[doc = include_str!("../../../README.md")]

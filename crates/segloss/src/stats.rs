@@ -16,12 +16,12 @@
 //! here), batch sums, weights, reductions, is arithmetic on `[B, C]` tensors.
 //!
 //! How the statistics are computed is the business of [`crate::kernel`] (a fused kernel where the
-//! backend has one, Burn tensor operations elsewhere); the losses only see
-//! [`OverlapStats`].
+//! backend has one, Burn tensor operations elsewhere; [`crate::overlap_stats`] computes them);
+//! the losses only see [`OverlapStats`].
 
 use burn::tensor::Tensor;
 
-use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
+use crate::input::{Activation, PrepareOptions};
 
 /// Which statistics to compute, and how.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +42,24 @@ pub struct StatsOptions {
 }
 
 impl StatsOptions {
+    /// The options of a Dice-family loss: its statistics settings and its input options.
+    pub(crate) fn for_loss(
+        input: PrepareOptions,
+        activation: Activation,
+        include_background: bool,
+        squared: bool,
+        difference: bool,
+    ) -> Self {
+        Self {
+            activation,
+            include_background,
+            squared,
+            difference,
+            ignore_index: input.ignore_index,
+            validate_labels: input.validate_labels,
+        }
+    }
+
     /// Defaults: the given activation, background included, plain sums, no `E`, no ignore index,
     /// labels validated.
     pub fn new(activation: Activation) -> Self {
@@ -98,83 +116,6 @@ impl OverlapStats {
     }
 }
 
-/// Computes the overlap statistics of `prediction` `[B, C, spatial...]` against `target`.
-///
-/// ```
-/// use burn::tensor::{Device, Int, Tensor};
-/// use segloss::{Activation, StatsOptions, overlap_stats};
-///
-/// let device = Device::flex();
-/// let probs = Tensor::<3>::from_data([[[0.9, 0.2, 0.0], [0.1, 0.8, 1.0]]], &device); // [1, 2, 3]
-/// let labels = Tensor::<2, Int>::from_data([[0, 1, 1]], &device); // [1, 3]
-/// let s = overlap_stats(probs, labels, &StatsOptions::new(Activation::None));
-/// let i: Vec<f32> = s.intersection.into_data().to_vec().unwrap();
-/// assert!((i[0] - 0.9).abs() < 1e-6 && (i[1] - 1.8).abs() < 1e-6);
-/// ```
-///
-/// # Panics
-/// On mismatched shapes, labels out of range (see [`Target`]), softmax over one channel, or
-/// dropping the background of a single-channel prediction.
-pub fn overlap_stats<const D: usize>(
-    prediction: Tensor<D>,
-    target: impl Into<Target>,
-    options: &StatsOptions,
-) -> OverlapStats {
-    let prepared = prepare(
-        "overlap_stats",
-        prediction,
-        target.into(),
-        PrepareOptions {
-            ignore_index: options.ignore_index,
-            validate_labels: options.validate_labels,
-        },
-    );
-    prepared_stats("overlap_stats", &prepared, options)
-}
-
-/// The statistics of an already prepared input.
-pub(crate) fn prepared_stats(
-    loss: &str,
-    prepared: &Prepared,
-    options: &StatsOptions,
-) -> OverlapStats {
-    check_channels(
-        loss,
-        prepared.channels,
-        options.activation,
-        options.include_background,
-    );
-    use crate::kernel::{Kernel, cpu, current_kernel, fused};
-    // `prepare` hands every input over in f32, the fused kernel's type.
-    if current_kernel() == Kernel::Composed || !fused::supports(&prepared.logits.device()) {
-        return crate::kernel::composed::overlap_stats(prepared, options);
-    }
-    let spec = cpu::Spec {
-        act: match options.activation {
-            Activation::Softmax => cpu::Act::Softmax,
-            Activation::Sigmoid => cpu::Act::Sigmoid,
-            Activation::None => cpu::Act::None,
-        },
-        include_background: options.include_background,
-        squared: options.squared,
-        difference: options.difference,
-    };
-    let stats = fused::overlap_stats(
-        prepared.logits.clone(),
-        fused_target(prepared),
-        prepared.mask.clone(),
-        spec,
-    );
-    let [_, b, k] = stats.dims();
-    let part = |q: usize| stats.clone().narrow(0, q, 1).reshape([b, k]);
-    OverlapStats {
-        intersection: part(0),
-        prediction: part(1),
-        target: part(2),
-        difference: options.difference.then(|| part(3)),
-    }
-}
-
 /// The pointwise term's sums per (sample, class) from the fused pass, each `[B, C]` (every
 /// class, background included), with `m` the mask, `g` the target and `h` the pointwise loss of
 /// one voxel and class (the CPU kernel's pointwise section, [`crate::kernel::cpu`]):
@@ -206,86 +147,6 @@ pub(crate) struct FusedTerm {
     /// The softmax term normalised over channels `1..C` only (MONAI's softmax focal loss without
     /// the background); channel 0's sums are then 0.
     pub without_background: bool,
-}
-
-/// The overlap statistics of `options` and the sums of the pointwise term `term` in one fused
-/// pass over the logits, or `None` where that pass does not apply: the composed kernel is
-/// chosen, the device has no fused pointwise operation, the pointwise activation differs from
-/// the statistics' (the pass computes one activation), or the statistics are squared or include
-/// the difference.
-pub(crate) fn fused_pointwise(
-    loss: &str,
-    prepared: &Prepared,
-    options: &StatsOptions,
-    term: FusedTerm,
-) -> Option<(OverlapStats, PointwiseSums)> {
-    use crate::kernel::{Kernel, cpu, current_kernel, fused};
-    check_channels(
-        loss,
-        prepared.channels,
-        options.activation,
-        options.include_background,
-    );
-    let act = match term.activation {
-        Activation::Softmax => cpu::Act::Softmax,
-        Activation::Sigmoid => cpu::Act::Sigmoid,
-        Activation::None => return None,
-    };
-    // The fused pass has the plain sums only (the V-Net squared sums and the soft-label
-    // difference take two passes: the statistics, then the pointwise term alone).
-    if options.squared
-        || options.difference
-        || options.activation != term.activation
-        || current_kernel() == Kernel::Composed
-        || !fused::supports_pointwise(&prepared.logits.device())
-    {
-        return None;
-    }
-    let spec = cpu::Spec {
-        act,
-        include_background: true,
-        squared: options.squared,
-        difference: options.difference,
-    };
-    let out = fused::pointwise_stats(
-        prepared.logits.clone(),
-        fused_target(prepared),
-        prepared.mask.clone(),
-        spec,
-        cpu::Pointwise {
-            gamma: term.gamma as f32,
-            without_background: term.without_background,
-        },
-    );
-    let [_, b, c] = out.dims();
-    let part = |q: usize| out.clone().narrow(0, q, 1).reshape([b, c]);
-    let first = usize::from(!options.include_background);
-    let stat = |q: usize| part(q).narrow(1, first, c - first);
-    let stats = OverlapStats {
-        intersection: stat(0),
-        prediction: stat(1),
-        target: stat(2),
-        difference: options.difference.then(|| stat(3)),
-    };
-    Some((
-        stats,
-        PointwiseSums {
-            target_weighted: part(4),
-            plain: part(5),
-            third: part(6),
-            fourth: part(7),
-        },
-    ))
-}
-
-/// The prepared target as the fused operations take it.
-pub(crate) fn fused_target(prepared: &Prepared) -> crate::kernel::fused::FusedTarget {
-    use crate::kernel::fused::FusedTarget;
-    match (&prepared.labels, &prepared.dense) {
-        (Some(l), _) => FusedTarget::Labels(l.clone()),
-        (None, Some(d)) => FusedTarget::Dense(d.clone()),
-        (None, None) => unreachable!("a target is labels or dense"),
-    }
 }
 
 /// Refuses the single-channel settings that MONAI warns about and then silently ignores.

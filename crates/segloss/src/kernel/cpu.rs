@@ -47,6 +47,12 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::buffer::{assume_init, uninit};
+pub use super::spec::{Pointwise, Spec};
+use crate::input::{Activation, TargetOf};
+
+/// The activation codes as const generic parameters take them ([`Activation::code`]).
+const SOFTMAX: u8 = Activation::SOFTMAX_CODE;
+const SIGMOID: u8 = Activation::SIGMOID_CODE;
 
 /// Voxels per block, the unit of f64 accumulation (and of parallel work for the softmax; runs of
 /// four blocks for the other activations).
@@ -67,80 +73,6 @@ fn rows(pointwise: bool) -> usize {
 }
 const _: () = assert!(BLOCK.is_multiple_of(TILE) && TILE.is_multiple_of(LANES));
 
-/// The activation, as the kernels encode it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    /// Softmax across channels.
-    Softmax,
-    /// Element-wise sigmoid.
-    Sigmoid,
-    /// Identity.
-    None,
-}
-
-impl Act {
-    /// The activation as the backend extension passes it: 0 softmax, 1 sigmoid, 2 none.
-    pub fn code(self) -> u8 {
-        match self {
-            Act::Softmax => 0,
-            Act::Sigmoid => 1,
-            Act::None => 2,
-        }
-    }
-
-    /// The inverse of [`code`](Act::code).
-    ///
-    /// # Panics
-    /// For any other value: a code crosses the backend-extension boundary as a plain byte, and a
-    /// wrong one must not silently become "no activation".
-    pub fn from_code(code: u8) -> Self {
-        match code {
-            0 => Act::Softmax,
-            1 => Act::Sigmoid,
-            2 => Act::None,
-            other => panic!(
-                "segloss kernel: unknown activation code {other} (0 softmax, 1 sigmoid, 2 none)"
-            ),
-        }
-    }
-}
-
-/// What to compute.
-#[derive(Debug, Clone, Copy)]
-pub struct Spec {
-    /// The activation applied to the logits.
-    pub act: Act,
-    /// Keep channel 0 in the statistics.
-    pub include_background: bool,
-    /// Squared sums (V-Net) for `P`, `G` and `E`.
-    pub squared: bool,
-    /// Compute `E` (otherwise it is returned as 0).
-    pub difference: bool,
-}
-
-/// The pointwise term of a fused pass (the pointwise section): cross-entropy (`gamma = 0`) or
-/// focal.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pointwise {
-    /// The focusing parameter (0: cross-entropy).
-    pub gamma: f32,
-    /// The softmax term normalised over channels `1..C` only, as MONAI's softmax focal loss
-    /// without the background computes it (`softmax(x[1..C])` against the one-hot of the labels
-    /// restricted to those channels); channel 0's pointwise sums are then 0. The overlap
-    /// statistics keep the softmax over every channel. Softmax only, `C >= 2`.
-    pub without_background: bool,
-}
-
-impl Pointwise {
-    /// The term over every channel with focusing parameter `gamma`.
-    pub fn new(gamma: f32) -> Self {
-        Self {
-            gamma,
-            without_background: false,
-        }
-    }
-}
-
 /// Label maps in the integer types Burn backends use.
 pub trait Label: Copy + Send + Sync {
     /// The label as a float (class indices are small integers, exact in f32).
@@ -160,14 +92,9 @@ impl Label for i32 {
     }
 }
 
-/// The target: a label map `[B, N]` or dense values `[B, C, N]`.
-#[derive(Clone, Copy)]
-pub enum TargetRef<'a, L> {
-    /// Class indices `[B, N]` (0/1 values with a single channel).
-    Labels(&'a [L]),
-    /// Per-class values `[B, C, N]`.
-    Dense(&'a [f32]),
-}
+/// The target as the kernel reads it: class indices `[B, N]` (0/1 values with a single
+/// channel) or per-class values `[B, C, N]`.
+pub type TargetRef<'a, L> = TargetOf<&'a [L], &'a [f32]>;
 
 /// Problem sizes.
 #[derive(Debug, Clone, Copy)]
@@ -316,8 +243,8 @@ fn sigmoid_from(x: f32, e: f32) -> f32 {
 #[inline(always)]
 fn act8<const ACT: u8, const FMA: bool>(src: &[f32; LANES], r: &[f32; LANES]) -> [f32; LANES] {
     match ACT {
-        0 => std::array::from_fn(|l| src[l] * r[l]),
-        1 => sigmoid8::<FMA>(src),
+        SOFTMAX => std::array::from_fn(|l| src[l] * r[l]),
+        SIGMOID => sigmoid8::<FMA>(src),
         _ => *src,
     }
 }
@@ -441,7 +368,7 @@ pub(crate) fn store_fence() {
 /// every run of 8 voxels.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{LANES, MaybeUninit};
+    use super::{LANES, MaybeUninit, SIGMOID, SOFTMAX};
     use std::arch::x86_64::*;
 
     /// `v` in every lane.
@@ -530,8 +457,8 @@ mod avx2 {
             let mut i = 0;
             while i < full {
                 let p = match ACT {
-                    0 => _mm256_mul_ps(ld(src, i), ld(r, i)),
-                    1 => sigmoid(ld(src, i)),
+                    SOFTMAX => _mm256_mul_ps(ld(src, i), ld(r, i)),
+                    SIGMOID => sigmoid(ld(src, i)),
                     _ => ld(src, i),
                 };
                 if SAVE {
@@ -926,8 +853,8 @@ fn class_grad_in_place<
         let pi = p[i];
         let u = upstream_at::<SQ, MASK, DIFF>(pi, target_at::<LAB>(t[i], class), m[i], coef);
         p[i] = match ACT {
-            0 => pi * (u - dot[i]),
-            1 => u * pi * (1.0 - pi),
+            SOFTMAX => pi * (u - dot[i]),
+            SIGMOID => u * pi * (1.0 - pi),
             _ => u,
         };
     }
@@ -1564,7 +1491,14 @@ const RUN: usize = 4;
 impl<L: Label> Block<'_, L> {
     /// The tasks of a problem: `(sample, first block, blocks)` in sample and block order.
     fn tasks(d: Dims, spec: &Spec) -> Vec<(usize, usize, usize)> {
-        let (blocks, run) = (d.blocks(), if spec.act == Act::Softmax { 1 } else { RUN });
+        let (blocks, run) = (
+            d.blocks(),
+            if spec.act == Activation::Softmax {
+                1
+            } else {
+                RUN
+            },
+        );
         (0..d.b)
             .flat_map(|b| {
                 (0..blocks)
@@ -1584,7 +1518,7 @@ impl<L: Label> Block<'_, L> {
     /// (L1-sized); the element-wise activations take the whole run as one tile.
     fn tiles<const ACT: u8>(&self) -> impl Iterator<Item = (usize, usize)> {
         let (n0, len) = self.span();
-        let tile = if ACT == 0 { TILE } else { len.max(1) };
+        let tile = if ACT == SOFTMAX { TILE } else { len.max(1) };
         (n0..n0 + len)
             .step_by(tile)
             .map(move |v0| (v0, tile.min(n0 + len - v0)))
@@ -1629,7 +1563,7 @@ impl<L: Label> Block<'_, L> {
         let (d, b, x) = (self.d, self.b, self.x);
         let k = d.k(&self.spec);
         s.acc[..self.nblk * k].fill([[0.0; LANES]; ROWS_MAX]);
-        if ACT == 0 {
+        if ACT == SOFTMAX {
             // Tile by tile, every class of a tile while its softmax is in the L1 cache.
             for (v0, len) in self.tiles::<ACT>() {
                 tile_labels(self.t, d, b, v0, len, &mut s.labels);
@@ -1966,7 +1900,7 @@ impl<L: Label> Block<'_, L> {
     ) {
         let (d, b, x) = (self.d, self.b, self.x);
         for (v0, len) in self.tiles::<ACT>() {
-            if ACT == 0 && PW && self.pw_without_background() {
+            if ACT == SOFTMAX && PW && self.pw_without_background() {
                 // What the saving forward writes: `z` in channel 0's row, `q_c` in the others.
                 softmax_tile_without_background::<FMA>(x, d, b, v0, len, s);
                 for c in 0..d.c {
@@ -1981,11 +1915,11 @@ impl<L: Label> Block<'_, L> {
                 self.grad_tile::<ACT, LAB, SQ, MASK, DIFF, PW, FOCAL, FMA>(s, dx, v0, len);
                 continue;
             }
-            if ACT == 0 {
+            if ACT == SOFTMAX {
                 softmax_tile::<FMA>(x, d, b, v0, len, &mut s.e, &mut s.max, &mut s.r);
             }
             for c in 0..d.c {
-                let (src, r) = if ACT == 0 {
+                let (src, r) = if ACT == SOFTMAX {
                     (&s.e[c * TILE..][..len], &s.r[..len])
                 } else {
                     (&x[(b * d.c + c) * d.n + v0..][..len], &s.ones[..len])
@@ -2040,12 +1974,12 @@ impl<L: Label> Block<'_, L> {
         let (d, b) = (self.d, self.b);
         let gamma = self.gamma();
         tile_labels(self.t, d, b, v0, len, &mut s.labels);
-        if ACT == 0 && PW && self.pw_without_background() {
+        if ACT == SOFTMAX && PW && self.pw_without_background() {
             self.grad_tile_without_background::<LAB, MASK, FOCAL, FMA>(s, p, v0, len);
             return;
         }
         let m = self.tile_mask(v0, len, &s.ones);
-        if ACT == 0 {
+        if ACT == SOFTMAX {
             s.dot[..len].fill(0.0);
             for c in 0..d.c {
                 let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
@@ -2388,11 +2322,11 @@ fn run_block<L: Label, const FMA: bool>(
         }
     }
     match (blk.spec.act, blk.pw.is_some()) {
-        (Act::Softmax, true) => pointwise_labels::<L, 0, FMA>(blk, s, work),
-        (Act::Sigmoid, true) => pointwise_labels::<L, 1, FMA>(blk, s, work),
-        (Act::Softmax, false) => labels::<L, 0, FMA>(blk, s, work),
-        (Act::Sigmoid, false) => labels::<L, 1, FMA>(blk, s, work),
-        (Act::None, _) => labels::<L, 2, FMA>(blk, s, work),
+        (Activation::Softmax, true) => pointwise_labels::<L, SOFTMAX, FMA>(blk, s, work),
+        (Activation::Sigmoid, true) => pointwise_labels::<L, SIGMOID, FMA>(blk, s, work),
+        (Activation::Softmax, false) => labels::<L, SOFTMAX, FMA>(blk, s, work),
+        (Activation::Sigmoid, false) => labels::<L, SIGMOID, FMA>(blk, s, work),
+        (Activation::None, _) => labels::<L, { Activation::NONE_CODE }, FMA>(blk, s, work),
     }
 }
 
@@ -2515,7 +2449,7 @@ fn check_sizes<L: Label>(
             "segloss kernel: the pointwise term covers every class; compute the statistics with include_background"
         );
         assert!(
-            spec.act != Act::None,
+            spec.act != Activation::None,
             "segloss kernel: the pointwise term needs the softmax or the sigmoid"
         );
         assert!(
@@ -2523,7 +2457,7 @@ fn check_sizes<L: Label>(
             "segloss kernel: the pointwise term comes with the plain statistics (no squared sums, no difference)"
         );
         assert!(
-            !pw.without_background || (spec.act == Act::Softmax && d.c >= 2),
+            !pw.without_background || (spec.act == Activation::Softmax && d.c >= 2),
             "segloss kernel: a pointwise term without the background needs the softmax and at least 2 channels"
         );
     }
@@ -2610,7 +2544,7 @@ pub fn forward<L: Label>(
 /// for [`backward_in_place`].
 ///
 /// # Panics
-/// With `Act::None` (the activations are the logits: use [`forward`] and [`backward`]), or if a
+/// With `Activation::None` (the activations are the logits: use [`forward`] and [`backward`]), or if a
 /// slice's length does not match `d`.
 pub fn forward_saving<L: Label>(
     x: &[f32],
@@ -2620,8 +2554,8 @@ pub fn forward_saving<L: Label>(
     spec: Spec,
 ) -> (Vec<f32>, Vec<f32>) {
     assert!(
-        spec.act != Act::None,
-        "segloss kernel: the activations of Act::None are the logits; nothing to save"
+        spec.act != Activation::None,
+        "segloss kernel: the activations of Activation::None are the logits; nothing to save"
     );
     saving_impl(&Problem {
         x,
@@ -2722,7 +2656,7 @@ fn backward_in_place_impl<L: Label>(
         pw,
     );
     assert!(
-        pw.is_none() || spec.act == Act::Softmax,
+        pw.is_none() || spec.act == Activation::Softmax,
         "segloss kernel: the sigmoid's pointwise gradient needs the logits; use the recomputing backward"
     );
     let ptr = DxPtr(p.as_mut_ptr().cast::<MaybeUninit<f32>>());
@@ -2766,7 +2700,7 @@ pub fn backward<L: Label>(
 ///
 /// # Panics
 /// Without `spec.include_background` (the statistics are computed for every class; the caller
-/// drops the background's), with `Act::None`, with `pw.without_background` and the sigmoid or
+/// drops the background's), with `Activation::None`, with `pw.without_background` and the sigmoid or
 /// one channel, or if a slice's length does not match `d`.
 pub fn pointwise_forward<L: Label>(
     x: &[f32],
@@ -2804,7 +2738,7 @@ pub fn pointwise_forward_saving<L: Label>(
     pw: Pointwise,
 ) -> (Vec<f32>, Vec<f32>) {
     assert!(
-        spec.act == Act::Softmax,
+        spec.act == Activation::Softmax,
         "segloss kernel: only the softmax's pointwise gradient runs from saved activations"
     );
     saving_impl(&Problem {
@@ -2900,19 +2834,6 @@ fn backward_impl<L: Label>(problem: &Problem<'_, L>, grad: &[f32], isa: Isa) -> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn activation_codes_round_trip() {
-        for act in [Act::Softmax, Act::Sigmoid, Act::None] {
-            assert_eq!(Act::from_code(act.code()), act);
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "unknown activation code 3")]
-    fn an_unknown_activation_code_panics() {
-        Act::from_code(3);
-    }
-
     /// The same statistics and gradient, bit for bit, on 1, 2 and 3 threads.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
@@ -2927,7 +2848,7 @@ mod tests {
             .map(|i| if i % 7 == 0 { 0.0 } else { 1.0 })
             .collect();
         let d = Dims { b, c, n };
-        for act in [Act::Softmax, Act::Sigmoid] {
+        for act in [Activation::Softmax, Activation::Sigmoid] {
             let spec = Spec {
                 act,
                 include_background: false,
@@ -3002,7 +2923,7 @@ mod tests {
                 );
             }
         };
-        for act in [Act::Softmax, Act::Sigmoid, Act::None] {
+        for act in [Activation::Softmax, Activation::Sigmoid, Activation::None] {
             for f in 0..32 {
                 let (include_background, squared, difference, masked, labels) =
                     (f & 1 == 0, f & 2 != 0, f & 4 != 0, f & 8 != 0, f & 16 != 0);
@@ -3044,7 +2965,7 @@ mod tests {
                     false,
                     &format!("{what}: gradient"),
                 );
-                if act != Act::None {
+                if act != Activation::None {
                     let saved = |isa| {
                         let mut p = vec![0.0f32; b * c * n];
                         let stats = forward_impl(&problem, Some(DxPtr(p.as_mut_ptr().cast())), isa);
@@ -3106,7 +3027,7 @@ mod tests {
                 .map(|i| if i % 5 == 0 { 0.0 } else { 1.0 })
                 .collect();
             let d = Dims { b, c, n };
-            for act in [Act::Softmax, Act::Sigmoid] {
+            for act in [Activation::Softmax, Activation::Sigmoid] {
                 for (include_background, squared, difference, masked, labels) in (0..32).map(|f| {
                     (
                         f & 1 == 0 || c == 1,
@@ -3145,7 +3066,7 @@ mod tests {
                                     (0..c).map(|cc| x[(bb * c + cc) * n + i]).collect();
                                 for (cc, v) in xs.iter().enumerate() {
                                     let want = match act {
-                                        Act::Softmax => {
+                                        Activation::Softmax => {
                                             let max = xs.iter().fold(f32::MIN, |a, &v| a.max(v));
                                             (v - max).exp()
                                                 / xs.iter().map(|&u| (u - max).exp()).sum::<f32>()
@@ -3190,7 +3111,7 @@ mod tests {
         let m: Vec<f32> = (0..b * n).map(|i| ((i * 17) % 3) as f32 / 2.0).collect();
         let d = Dims { b, c, n };
         let sp = |v: f64| v.max(0.0) + (-v.abs()).exp().ln_1p();
-        for act in [Act::Softmax, Act::Sigmoid] {
+        for act in [Activation::Softmax, Activation::Sigmoid] {
             for gamma in [0.0f32, 2.0] {
                 for labels in [true, false] {
                     let spec = Spec {
@@ -3221,7 +3142,7 @@ mod tests {
                                 };
                                 let xv = xs[cc];
                                 let (h, third, fourth) = match act {
-                                    Act::Softmax => {
+                                    Activation::Softmax => {
                                         let nlp = lse + max - xv;
                                         let p = (-nlp).exp();
                                         (
@@ -3285,7 +3206,7 @@ mod tests {
                 }
             })
             .collect();
-        for act in [Act::Softmax, Act::Sigmoid] {
+        for act in [Activation::Softmax, Activation::Sigmoid] {
             for gamma in [0.0f32, 1.5] {
                 let spec = Spec {
                     act,
@@ -3314,7 +3235,7 @@ mod tests {
                         dx[i]
                     );
                 }
-                if act == Act::Softmax {
+                if act == Activation::Softmax {
                     let (_, mut p) =
                         pointwise_forward_saving(&x, t, Some(&m), d, spec, Pointwise::new(gamma));
                     pointwise_backward_in_place(
@@ -3363,7 +3284,7 @@ mod tests {
         let m: Vec<f32> = (0..b * n).map(|i| ((i * 17) % 3) as f32 / 2.0).collect();
         let d = Dims { b, c, n };
         let spec = Spec {
-            act: Act::Softmax,
+            act: Activation::Softmax,
             include_background: true,
             squared: false,
             difference: false,
@@ -3449,7 +3370,7 @@ mod tests {
             })
             .collect();
         let spec = Spec {
-            act: Act::Softmax,
+            act: Activation::Softmax,
             include_background: true,
             squared: false,
             difference: false,
@@ -3526,7 +3447,7 @@ mod tests {
     fn a_slice_of_the_wrong_size_is_named() {
         let d = Dims { b: 2, c: 3, n: 6 };
         let spec = Spec {
-            act: Act::Softmax,
+            act: Activation::Softmax,
             include_background: true,
             squared: false,
             difference: false,

@@ -56,8 +56,9 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim, ElemType};
 
-use super::cpu::{Act, Spec};
 use super::fused::FusedStatsOps;
+use super::spec::Spec;
+use crate::input::TargetOf;
 
 /// Voxels per unit in the forward kernel.
 pub const ITEMS: usize = 4;
@@ -440,13 +441,8 @@ pub(super) mod kernels {
     }
 }
 
-/// The target of one call.
-pub(super) enum Target {
-    /// Class indices `[B, N]`.
-    Labels(CubeTensor),
-    /// Per-class values `[B, C, N]`.
-    Dense(CubeTensor),
-}
+/// The target of one call: class indices `[B, N]` or per-class values `[B, C, N]`.
+pub(super) type Target = TargetOf<CubeTensor, CubeTensor>;
 
 /// The inputs of one launch, ready to be passed: contiguous, the floats checked to be f32.
 pub(super) struct Inputs {
@@ -652,32 +648,14 @@ fn run(
     }
 }
 
-fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
-    Spec {
-        act: Act::from_code(activation),
-        include_background,
-        squared,
-        difference,
-    }
-}
-
 impl FusedStatsOps for CubeBackend {
     fn overlap_stats_labels(
         logits: CubeTensor,
         labels: CubeTensor,
         mask: CubeTensor,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Labels(labels),
-            mask,
-            None,
-            spec(activation, include_background, squared, difference),
-        )
+        run(logits, Target::Labels(labels), mask, None, spec)
     }
 
     fn overlap_stats_labels_backward(
@@ -685,36 +663,18 @@ impl FusedStatsOps for CubeBackend {
         labels: CubeTensor,
         mask: CubeTensor,
         grad: CubeTensor,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Labels(labels),
-            mask,
-            Some(grad),
-            spec(activation, include_background, squared, difference),
-        )
+        run(logits, Target::Labels(labels), mask, Some(grad), spec)
     }
 
     fn overlap_stats_dense(
         logits: CubeTensor,
         target: CubeTensor,
         mask: CubeTensor,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Dense(target),
-            mask,
-            None,
-            spec(activation, include_background, squared, difference),
-        )
+        run(logits, Target::Dense(target), mask, None, spec)
     }
 
     fn overlap_stats_dense_backward(
@@ -722,17 +682,8 @@ impl FusedStatsOps for CubeBackend {
         target: CubeTensor,
         mask: CubeTensor,
         grad: CubeTensor,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Dense(target),
-            mask,
-            Some(grad),
-            spec(activation, include_background, squared, difference),
-        )
+        run(logits, Target::Dense(target), mask, Some(grad), spec)
     }
 }

@@ -38,12 +38,13 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 
-use super::cpu::Act;
 use super::cube::{
     ITEMS, Inputs, Target, chunk_grid, empty_like, f32_input, inputs, per_voxel, sum_partials,
     units,
 };
 use super::fused::FusedPointwiseOps;
+use super::spec::Pointwise;
+use crate::input::Activation;
 
 /// Rows of the output: the 4 overlap statistics, then the 4 pointwise sums.
 const ROWS: usize = super::cpu::ROWS_MAX;
@@ -439,14 +440,17 @@ mod kernels {
 }
 
 /// The comptime flags of one call, after the checks of the CPU kernel's `check_sizes`.
-fn pw_flags(activation: u8, gamma: f32, without_background: bool, c: usize) -> kernels::PwFlags {
-    let act = Act::from_code(activation);
+fn pw_flags(act: Activation, pw: Pointwise, c: usize) -> kernels::PwFlags {
+    let Pointwise {
+        gamma,
+        without_background,
+    } = pw;
     assert!(
-        act != Act::None,
+        act != Activation::None,
         "segloss kernel: the pointwise term needs the softmax or the sigmoid"
     );
     assert!(
-        !without_background || (act == Act::Softmax && c >= 2),
+        !without_background || (act == Activation::Softmax && c >= 2),
         "segloss kernel: a pointwise term without the background needs the softmax and at least 2 channels"
     );
     kernels::PwFlags {
@@ -468,9 +472,8 @@ fn run(
     target: Target,
     mask: CubeTensor,
     grad: Option<CubeTensor>,
-    activation: u8,
-    gamma: f32,
-    without_background: bool,
+    activation: Activation,
+    pw: Pointwise,
 ) -> CubeTensor {
     let Inputs {
         x,
@@ -480,7 +483,7 @@ fn run(
         label_type,
         dims: [b, c, n],
     } = inputs(x, target, mask);
-    let f = pw_flags(activation, gamma, without_background, c);
+    let f = pw_flags(activation, pw, c);
     let client = x.client.clone();
     let labels_arg = labels.map(|l| l.into_tensor_arg());
     let dense_arg = dense.map(|d| d.into_tensor_arg());
@@ -505,7 +508,7 @@ fn run(
                 mask_arg.into(),
                 grad.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
-                gamma,
+                pw.gamma,
                 f,
                 label_type,
             );
@@ -524,7 +527,7 @@ fn run(
                 dense_arg.into(),
                 mask_arg.into(),
                 partial.clone().into_tensor_arg(),
-                gamma,
+                pw.gamma,
                 f,
                 units,
                 ITEMS,
@@ -542,38 +545,20 @@ impl FusedPointwiseOps for CubeBackend {
         logits: CubeTensor,
         labels: CubeTensor,
         mask: CubeTensor,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Labels(labels),
-            mask,
-            None,
-            activation,
-            gamma,
-            without_background,
-        )
+        run(logits, Target::Labels(labels), mask, None, activation, pw)
     }
 
     fn pointwise_stats_dense(
         logits: CubeTensor,
         target: CubeTensor,
         mask: CubeTensor,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> CubeTensor {
-        run(
-            logits,
-            Target::Dense(target),
-            mask,
-            None,
-            activation,
-            gamma,
-            without_background,
-        )
+        run(logits, Target::Dense(target), mask, None, activation, pw)
     }
 
     fn pointwise_stats_labels_backward_saved(
@@ -581,9 +566,8 @@ impl FusedPointwiseOps for CubeBackend {
         labels: CubeTensor,
         mask: CubeTensor,
         grad: CubeTensor,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> CubeTensor {
         run(
             saved,
@@ -591,8 +575,7 @@ impl FusedPointwiseOps for CubeBackend {
             mask,
             Some(grad),
             activation,
-            gamma,
-            without_background,
+            pw,
         )
     }
 
@@ -601,9 +584,8 @@ impl FusedPointwiseOps for CubeBackend {
         target: CubeTensor,
         mask: CubeTensor,
         grad: CubeTensor,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> CubeTensor {
         run(
             saved,
@@ -611,8 +593,7 @@ impl FusedPointwiseOps for CubeBackend {
             mask,
             Some(grad),
             activation,
-            gamma,
-            without_background,
+            pw,
         )
     }
 }

@@ -25,8 +25,11 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, backend_extension};
-use burn::tensor::{Device, Int, Shape, Tensor};
+use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
+use burn::tensor::{Device, Shape, Tensor};
+
+use super::spec::{Pointwise, Spec};
+use crate::input::{Activation, FlatTarget, TargetOf};
 
 /// The fused statistics. `activation`: 0 softmax, 1 sigmoid, 2 none; a `mask` with no elements
 /// means no mask. Outputs `[4, B, K]`.
@@ -39,15 +42,12 @@ use burn::tensor::{Device, Int, Shape, Tensor};
 pub trait FusedStatsOps: Backend {
     /// Statistics against a label map `[B, N]`.
     #[allow(clippy::too_many_arguments)]
-    #[fusion(dtype = logits, shape = stats_shape(logits, include_background))]
+    #[fusion(dtype = logits, shape = stats_shape(logits, spec))]
     fn overlap_stats_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self>;
 
     /// Gradient of [`overlap_stats_labels`](FusedStatsOps::overlap_stats_labels) with respect to the logits.
@@ -58,23 +58,17 @@ pub trait FusedStatsOps: Backend {
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self>;
 
     /// Statistics against a dense target `[B, C, N]`.
     #[allow(clippy::too_many_arguments)]
-    #[fusion(dtype = logits, shape = stats_shape(logits, include_background))]
+    #[fusion(dtype = logits, shape = stats_shape(logits, spec))]
     fn overlap_stats_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self>;
 
     /// Gradient of [`overlap_stats_dense`](FusedStatsOps::overlap_stats_dense) with respect to the logits.
@@ -85,10 +79,7 @@ pub trait FusedStatsOps: Backend {
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self>;
 
     /// [`overlap_stats_labels`](FusedStatsOps::overlap_stats_labels) for a recorded backward: also
@@ -101,20 +92,9 @@ pub trait FusedStatsOps: Backend {
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let stats = Self::overlap_stats_labels(
-            logits.clone(),
-            labels,
-            mask,
-            activation,
-            include_background,
-            squared,
-            difference,
-        );
+        let stats = Self::overlap_stats_labels(logits.clone(), labels, mask, spec);
         (stats, logits)
     }
 
@@ -127,21 +107,9 @@ pub trait FusedStatsOps: Backend {
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self> {
-        Self::overlap_stats_labels_backward(
-            saved,
-            labels,
-            mask,
-            grad,
-            activation,
-            include_background,
-            squared,
-            difference,
-        )
+        Self::overlap_stats_labels_backward(saved, labels, mask, grad, spec)
     }
 
     /// [`overlap_stats_labels_saving`](FusedStatsOps::overlap_stats_labels_saving) against a dense target.
@@ -151,20 +119,9 @@ pub trait FusedStatsOps: Backend {
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let stats = Self::overlap_stats_dense(
-            logits.clone(),
-            target,
-            mask,
-            activation,
-            include_background,
-            squared,
-            difference,
-        );
+        let stats = Self::overlap_stats_dense(logits.clone(), target, mask, spec);
         (stats, logits)
     }
 
@@ -176,28 +133,16 @@ pub trait FusedStatsOps: Backend {
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        #[fusion(scalar = spec.key())] spec: Spec,
     ) -> FloatTensor<Self> {
-        Self::overlap_stats_dense_backward(
-            saved,
-            target,
-            mask,
-            grad,
-            activation,
-            include_background,
-            squared,
-            difference,
-        )
+        Self::overlap_stats_dense_backward(saved, target, mask, grad, spec)
     }
 }
 
 /// The shape of the statistics of logits `[B, C, N]`: `[4, B, K]`, `K = C` or `C - 1` without
 /// the background (the output shape Burn's fusion records before the kernel runs).
-pub fn stats_shape(logits: &Shape, include_background: &bool) -> Shape {
-    let k = logits[1] - usize::from(!*include_background);
+pub fn stats_shape(logits: &Shape, spec: &Spec) -> Shape {
+    let k = logits[1] - usize::from(!spec.include_background);
     Shape::new([4, logits[0], k])
 }
 
@@ -222,9 +167,8 @@ pub trait FusedPointwiseOps: Backend {
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> FloatTensor<Self>;
 
     /// Against a dense target `[B, C, N]`.
@@ -233,9 +177,8 @@ pub trait FusedPointwiseOps: Backend {
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> FloatTensor<Self>;
 
     /// [`pointwise_stats_labels`](FusedPointwiseOps::pointwise_stats_labels) for a recorded
@@ -247,18 +190,10 @@ pub trait FusedPointwiseOps: Backend {
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let out = Self::pointwise_stats_labels(
-            logits.clone(),
-            labels,
-            mask,
-            activation,
-            gamma,
-            without_background,
-        );
+        let out = Self::pointwise_stats_labels(logits.clone(), labels, mask, activation, pw);
         (out, logits)
     }
 
@@ -268,18 +203,10 @@ pub trait FusedPointwiseOps: Backend {
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let out = Self::pointwise_stats_dense(
-            logits.clone(),
-            target,
-            mask,
-            activation,
-            gamma,
-            without_background,
-        );
+        let out = Self::pointwise_stats_dense(logits.clone(), target, mask, activation, pw);
         (out, logits)
     }
 
@@ -292,9 +219,8 @@ pub trait FusedPointwiseOps: Backend {
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> FloatTensor<Self>;
 
     /// [`pointwise_stats_labels_backward_saved`](FusedPointwiseOps::pointwise_stats_labels_backward_saved) against a dense target.
@@ -305,9 +231,8 @@ pub trait FusedPointwiseOps: Backend {
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        #[fusion(scalar = activation.code())] activation: Activation,
+        #[fusion(scalar = pw.key())] pw: Pointwise,
     ) -> FloatTensor<Self>;
 }
 
@@ -325,16 +250,16 @@ pub fn supports_pointwise(device: &Device) -> bool {
     supports(device)
 }
 
-/// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` (softmax or sigmoid;
-/// the plain statistics of `spec`'s activation over every class, the pointwise term `pw`).
+/// Fused statistics and pointwise sums `[8, B, C]` of logits `[B, C, N]` under `activation`
+/// (softmax or sigmoid): the plain statistics of every class ([`Spec::plain`]) and the
+/// pointwise term `pw`.
 pub fn pointwise_stats(
     logits: Tensor<3>,
-    target: FusedTarget,
+    target: FlatTarget,
     mask: Option<Tensor<2>>,
-    spec: super::cpu::Spec,
-    pw: super::cpu::Pointwise,
+    activation: Activation,
+    pw: Pointwise,
 ) -> Tensor<3> {
-    let act = spec.act.code();
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     POINTWISE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = logits.device();
@@ -342,21 +267,19 @@ pub fn pointwise_stats(
         .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
         .into_dispatch();
     let out = match target {
-        FusedTarget::Labels(l) => <Dispatch as FusedPointwiseOps>::pointwise_stats_labels(
+        FlatTarget::Labels(l) => <Dispatch as FusedPointwiseOps>::pointwise_stats_labels(
             logits.into_dispatch(),
             l.into_dispatch(),
             mask,
-            act,
-            pw.gamma,
-            pw.without_background,
+            activation,
+            pw,
         ),
-        FusedTarget::Dense(t) => <Dispatch as FusedPointwiseOps>::pointwise_stats_dense(
+        FlatTarget::Dense(t) => <Dispatch as FusedPointwiseOps>::pointwise_stats_dense(
             logits.into_dispatch(),
             t.into_dispatch(),
             mask,
-            act,
-            pw.gamma,
-            pw.without_background,
+            activation,
+            pw,
         ),
     };
     Tensor::from_dispatch(out)
@@ -455,7 +378,7 @@ pub fn supports_confusion(device: &Device) -> bool {
 /// # Panics
 /// Where [`supports_confusion`] is false, or if the shapes do not match (the kernel names the
 /// input).
-pub fn confusion(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>) -> Tensor<3> {
+pub fn confusion(logits: Tensor<3>, target: FlatTarget, mask: Option<Tensor<2>>) -> Tensor<3> {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     CONFUSION_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = logits.device();
@@ -463,12 +386,12 @@ pub fn confusion(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>
         .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
         .into_dispatch();
     let out = match target {
-        FusedTarget::Labels(l) => <Dispatch as FusedConfusionOps>::confusion_labels(
+        FlatTarget::Labels(l) => <Dispatch as FusedConfusionOps>::confusion_labels(
             logits.into_dispatch(),
             l.into_dispatch(),
             mask,
         ),
-        FusedTarget::Dense(t) => <Dispatch as FusedConfusionOps>::confusion_dense(
+        FlatTarget::Dense(t) => <Dispatch as FusedConfusionOps>::confusion_dense(
             logits.into_dispatch(),
             t.into_dispatch(),
             mask,
@@ -480,47 +403,7 @@ pub fn confusion(logits: Tensor<3>, target: FusedTarget, mask: Option<Tensor<2>>
 /// Whether the fused operation runs on `device`, with or without autodiff: Flex (feature
 /// `flex`), and the CubeCL devices, wgpu and CUDA (features `wgpu`, `cuda`).
 pub fn supports(device: &Device) -> bool {
-    match without_autodiff(device).as_dispatch() {
-        #[cfg(feature = "flex")]
-        DispatchDevice::Flex(_) => true,
-        #[cfg(any(feature = "wgpu", feature = "cuda"))]
-        DispatchDevice::Cube(_) => true,
-        _ => false,
-    }
-}
-
-/// Whether `device` is one of Burn's CubeCL devices (wgpu, CUDA; features `wgpu`, `cuda`), with
-/// or without autodiff. Their full reductions run axis by axis (see `input::label_min_max`).
-pub(crate) fn is_cube(device: &Device) -> bool {
-    #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    {
-        matches!(
-            without_autodiff(device).as_dispatch(),
-            DispatchDevice::Cube(_)
-        )
-    }
-    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-    {
-        let _ = device;
-        false
-    }
-}
-
-/// The backend device under `device`'s autodiff layer, if it has one.
-fn without_autodiff(device: &Device) -> Device {
-    if device.is_autodiff() {
-        device.clone().inner()
-    } else {
-        device.clone()
-    }
-}
-
-/// The target of the fused operation.
-pub enum FusedTarget {
-    /// Class indices `[B, N]`.
-    Labels(Tensor<2, Int>),
-    /// Per-class values `[B, C, N]`.
-    Dense(Tensor<3>),
+    crate::backend::has_fused_kernels(device)
 }
 
 static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -550,34 +433,27 @@ pub fn confusion_calls() -> usize {
 /// Fused statistics `[4, B, K]` of logits `[B, C, N]`.
 pub fn overlap_stats(
     logits: Tensor<3>,
-    target: FusedTarget,
+    target: FlatTarget,
     mask: Option<Tensor<2>>,
-    spec: super::cpu::Spec,
+    spec: Spec,
 ) -> Tensor<3> {
-    let act = spec.act.code();
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let device = logits.device();
     let mask = mask
         .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
         .into_dispatch();
     let out = match target {
-        FusedTarget::Labels(l) => <Dispatch as FusedStatsOps>::overlap_stats_labels(
+        FlatTarget::Labels(l) => <Dispatch as FusedStatsOps>::overlap_stats_labels(
             logits.into_dispatch(),
             l.into_dispatch(),
             mask,
-            act,
-            spec.include_background,
-            spec.squared,
-            spec.difference,
+            spec,
         ),
-        FusedTarget::Dense(t) => <Dispatch as FusedStatsOps>::overlap_stats_dense(
+        FlatTarget::Dense(t) => <Dispatch as FusedStatsOps>::overlap_stats_dense(
             logits.into_dispatch(),
             t.into_dispatch(),
             mask,
-            act,
-            spec.include_background,
-            spec.squared,
-            spec.difference,
+            spec,
         ),
     };
     Tensor::from_dispatch(out)
@@ -589,9 +465,11 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::tensor::{DType, TensorData};
 
-    use super::super::cpu::{self, Act, Dims, Label, Pointwise, Spec, TargetRef};
+    use super::super::cpu::{self, Dims, Label, TargetRef};
+    use super::super::spec::{Pointwise, Spec};
     use super::super::{buffer, confusion};
     use super::{FusedConfusionOps, FusedPointwiseOps, FusedStatsOps};
+    use crate::input::{Activation, TargetOf};
 
     fn floats(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         assert_eq!(
@@ -612,10 +490,7 @@ mod flex {
     }
 
     /// The target of one call: a label map or dense values.
-    enum Target<'a> {
-        Labels(&'a FlexTensor),
-        Dense(&'a FlexTensor),
-    }
+    type Target<'a> = TargetOf<&'a FlexTensor, &'a FlexTensor>;
 
     /// What one call computes, from which input.
     enum Job<'a> {
@@ -775,7 +650,7 @@ mod flex {
     /// activation (they are the logits), and for the sigmoid's pointwise term (its gradient
     /// needs the logits, which the activations do not give back precisely where they saturate).
     fn keeps_logits(s: Spec, pw: Option<Pointwise>) -> bool {
-        s.act == Act::None || (pw.is_some() && s.act != Act::Softmax)
+        s.act == Activation::None || (pw.is_some() && s.act != Activation::Softmax)
     }
 
     /// The statistics and what the backward starts from: the activations, or the logits
@@ -911,32 +786,14 @@ mod flex {
         p
     }
 
-    fn spec(activation: u8, include_background: bool, squared: bool, difference: bool) -> Spec {
-        Spec {
-            act: Act::from_code(activation),
-            include_background,
-            squared,
-            difference,
-        }
-    }
-
     impl FusedStatsOps for Flex {
         fn overlap_stats_labels(
             logits: FlexTensor,
             labels: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            stats(
-                &logits,
-                Target::Labels(&labels),
-                &mask,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            stats(&logits, Target::Labels(&labels), &mask, spec, None)
         }
 
         fn overlap_stats_labels_backward(
@@ -944,37 +801,18 @@ mod flex {
             labels: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            gradient(
-                &logits,
-                Target::Labels(&labels),
-                &mask,
-                &grad,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            gradient(&logits, Target::Labels(&labels), &mask, &grad, spec, None)
         }
 
         fn overlap_stats_dense(
             logits: FlexTensor,
             target: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            stats(
-                &logits,
-                Target::Dense(&target),
-                &mask,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            stats(&logits, Target::Dense(&target), &mask, spec, None)
         }
 
         fn overlap_stats_dense_backward(
@@ -982,37 +820,18 @@ mod flex {
             target: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            gradient(
-                &logits,
-                Target::Dense(&target),
-                &mask,
-                &grad,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            gradient(&logits, Target::Dense(&target), &mask, &grad, spec, None)
         }
 
         fn overlap_stats_labels_saving(
             logits: FlexTensor,
             labels: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> (FlexTensor, FlexTensor) {
-            saving(
-                logits,
-                Target::Labels(&labels),
-                &mask,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            saving(logits, Target::Labels(&labels), &mask, spec, None)
         }
 
         fn overlap_stats_labels_backward_saved(
@@ -1020,37 +839,18 @@ mod flex {
             labels: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            gradient_saved(
-                saved,
-                Target::Labels(&labels),
-                &mask,
-                &grad,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            gradient_saved(saved, Target::Labels(&labels), &mask, &grad, spec, None)
         }
 
         fn overlap_stats_dense_saving(
             logits: FlexTensor,
             target: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> (FlexTensor, FlexTensor) {
-            saving(
-                logits,
-                Target::Dense(&target),
-                &mask,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            saving(logits, Target::Dense(&target), &mask, spec, None)
         }
 
         fn overlap_stats_dense_backward_saved(
@@ -1058,19 +858,9 @@ mod flex {
             target: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            include_background: bool,
-            squared: bool,
-            difference: bool,
+            spec: Spec,
         ) -> FlexTensor {
-            gradient_saved(
-                saved,
-                Target::Dense(&target),
-                &mask,
-                &grad,
-                spec(activation, include_background, squared, difference),
-                None,
-            )
+            gradient_saved(saved, Target::Dense(&target), &mask, &grad, spec, None)
         }
     }
 
@@ -1079,19 +869,15 @@ mod flex {
             logits: FlexTensor,
             labels: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> FlexTensor {
             stats(
                 &logits,
                 Target::Labels(&labels),
                 &mask,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
 
@@ -1099,19 +885,15 @@ mod flex {
             logits: FlexTensor,
             target: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> FlexTensor {
             stats(
                 &logits,
                 Target::Dense(&target),
                 &mask,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
 
@@ -1119,19 +901,15 @@ mod flex {
             logits: FlexTensor,
             labels: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> (FlexTensor, FlexTensor) {
             saving(
                 logits,
                 Target::Labels(&labels),
                 &mask,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
 
@@ -1139,19 +917,15 @@ mod flex {
             logits: FlexTensor,
             target: FlexTensor,
             mask: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> (FlexTensor, FlexTensor) {
             saving(
                 logits,
                 Target::Dense(&target),
                 &mask,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
 
@@ -1160,20 +934,16 @@ mod flex {
             labels: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> FlexTensor {
             gradient_saved(
                 saved,
                 Target::Labels(&labels),
                 &mask,
                 &grad,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
 
@@ -1182,20 +952,16 @@ mod flex {
             target: FlexTensor,
             mask: FlexTensor,
             grad: FlexTensor,
-            activation: u8,
-            gamma: f32,
-            without_background: bool,
+            activation: Activation,
+            pw: Pointwise,
         ) -> FlexTensor {
             gradient_saved(
                 saved,
                 Target::Dense(&target),
                 &mask,
                 &grad,
-                spec(activation, true, false, false),
-                Some(Pointwise {
-                    gamma,
-                    without_background,
-                }),
+                Spec::plain(activation),
+                Some(pw),
             )
         }
     }
@@ -1249,74 +1015,164 @@ mod flex {
     }
 }
 
-/// The target the backward step keeps (never differentiated).
-#[derive(Debug, Clone)]
-enum SavedTarget<B: Backend> {
-    Labels(IntTensor<B>),
-    Dense(FloatTensor<B>),
-}
+/// The target the backward step keeps (never differentiated), as the inner backend's primitives.
+type SavedTarget<B> = TargetOf<IntTensor<B>, FloatTensor<B>>;
 
-/// The options of one call: activation code, include background, squared, difference.
-type Options = (u8, bool, bool, bool);
+/// One fused operation as the autodiff layer records it, by its options: the forward on the inner
+/// backend, the same forward returning also what its backward starts from, and that backward.
+/// The three operations ([`Spec`]: the statistics; `(Activation, Pointwise)`: with the pointwise
+/// term; [`Confusion`]: the confusion matrix) share one recording ([`record`]) and one backward
+/// step ([`FusedBackward`]).
+trait Recorded<B: Backend>: Clone + Copy + Send + Sync + std::fmt::Debug + 'static {
+    fn forward(self, x: FloatTensor<B>, t: SavedTarget<B>, mask: FloatTensor<B>) -> FloatTensor<B>;
 
-impl<B: FusedStatsOps> SavedTarget<B> {
-    fn forward(
+    fn forward_saving(
         self,
         x: FloatTensor<B>,
+        t: SavedTarget<B>,
         mask: FloatTensor<B>,
-        (a, bg, sq, diff): Options,
-    ) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => B::overlap_stats_labels(x, l, mask, a, bg, sq, diff),
-            SavedTarget::Dense(t) => B::overlap_stats_dense(x, t, mask, a, bg, sq, diff),
+    ) -> (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(
+        self,
+        saved: FloatTensor<B>,
+        t: SavedTarget<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B>;
+}
+
+impl<B: FusedStatsOps> Recorded<B> for Spec {
+    fn forward(self, x: FloatTensor<B>, t: SavedTarget<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+        match t {
+            TargetOf::Labels(l) => B::overlap_stats_labels(x, l, mask, self),
+            TargetOf::Dense(d) => B::overlap_stats_dense(x, d, mask, self),
         }
     }
 
     fn forward_saving(
         self,
         x: FloatTensor<B>,
+        t: SavedTarget<B>,
         mask: FloatTensor<B>,
-        (a, bg, sq, diff): Options,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
-        match self {
-            SavedTarget::Labels(l) => B::overlap_stats_labels_saving(x, l, mask, a, bg, sq, diff),
-            SavedTarget::Dense(t) => B::overlap_stats_dense_saving(x, t, mask, a, bg, sq, diff),
+        match t {
+            TargetOf::Labels(l) => B::overlap_stats_labels_saving(x, l, mask, self),
+            TargetOf::Dense(d) => B::overlap_stats_dense_saving(x, d, mask, self),
         }
     }
 
     fn backward(
         self,
         saved: FloatTensor<B>,
+        t: SavedTarget<B>,
         mask: FloatTensor<B>,
         grad: FloatTensor<B>,
-        (a, bg, sq, diff): Options,
     ) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => {
-                B::overlap_stats_labels_backward_saved(saved, l, mask, grad, a, bg, sq, diff)
+        match t {
+            TargetOf::Labels(l) => {
+                B::overlap_stats_labels_backward_saved(saved, l, mask, grad, self)
             }
-            SavedTarget::Dense(t) => {
-                B::overlap_stats_dense_backward_saved(saved, t, mask, grad, a, bg, sq, diff)
+            TargetOf::Dense(d) => B::overlap_stats_dense_backward_saved(saved, d, mask, grad, self),
+        }
+    }
+}
+
+impl<B: FusedPointwiseOps> Recorded<B> for (Activation, Pointwise) {
+    fn forward(self, x: FloatTensor<B>, t: SavedTarget<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+        let (a, pw) = self;
+        match t {
+            TargetOf::Labels(l) => B::pointwise_stats_labels(x, l, mask, a, pw),
+            TargetOf::Dense(d) => B::pointwise_stats_dense(x, d, mask, a, pw),
+        }
+    }
+
+    fn forward_saving(
+        self,
+        x: FloatTensor<B>,
+        t: SavedTarget<B>,
+        mask: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        let (a, pw) = self;
+        match t {
+            TargetOf::Labels(l) => B::pointwise_stats_labels_saving(x, l, mask, a, pw),
+            TargetOf::Dense(d) => B::pointwise_stats_dense_saving(x, d, mask, a, pw),
+        }
+    }
+
+    fn backward(
+        self,
+        saved: FloatTensor<B>,
+        t: SavedTarget<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        let (a, pw) = self;
+        match t {
+            TargetOf::Labels(l) => {
+                B::pointwise_stats_labels_backward_saved(saved, l, mask, grad, a, pw)
+            }
+            TargetOf::Dense(d) => {
+                B::pointwise_stats_dense_backward_saved(saved, d, mask, grad, a, pw)
             }
         }
     }
 }
 
+/// The confusion matrix's recording (it has no options).
+#[derive(Debug, Clone, Copy)]
+struct Confusion;
+
+impl<B: FusedConfusionOps> Recorded<B> for Confusion {
+    fn forward(self, x: FloatTensor<B>, t: SavedTarget<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+        match t {
+            TargetOf::Labels(l) => B::confusion_labels(x, l, mask),
+            TargetOf::Dense(d) => B::confusion_dense(x, d, mask),
+        }
+    }
+
+    fn forward_saving(
+        self,
+        x: FloatTensor<B>,
+        t: SavedTarget<B>,
+        mask: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
+        match t {
+            TargetOf::Labels(l) => B::confusion_labels_saving(x, l, mask),
+            TargetOf::Dense(d) => B::confusion_dense_saving(x, d, mask),
+        }
+    }
+
+    fn backward(
+        self,
+        saved: FloatTensor<B>,
+        t: SavedTarget<B>,
+        mask: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        match t {
+            TargetOf::Labels(l) => B::confusion_labels_backward_saved(saved, l, mask, grad),
+            TargetOf::Dense(d) => B::confusion_dense_backward_saved(saved, d, mask, grad),
+        }
+    }
+}
+
 /// What the backward step keeps: what the forward saved for it (the activations on Flex, else the
-/// logits), the target and mask as plain primitives, and the options.
+/// logits), the target and mask as plain primitives, and the operation's options.
 #[derive(Debug, Clone)]
-struct SavedInputs<B: Backend> {
+struct SavedInputs<B: Backend, O> {
     saved: FloatTensor<B>,
     target: SavedTarget<B>,
     mask: FloatTensor<B>,
-    options: Options,
+    op: O,
 }
 
+/// The backward step of a recorded fused operation `O`.
 #[derive(Debug)]
-struct FusedStatsBackward;
+struct FusedBackward<O>(std::marker::PhantomData<O>);
 
-impl<B: FusedStatsOps> Backward<B, 1> for FusedStatsBackward {
-    type State = SavedInputs<B>;
+impl<B: Backend, O: Recorded<B>> Backward<B, 1> for FusedBackward<O> {
+    type State = SavedInputs<B, O>;
 
     fn backward(
         self,
@@ -1328,58 +1184,58 @@ impl<B: FusedStatsOps> Backward<B, 1> for FusedStatsBackward {
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
         if let Some(node) = node {
-            grads.register::<B>(node.id, s.target.backward(s.saved, s.mask, grad, s.options));
+            grads.register::<B>(node.id, s.op.backward(s.saved, s.target, s.mask, grad));
         }
     }
 }
 
-/// Runs the forward on the inner backend and records the backward step when the logits are tracked.
-fn record<B: FusedStatsOps, C: CheckpointStrategy>(
+/// Runs the operation `op` on the inner backend and records its backward step when the logits
+/// are tracked (then through the saving forward).
+fn record<B: Backend, C: CheckpointStrategy, O: Recorded<B>>(
     logits: FloatTensor<Autodiff<B, C>>,
     target: SavedTarget<B>,
     mask: FloatTensor<Autodiff<B, C>>,
-    options: Options,
+    op: O,
 ) -> FloatTensor<Autodiff<B, C>> {
     let node = logits.node();
     let mask = mask.into_primitive();
     let x = logits.into_primitive();
-    match FusedStatsBackward
+    match FusedBackward::<O>(std::marker::PhantomData)
         .prepare::<C>([node])
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (stats, saved) = target.clone().forward_saving(x, mask.clone(), options);
+            let (out, saved) = op.forward_saving(x, target.clone(), mask.clone());
             prep.finish(
-                SavedInputs::<B> {
+                SavedInputs::<B, O> {
                     saved,
                     target,
                     mask,
-                    options,
+                    op,
                 },
-                stats,
+                out,
             )
         }
-        OpsKind::UnTracked(prep) => prep.finish(target.forward(x, mask, options)),
+        OpsKind::UnTracked(prep) => prep.finish(op.forward(x, target, mask)),
     }
 }
+
+/// The panic of an inner-backend method that the autodiff layer never calls.
+const NOT_RECORDED: &str =
+    "segloss: the saving forward is the inner backend's; the autodiff layer records its own";
+/// The panic of a second derivative.
+const NO_SECOND_DERIVATIVE: &str =
+    "segloss: second derivatives of the fused operations are not supported";
 
 impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
     fn overlap_stats_labels(
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        record::<B, C>(
-            logits,
-            SavedTarget::Labels(labels),
-            mask,
-            (activation, include_background, squared, difference),
-        )
+        record::<B, C, _>(logits, TargetOf::Labels(labels), mask, spec)
     }
 
     fn overlap_stats_labels_backward(
@@ -1387,31 +1243,18 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
         _: IntTensor<Self>,
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: bool,
-        _: bool,
-        _: bool,
+        _: Spec,
     ) -> FloatTensor<Self> {
-        unimplemented!(
-            "segloss: second derivatives of the fused overlap statistics are not supported"
-        )
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 
     fn overlap_stats_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        include_background: bool,
-        squared: bool,
-        difference: bool,
+        spec: Spec,
     ) -> FloatTensor<Self> {
-        record::<B, C>(
-            logits,
-            SavedTarget::Dense(target.into_primitive()),
-            mask,
-            (activation, include_background, squared, difference),
-        )
+        record::<B, C, _>(logits, TargetOf::Dense(target.into_primitive()), mask, spec)
     }
 
     fn overlap_stats_dense_backward(
@@ -1419,124 +1262,9 @@ impl<B: FusedStatsOps, C: CheckpointStrategy> FusedStatsOps for Autodiff<B, C> {
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: bool,
-        _: bool,
-        _: bool,
+        _: Spec,
     ) -> FloatTensor<Self> {
-        unimplemented!(
-            "segloss: second derivatives of the fused overlap statistics are not supported"
-        )
-    }
-}
-
-/// The options of one pointwise call: activation code, gamma, without the background.
-type PointwiseOptions = (u8, f32, bool);
-
-impl<B: FusedPointwiseOps> SavedTarget<B> {
-    fn pointwise(
-        self,
-        x: FloatTensor<B>,
-        mask: FloatTensor<B>,
-        (a, gamma, bg): PointwiseOptions,
-    ) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => B::pointwise_stats_labels(x, l, mask, a, gamma, bg),
-            SavedTarget::Dense(t) => B::pointwise_stats_dense(x, t, mask, a, gamma, bg),
-        }
-    }
-
-    fn pointwise_saving(
-        self,
-        x: FloatTensor<B>,
-        mask: FloatTensor<B>,
-        (a, gamma, bg): PointwiseOptions,
-    ) -> (FloatTensor<B>, FloatTensor<B>) {
-        match self {
-            SavedTarget::Labels(l) => B::pointwise_stats_labels_saving(x, l, mask, a, gamma, bg),
-            SavedTarget::Dense(t) => B::pointwise_stats_dense_saving(x, t, mask, a, gamma, bg),
-        }
-    }
-
-    fn pointwise_backward(
-        self,
-        saved: FloatTensor<B>,
-        mask: FloatTensor<B>,
-        grad: FloatTensor<B>,
-        (a, gamma, bg): PointwiseOptions,
-    ) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => {
-                B::pointwise_stats_labels_backward_saved(saved, l, mask, grad, a, gamma, bg)
-            }
-            SavedTarget::Dense(t) => {
-                B::pointwise_stats_dense_backward_saved(saved, t, mask, grad, a, gamma, bg)
-            }
-        }
-    }
-}
-
-/// What the pointwise backward step keeps (as [`SavedInputs`]).
-#[derive(Debug, Clone)]
-struct SavedPointwise<B: Backend> {
-    saved: FloatTensor<B>,
-    target: SavedTarget<B>,
-    mask: FloatTensor<B>,
-    options: PointwiseOptions,
-}
-
-#[derive(Debug)]
-struct FusedPointwiseBackward;
-
-impl<B: FusedPointwiseOps> Backward<B, 1> for FusedPointwiseBackward {
-    type State = SavedPointwise<B>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let s = ops.state;
-        if let Some(node) = node {
-            grads.register::<B>(
-                node.id,
-                s.target
-                    .pointwise_backward(s.saved, s.mask, grad, s.options),
-            );
-        }
-    }
-}
-
-fn record_pointwise<B: FusedPointwiseOps, C: CheckpointStrategy>(
-    logits: FloatTensor<Autodiff<B, C>>,
-    target: SavedTarget<B>,
-    mask: FloatTensor<Autodiff<B, C>>,
-    options: PointwiseOptions,
-) -> FloatTensor<Autodiff<B, C>> {
-    let node = logits.node();
-    let mask = mask.into_primitive();
-    let x = logits.into_primitive();
-    match FusedPointwiseBackward
-        .prepare::<C>([node])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (stats, saved) = target.clone().pointwise_saving(x, mask.clone(), options);
-            prep.finish(
-                SavedPointwise::<B> {
-                    saved,
-                    target,
-                    mask,
-                    options,
-                },
-                stats,
-            )
-        }
-        OpsKind::UnTracked(prep) => prep.finish(target.pointwise(x, mask, options)),
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 }
 
@@ -1545,58 +1273,41 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         logits: FloatTensor<Self>,
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> FloatTensor<Self> {
-        record_pointwise::<B, C>(
-            logits,
-            SavedTarget::Labels(labels),
-            mask,
-            (activation, gamma, without_background),
-        )
+        record::<B, C, _>(logits, TargetOf::Labels(labels), mask, (activation, pw))
     }
 
     fn pointwise_stats_dense(
         logits: FloatTensor<Self>,
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-        activation: u8,
-        gamma: f32,
-        without_background: bool,
+        activation: Activation,
+        pw: Pointwise,
     ) -> FloatTensor<Self> {
-        record_pointwise::<B, C>(
-            logits,
-            SavedTarget::Dense(target.into_primitive()),
-            mask,
-            (activation, gamma, without_background),
-        )
+        let target = TargetOf::Dense(target.into_primitive());
+        record::<B, C, _>(logits, target, mask, (activation, pw))
     }
 
     fn pointwise_stats_labels_saving(
         _: FloatTensor<Self>,
         _: IntTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: f32,
-        _: bool,
+        _: Activation,
+        _: Pointwise,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        unimplemented!(
-            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
-        )
+        unimplemented!("{NOT_RECORDED}")
     }
 
     fn pointwise_stats_dense_saving(
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: f32,
-        _: bool,
+        _: Activation,
+        _: Pointwise,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        unimplemented!(
-            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
-        )
+        unimplemented!("{NOT_RECORDED}")
     }
 
     fn pointwise_stats_labels_backward_saved(
@@ -1604,11 +1315,10 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: IntTensor<Self>,
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: f32,
-        _: bool,
+        _: Activation,
+        _: Pointwise,
     ) -> FloatTensor<Self> {
-        unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 
     fn pointwise_stats_dense_backward_saved(
@@ -1616,100 +1326,10 @@ impl<B: FusedPointwiseOps, C: CheckpointStrategy> FusedPointwiseOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
-        _: u8,
-        _: f32,
-        _: bool,
+        _: Activation,
+        _: Pointwise,
     ) -> FloatTensor<Self> {
-        unimplemented!("segloss: second derivatives of the fused pointwise sums are not supported")
-    }
-}
-
-impl<B: FusedConfusionOps> SavedTarget<B> {
-    fn confusion(self, x: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => B::confusion_labels(x, l, mask),
-            SavedTarget::Dense(t) => B::confusion_dense(x, t, mask),
-        }
-    }
-
-    fn confusion_saving(
-        self,
-        x: FloatTensor<B>,
-        mask: FloatTensor<B>,
-    ) -> (FloatTensor<B>, FloatTensor<B>) {
-        match self {
-            SavedTarget::Labels(l) => B::confusion_labels_saving(x, l, mask),
-            SavedTarget::Dense(t) => B::confusion_dense_saving(x, t, mask),
-        }
-    }
-
-    fn confusion_backward(
-        self,
-        saved: FloatTensor<B>,
-        mask: FloatTensor<B>,
-        grad: FloatTensor<B>,
-    ) -> FloatTensor<B> {
-        match self {
-            SavedTarget::Labels(l) => B::confusion_labels_backward_saved(saved, l, mask, grad),
-            SavedTarget::Dense(t) => B::confusion_dense_backward_saved(saved, t, mask, grad),
-        }
-    }
-}
-
-/// What the confusion matrix's backward step keeps (as [`SavedInputs`]).
-#[derive(Debug, Clone)]
-struct SavedConfusion<B: Backend> {
-    saved: FloatTensor<B>,
-    target: SavedTarget<B>,
-    mask: FloatTensor<B>,
-}
-
-#[derive(Debug)]
-struct FusedConfusionBackward;
-
-impl<B: FusedConfusionOps> Backward<B, 1> for FusedConfusionBackward {
-    type State = SavedConfusion<B>;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let s = ops.state;
-        if let Some(node) = node {
-            grads.register::<B>(node.id, s.target.confusion_backward(s.saved, s.mask, grad));
-        }
-    }
-}
-
-fn record_confusion<B: FusedConfusionOps, C: CheckpointStrategy>(
-    logits: FloatTensor<Autodiff<B, C>>,
-    target: SavedTarget<B>,
-    mask: FloatTensor<Autodiff<B, C>>,
-) -> FloatTensor<Autodiff<B, C>> {
-    let node = logits.node();
-    let mask = mask.into_primitive();
-    let x = logits.into_primitive();
-    match FusedConfusionBackward
-        .prepare::<C>([node])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (out, saved) = target.clone().confusion_saving(x, mask.clone());
-            prep.finish(
-                SavedConfusion::<B> {
-                    saved,
-                    target,
-                    mask,
-                },
-                out,
-            )
-        }
-        OpsKind::UnTracked(prep) => prep.finish(target.confusion(x, mask)),
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 }
 
@@ -1719,7 +1339,7 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         labels: IntTensor<Self>,
         mask: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        record_confusion::<B, C>(logits, SavedTarget::Labels(labels), mask)
+        record::<B, C, _>(logits, TargetOf::Labels(labels), mask, Confusion)
     }
 
     fn confusion_dense(
@@ -1727,7 +1347,8 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         target: FloatTensor<Self>,
         mask: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        record_confusion::<B, C>(logits, SavedTarget::Dense(target.into_primitive()), mask)
+        let target = TargetOf::Dense(target.into_primitive());
+        record::<B, C, _>(logits, target, mask, Confusion)
     }
 
     fn confusion_labels_saving(
@@ -1735,9 +1356,7 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         _: IntTensor<Self>,
         _: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        unimplemented!(
-            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
-        )
+        unimplemented!("{NOT_RECORDED}")
     }
 
     fn confusion_dense_saving(
@@ -1745,9 +1364,7 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        unimplemented!(
-            "segloss: the saving forward is the inner backend's; the autodiff layer records its own"
-        )
+        unimplemented!("{NOT_RECORDED}")
     }
 
     fn confusion_labels_backward_saved(
@@ -1756,9 +1373,7 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        unimplemented!(
-            "segloss: second derivatives of the fused confusion matrix are not supported"
-        )
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 
     fn confusion_dense_backward_saved(
@@ -1767,9 +1382,7 @@ impl<B: FusedConfusionOps, C: CheckpointStrategy> FusedConfusionOps for Autodiff
         _: FloatTensor<Self>,
         _: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        unimplemented!(
-            "segloss: second derivatives of the fused confusion matrix are not supported"
-        )
+        unimplemented!("{NO_SECOND_DERIVATIVE}")
     }
 }
 
@@ -1779,6 +1392,8 @@ mod tests {
     use burn::tensor::TensorData;
 
     use super::FusedStatsOps;
+    use crate::input::Activation;
+    use crate::kernel::spec::Spec;
 
     fn values(t: &FlexTensor) -> Vec<f32> {
         t.clone().into_data().try_to_vec::<f32>().unwrap()
@@ -1807,34 +1422,20 @@ mod tests {
                 .collect::<Vec<f32>>(),
             [4, b, c],
         ));
-        let plain = Flex::overlap_stats_labels(
-            x.clone(),
-            labels.clone(),
-            mask.clone(),
-            0,
-            true,
-            false,
-            true,
-        );
+        let spec = Spec {
+            difference: true,
+            ..Spec::plain(Activation::Softmax)
+        };
+        let plain = Flex::overlap_stats_labels(x.clone(), labels.clone(), mask.clone(), spec);
         let want = values(&Flex::overlap_stats_labels_backward(
             x.clone(),
             labels.clone(),
             mask.clone(),
             grad.clone(),
-            0,
-            true,
-            false,
-            true,
+            spec,
         ));
-        let (stats, saved) = Flex::overlap_stats_labels_saving(
-            x.clone(),
-            labels.clone(),
-            mask.clone(),
-            0,
-            true,
-            false,
-            true,
-        );
+        let (stats, saved) =
+            Flex::overlap_stats_labels_saving(x.clone(), labels.clone(), mask.clone(), spec);
         assert_eq!(values(&stats), values(&plain));
         let probs = values(&saved);
         let held = saved.clone();
@@ -1843,10 +1444,7 @@ mod tests {
             labels.clone(),
             mask.clone(),
             grad.clone(),
-            0,
-            true,
-            false,
-            true,
+            spec,
         );
         assert_eq!(values(&copied), want);
         assert_eq!(
@@ -1854,19 +1452,14 @@ mod tests {
             probs,
             "a shared buffer of activations was overwritten"
         );
-        let in_place = Flex::overlap_stats_labels_backward_saved(
-            held, labels, mask, grad, 0, true, false, true,
-        );
+        let in_place = Flex::overlap_stats_labels_backward_saved(held, labels, mask, grad, spec);
         assert_eq!(values(&in_place), want);
         // Without an activation the logits are what is saved, and they are never written.
         let (_, saved) = Flex::overlap_stats_labels_saving(
             x.clone(),
             FlexTensor::from_data(TensorData::new(vec![0i64; b * n], [b, n])),
             FlexTensor::from_data(TensorData::new(Vec::<f32>::new(), [0, 0])),
-            2,
-            true,
-            false,
-            false,
+            Spec::plain(Activation::None),
         );
         assert_eq!(values(&saved), values(&x));
     }

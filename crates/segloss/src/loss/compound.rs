@@ -13,7 +13,8 @@ use super::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, We
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, Prepared, Target, prepare};
-use crate::stats::{FusedTerm, OverlapStats, PointwiseSums, StatsOptions, fused_pointwise};
+use crate::kernel::dispatch::fused_pointwise;
+use crate::stats::{FusedTerm, OverlapStats, PointwiseSums, StatsOptions};
 
 /// Configuration of a [`DiceCELoss`]; MONAI's `DiceCELoss` options.
 #[derive(Config, Debug)]

@@ -8,8 +8,9 @@ use burn::tensor::activation::{log_sigmoid, log_softmax};
 use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{FusedTerm, PointwiseSums, fused_pointwise};
+use crate::input::{Activation, PrepareOptions, Prepared, Target, TargetOf, prepare};
+use crate::kernel::dispatch::fused_pointwise;
+use crate::stats::{FusedTerm, PointwiseSums, StatsOptions};
 
 const NAME: &str = "CrossEntropyLoss";
 
@@ -154,9 +155,8 @@ impl CrossEntropyLoss {
     /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
         let term = self.fused_term(prepared.channels);
-        let options = self
-            .prepare_options()
-            .stats(term.activation, true, false, false);
+        let options =
+            StatsOptions::for_loss(self.prepare_options(), term.activation, true, false, false);
         if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, term) {
             return self.loss_of_sums(prepared, &sums);
         }
@@ -203,7 +203,7 @@ impl CrossEntropyLoss {
                 Some(w) => (t * w.clone()).sum(),
                 None => t.sum(),
             };
-            let normaliser = if prepared.labels.is_some() {
+            let normaliser = if prepared.target.is_labels() {
                 weighted(sums.third.clone())
             } else {
                 counted()
@@ -265,7 +265,7 @@ impl CrossEntropyLoss {
             "all channels, background included",
             &device,
         );
-        if let Some(labels) = &prepared.labels {
+        if let TargetOf::Labels(labels) = &prepared.target {
             // Unvalidated labels outside [0, C) match no class, as in the fused kernel and the
             // one-hot of the other losses: their voxels get no target term and no weight. The
             // index is clamped so that `gather` never reads outside the tensor.

@@ -9,7 +9,8 @@ use super::class_weights;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{FusedTerm, PointwiseSums, fused_pointwise};
+use crate::kernel::dispatch::fused_pointwise;
+use crate::stats::{FusedTerm, PointwiseSums, StatsOptions};
 
 const NAME: &str = "FocalLoss";
 
@@ -180,9 +181,8 @@ impl FocalLoss {
     /// statistics unused), else composed.
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<1> {
         if let Some(term) = self.fused_term(prepared.channels) {
-            let options = self
-                .prepare_options()
-                .stats(term.activation, true, false, false);
+            let options =
+                StatsOptions::for_loss(self.prepare_options(), term.activation, true, false, false);
             if let Some((_, sums)) = fused_pointwise(NAME, prepared, &options, term) {
                 return self.loss_of_sums(prepared, &sums);
             }

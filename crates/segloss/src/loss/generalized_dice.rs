@@ -7,7 +7,8 @@ use burn::tensor::Tensor;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::{OverlapStats, StatsOptions, prepared_stats};
+use crate::kernel::dispatch::prepared_stats;
+use crate::stats::{OverlapStats, StatsOptions};
 
 const NAME: &str = "GeneralizedDiceLoss";
 
@@ -176,7 +177,8 @@ impl GeneralizedDiceLoss {
     /// The statistics this loss needs.
     pub(crate) fn stats_options(&self) -> StatsOptions {
         let cfg = &self.config;
-        self.prepare_options().stats(
+        StatsOptions::for_loss(
+            self.prepare_options(),
             cfg.activation,
             cfg.include_background,
             false,

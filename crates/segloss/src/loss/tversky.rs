@@ -7,7 +7,8 @@ use burn::tensor::Tensor;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
-use crate::stats::prepared_stats;
+use crate::kernel::dispatch::prepared_stats;
+use crate::stats::StatsOptions;
 
 const NAME: &str = "TverskyLoss";
 
@@ -151,7 +152,8 @@ impl TverskyLoss {
 
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
-        let options = self.prepare_options().stats(
+        let options = StatsOptions::for_loss(
+            self.prepare_options(),
             cfg.activation,
             cfg.include_background,
             false,

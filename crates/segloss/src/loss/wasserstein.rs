@@ -8,8 +8,8 @@ use burn::tensor::{Device, Tensor};
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
 use crate::input::{PrepareOptions, Prepared, Target, prepare};
-use crate::kernel::{Kernel, current_kernel, fused};
-use crate::stats::fused_target;
+use crate::kernel::choice::{Kernel, current_kernel};
+use crate::kernel::fused;
 
 const NAME: &str = "GeneralizedWassersteinDiceLoss";
 
@@ -213,7 +213,7 @@ impl GeneralizedWassersteinDiceLoss {
         let (confusion, volume) = if fusable(&device) {
             let out = fused::confusion(
                 prepared.logits.clone(),
-                fused_target(&prepared),
+                prepared.target.clone(),
                 prepared.mask.clone(),
             );
             (
@@ -262,7 +262,7 @@ fn composed_confusion(prepared: &Prepared) -> (Tensor<3>, Tensor<2>) {
     // Burn's CUDA backend may run an f32 matmul on TF32 tensor cores, which moved this loss by up
     // to 5.5e-5 on an H200. Elsewhere a matmul: the element-wise form took 2.7x the time and
     // 2.3x the memory on Flex (forward + backward at 3 x 9 x 64^3, 665 vs 246 ms, 332 vs 143 MiB).
-    let confusion = if fused::is_cube(&p.device()) {
+    let confusion = if crate::backend::is_cube(&p.device()) {
         Tensor::cat(
             (0..c)
                 .map(|l| (g.clone() * p.clone().narrow(1, l, 1)).sum_dim(2))
