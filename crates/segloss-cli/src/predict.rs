@@ -15,8 +15,8 @@ use clap::Args;
 use segloss_train::dataset::stem;
 use segloss_train::device::parse_device;
 use segloss_train::files::refuse_input;
+use segloss_train::model::{ModelCard, load_model};
 use segloss_train::predict::{predict_builtin_valid, predict_file};
-use segloss_train::run::{ModelCard, load_model};
 
 use crate::console;
 use crate::eval::EXIT_CASE_FAILED;

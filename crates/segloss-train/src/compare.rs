@@ -20,8 +20,9 @@ use plotters::prelude::*;
 use crate::dataset::DataSource;
 use crate::files::{write_atomically, write_bytes_atomically};
 use crate::losses::LossKind;
+use crate::model::ModelCard;
 use crate::run::{
-    EpochSummary, Event, ModelCard, RunEnd, TrainConfig, previous_run_files, read_metrics, train,
+    EpochSummary, Event, RunEnd, TrainConfig, previous_run_files, read_metrics, train,
 };
 
 /// One loss's run in a comparison.
@@ -209,7 +210,7 @@ pub fn report_only(out: &Path, losses: Option<&[LossKind]>) -> Result<Vec<LossRu
             );
         }
         let card = ModelCard::read(&dir)?;
-        let cfg = card.train_config(dir.clone());
+        let cfg = TrainConfig::from_card(&card, dir.clone());
         if names.is_empty()
             && let Some((config, _)) = &card.synthetic
         {

@@ -34,6 +34,7 @@ pub mod dataset;
 pub mod device;
 pub mod files;
 pub mod losses;
+pub mod model;
 pub mod nifti;
 pub mod predict;
 pub mod run;

@@ -13,8 +13,8 @@ use nifti::NiftiHeader;
 use crate::data::Split;
 use crate::dataset::zscore;
 use crate::files::write_atomically;
+use crate::model::ModelCard;
 use crate::nifti::{read_image, write_label_map};
-use crate::run::ModelCard;
 use crate::unet::UNet3d;
 
 /// The hard prediction (argmax over the classes) of `model` for one image `[1, 1, D, H, W]`

@@ -14,17 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
-use serde::{Deserialize, Serialize};
 
-use crate::data::SyntheticConfig;
 use crate::dataset::{DataSource, Dataset};
-use crate::files::{write_atomically, write_bytes_atomically};
+use crate::files::write_bytes_atomically;
 use crate::losses::LossKind;
+use crate::model::{ModelCard, TrainingRecord, save_model};
 use crate::predict::predict_labels_checked;
 use crate::train::adam_trainer;
-use crate::unet::{UNet3d, UNet3dConfig};
+use crate::unet::UNet3d;
 
 /// Settings of a training run.
 #[derive(Debug, Clone)]
@@ -76,88 +74,16 @@ impl Default for TrainConfig {
     }
 }
 
-/// What a trained model is, written next to it as `model.json` so that `segloss predict` can
-/// rebuild the network and prepare its input the same way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
-    /// Classes, background included (the network's output channels).
-    pub classes: usize,
-    /// Feature channels of the first level.
-    pub base_width: usize,
-    /// Levels.
-    pub depth: usize,
-    /// Input normalisation: `"none"` (built-in data) or `"zscore"` (per volume, NIfTI data).
-    pub normalization: String,
-    /// The loss it was trained with.
-    pub loss: String,
-    /// The built-in dataset it was trained on, if any (with its number of validation volumes),
-    /// so that `segloss predict` can regenerate the validation set.
-    pub synthetic: Option<(SyntheticConfig, usize)>,
-    /// How it was trained (data, epochs, steps, batch, learning rate, seed), so that a report
-    /// made later (`segloss compare --report-only`) describes the run as it was trained.
-    /// `None` in `model.json` files written before this field existed.
-    #[serde(default)]
-    pub training: Option<TrainingRecord>,
-}
-
-/// The settings a run was trained with, as recorded in its `model.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainingRecord {
-    /// The training data.
-    pub data: DataSource,
-    /// Planned number of epochs (`metrics.csv` has one row per epoch that finished).
-    pub epochs: usize,
-    /// Optimisation steps per epoch.
-    pub steps_per_epoch: usize,
-    /// Volumes (or patches) per step.
-    pub batch_size: usize,
-    /// Adam learning rate.
-    pub learning_rate: f64,
-    /// Seed of the weights and of the batch order.
-    pub seed: u64,
-}
-
-impl TrainingRecord {
-    /// The record of `cfg`.
-    pub fn of(cfg: &TrainConfig) -> Self {
-        Self {
-            data: cfg.data.clone(),
-            epochs: cfg.epochs,
-            steps_per_epoch: cfg.steps_per_epoch,
-            batch_size: cfg.batch_size,
-            learning_rate: cfg.learning_rate,
-            seed: cfg.seed,
-        }
-    }
-}
-
-impl ModelCard {
-    /// Reads `model.json` from a run folder.
-    ///
-    /// # Errors
-    /// A missing or malformed file (named).
-    pub fn read(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join("model.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {} (is {} a folder written by `segloss train`?)",
-                path.display(),
-                run_dir.display()
-            )
-        })?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid model description", path.display()))
-    }
-
-    /// The settings the run was trained with, as a [`TrainConfig`] writing into `out_dir`;
-    /// `None` for a `model.json` without a training record or with an unknown loss.
-    pub fn train_config(&self, out_dir: PathBuf) -> Option<TrainConfig> {
-        let t = self.training.as_ref()?;
+impl TrainConfig {
+    /// The settings the run of `card` was trained with, writing into `out_dir`; `None` for a
+    /// `model.json` without a training record or with an unknown loss.
+    pub fn from_card(card: &ModelCard, out_dir: PathBuf) -> Option<TrainConfig> {
+        let t = card.training.as_ref()?;
         Some(TrainConfig {
             data: t.data.clone(),
-            base_width: self.base_width,
-            depth: self.depth,
-            loss: LossKind::parse(&self.loss).ok()?,
+            base_width: card.base_width,
+            depth: card.depth,
+            loss: LossKind::parse(&card.loss).ok()?,
             epochs: t.epochs,
             steps_per_epoch: t.steps_per_epoch,
             batch_size: t.batch_size,
@@ -168,11 +94,17 @@ impl ModelCard {
         })
     }
 
-    /// The network architecture.
-    pub fn unet(&self) -> UNet3dConfig {
-        UNet3dConfig::new(self.classes)
-            .with_base_width(self.base_width)
-            .with_depth(self.depth)
+    /// The record of these settings, for the model card.
+    pub fn record(&self) -> TrainingRecord {
+        let cfg = self;
+        TrainingRecord {
+            data: cfg.data.clone(),
+            epochs: cfg.epochs,
+            steps_per_epoch: cfg.steps_per_epoch,
+            batch_size: cfg.batch_size,
+            learning_rate: cfg.learning_rate,
+            seed: cfg.seed,
+        }
     }
 }
 
@@ -389,16 +321,6 @@ fn refuse_previous_run(dir: &Path, files: &[PathBuf]) -> anyhow::Error {
     )
 }
 
-/// Saves `model` to `path` whole (through a temporary file).
-fn save_model(model: &UNet3d, path: &Path) -> Result<()> {
-    write_atomically(path, |temp| {
-        model
-            .clone()
-            .save_file(temp)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    })
-}
-
 /// Trains a U-Net on `cfg.data` on `device` (an autodiff device), reporting progress through
 /// `on_event`, and returns the trained model and the epochs' summaries. Writes `model.json`,
 /// `metrics.csv` (rewritten after every epoch), `checkpoints/epoch-N.bpk` and `model.bpk` into
@@ -465,7 +387,7 @@ pub fn train(
             } => Some((config.clone(), *valid_volumes)),
             Dataset::Nifti { .. } => None,
         },
-        training: Some(TrainingRecord::of(cfg)),
+        training: Some(cfg.record()),
     };
     if !previous.is_empty() {
         remove_run_files(&cfg.out_dir)?;
@@ -570,20 +492,12 @@ pub fn train(
     })
 }
 
-/// Loads a trained model: `weights` (`model.bpk` or a checkpoint) for the architecture of `card`.
-///
-/// # Errors
-/// A missing or unreadable file, or one for another architecture (named).
-pub fn load_model(weights: &Path, card: &ModelCard, device: &Device) -> Result<UNet3d> {
-    card.unet()
-        .init(device)
-        .try_load_file(weights)
-        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::SyntheticConfig;
+    use crate::model::load_model;
+    use burn::module::Module;
 
     #[test]
     fn a_short_run_writes_metrics_and_checkpoints_that_load_back_identically() {
@@ -671,8 +585,11 @@ mod tests {
         assert!(e.contains("model.json"), "{e}");
         // model.json records how the run was trained.
         assert_eq!(
-            card.train_config(dir.clone())
-                .map(|c| (c.epochs, c.steps_per_epoch, c.data)),
+            TrainConfig::from_card(&card, dir.clone()).map(|c| (
+                c.epochs,
+                c.steps_per_epoch,
+                c.data
+            )),
             Some((2, 2, cfg.data.clone()))
         );
 
