@@ -1,7 +1,7 @@
 //! The fused pointwise pass (cross-entropy, focal, with the overlap statistics) and the fused
 //! confusion matrix (Generalized Wasserstein Dice) on a GPU backend against the composed path on
 //! the same device: the losses' values and their gradients with respect to the logits, with
-//! `Kernel::Auto` (the CubeCL kernels of `kernel::cube_pointwise` and `kernel::cube_confusion`)
+//! `Kernel::Auto` (the CubeCL kernels of `kernel::cube::pointwise` and `kernel::cube::confusion`)
 //! and with `Kernel::Composed` (Burn operations, the losses' reference); and the same fused run
 //! against the fused CPU kernels on Flex (the kernels' reference), more tightly.
 //!

@@ -8,7 +8,7 @@
 //! (`forward_saving` + `backward_in_place`, what Flex runs when a backward is recorded); then the
 //! softmax with the pointwise term (cross-entropy, focal, focal without the background, filter
 //! `pointwise`), saving; then both ways for the confusion matrix of the Generalized Wasserstein
-//! Dice loss (`kernel::confusion`, filter `confusion`).
+//! Dice loss (`kernel::cpu::confusion`, filter `confusion`).
 use segloss::Activation;
 use segloss::kernel::cpu::*;
 use std::time::Instant;
@@ -129,7 +129,7 @@ fn main() {
         let labels: Vec<i64> = (0..b * n).map(|i| ((i * 31) % c) as i64).collect();
         let (d, t) = (Dims { b, c, n }, TargetRef::Labels(&labels[..]));
         let g = vec![0.1f32; b * c * (c + 1)];
-        use segloss::kernel::confusion;
+        use segloss::kernel::cpu::confusion;
         let fwd = best(|| drop(std::hint::black_box(confusion::forward(&x, t, None, d))));
         let bwd = best(|| {
             drop(std::hint::black_box(confusion::backward(

@@ -8,22 +8,17 @@
 //!   allocated but the gradient (on Flex, when a backward is recorded, the forward writes the
 //!   activations into the gradient's buffer so that the backward does not recompute them).
 //!   Beside it, [`fused::FusedPointwiseOps`], the same pass with the cross-entropy and focal sums
-//!   (CubeCL kernel in `cube_pointwise`), and, for the Generalized Wasserstein Dice loss,
+//!   (CubeCL kernel in `cube::pointwise`), and, for the Generalized Wasserstein Dice loss,
 //!   [`fused::FusedConfusionOps`]: the soft confusion matrix of a softmax against the target (CPU
-//!   kernel in [`confusion`], CubeCL kernel in `cube_confusion`).
+//!   kernel in [`cpu::confusion`], CubeCL kernel in `cube::confusion`).
 //!
 //! [`Kernel::Auto`] (the default) takes the fused path wherever the device supports it.
 pub mod buffer;
 pub mod choice;
 pub mod composed;
-pub mod confusion;
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub mod cube_confusion;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub mod cube_pointwise;
 pub mod dispatch;
 pub mod fused;
 pub mod spec;

@@ -130,7 +130,7 @@ impl GeneralizedWassersteinDiceLossConfig {
 /// `E_k = sum_c M[k, c] S[k, c]`, so `tp = sum_k alpha_k (V_k - E_k)`, and the rest is arithmetic
 /// on `[B, C]` tensors. On Flex and on the CubeCL backends (wgpu, CUDA), `S` and `V` come from one
 /// fused operation ([`FusedConfusionOps`](crate::kernel::fused::FusedConfusionOps), CPU kernel
-/// in [`kernel::confusion`](crate::kernel::confusion), CubeCL kernel in `kernel::cube_confusion`):
+/// in [`kernel::cpu::confusion`](crate::kernel::cpu::confusion), CubeCL kernel in `kernel::cube::confusion`):
 /// one pass over the logits with the softmax applied on the fly and the one-hot read from the
 /// label map, and a hand-written backward that writes the gradient in one more pass, so nothing of
 /// the prediction's size is allocated but the gradient. On the other backends, and under [`with_kernel`](crate::with_kernel)`(Kernel::Composed, ..)`,

@@ -1,15 +1,15 @@
 //! The soft confusion matrix of the Generalized Wasserstein Dice loss for Burn's CubeCL backends
 //! (wgpu, CUDA): [`FusedConfusionOps`] with the contract of the CPU kernel of
-//! [`super::confusion`] (whose module docs give the formulas), built like the overlap statistics'
-//! kernel of [`super::cube`] and sharing its helpers.
+//! [`crate::kernel::cpu::confusion`] (whose module docs give the formulas), built like the overlap statistics'
+//! kernel of [`super`] and sharing its helpers.
 //!
 //! **Forward** (`[B, C, C + 1]`: `S[b, k, c] = sum_n m g_k p_c`, then `V[b, k] = sum_n m g_k`),
 //! two launches: `confusion_kernel` over a grid of `(chunks, B)` cubes, each unit taking `ITEMS`
 //! voxels `UNITS` apart, computes per voxel the softmax's maximum and normaliser once; then, column
 //! by column (`C` predicted classes, then the volume with `p = 1`), the activation of its voxels,
 //! and for the true classes in groups of 8 the products `m g_k p_c` summed in f32 registers; the
-//! cube adds its units' sums with [`super::cube`]'s fixed tree (8 rows at a time) and writes one
-//! partial per entry; [`super::cube`]'s row reduction adds the partials. A label outside `[0, C)`
+//! cube adds its units' sums with [`super`]'s fixed tree (8 rows at a time) and writes one
+//! partial per entry; [`super`]'s row reduction adds the partials. A label outside `[0, C)`
 //! matches no class (the CPU kernel's rule; a single-channel label map is one-hot too).
 //!
 //! **Backward**: `confusion_grad_kernel`, one unit per voxel, recomputes the softmax and writes
@@ -19,7 +19,7 @@
 //! **What the saving forward keeps**: the logits (the trait's default `_saving`): a GPU
 //! recomputes the softmax in the backward for less than the memory traffic of saving it.
 //!
-//! **Numerics**: f32 throughout, sums in the fixed order of [`super::cube`] (deterministic for a
+//! **Numerics**: f32 throughout, sums in the fixed order of [`super`] (deterministic for a
 //! given device, the same error bound); `exp` with its argument clamped to the f32 range (logits
 //! of +-1e4 saturate). No plane (subgroup) operations.
 
@@ -28,18 +28,18 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 
-use super::cube::{
+use super::host::{
     ITEMS, Inputs, Target, chunk_grid, empty_like, f32_input, inputs, per_voxel, sum_partials,
     units,
 };
-use super::fused::FusedConfusionOps;
+use crate::kernel::fused::FusedConfusionOps;
 
-// `#[comptime] let` bindings: see `super::cube`.
+// `#[comptime] let` bindings: see `super::kernels`.
 #[allow(clippy::let_and_return)]
 mod kernels {
     use cubecl::prelude::*;
 
-    use super::super::cube::kernels::{
+    use crate::kernel::cube::kernels::{
         exp_clamped, label_value, mask_value, softmax_norm, tree_sum,
     };
 

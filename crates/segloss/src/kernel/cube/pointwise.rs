@@ -1,32 +1,32 @@
 //! The fused pass with the pointwise term (cross-entropy, focal) for Burn's CubeCL backends (wgpu,
 //! CUDA): [`FusedPointwiseOps`] with the contract of the CPU kernel's pointwise section
-//! ([`super::cpu`], "The pointwise term"), built like the overlap statistics' kernel of
-//! [`super::cube`] and sharing its helpers (activations, target, label and mask readers, the
+//! ([`crate::kernel::cpu`], "The pointwise term"), built like the overlap statistics' kernel of
+//! [`super`] and sharing its helpers (activations, target, label and mask readers, the
 //! cube's tree sum, the row reduction, the launch geometry).
 //!
 //! **Forward** (`[8, B, C]`: rows 0-3 the plain overlap statistics of every class, rows 4-7 the
-//! pointwise sums), two launches as in [`super::cube`]: `pointwise_kernel` over a grid of
+//! pointwise sums), two launches as in [`super`]: `pointwise_kernel` over a grid of
 //! `(chunks, B)` cubes, each unit taking `ITEMS` voxels `UNITS` apart, computes per voxel the
 //! softmax's maximum and normaliser once (and, without the background, the second softmax over
 //! channels `1..C` with its own maximum, `p_0 = s(z)`, `1 - p_0 = s(-z)`,
 //! `z = x_0 - ln sum_{c >= 1} exp(x_c)`, as the CPU kernel splits it), then class by class the
 //! activation, the target, and the eight sums in f32 registers; the cube adds its units' sums in
 //! shared memory with a fixed tree and writes one partial per (row, sample, class); the row
-//! reduction of [`super::cube`] adds the partials.
+//! reduction of [`super`] adds the partials.
 //!
 //! **Backward**: `pointwise_grad_kernel`, one unit per voxel, recomputes the activations from
 //! the logits and writes the `C` gradient values from the `[8, B, C]` upstream gradient in one
 //! launch: `dx_c = p_c (u_c - sum_j p_j u_j - sum_j q_j) + q_c` for the softmax (without the
-//! background, the second softmax's terms as in [`super::cpu`]'s `grad_tile_without_background`),
+//! background, the second softmax's terms as in [`crate::kernel::cpu`]'s `grad_tile_without_background`),
 //! `u_c s_c (1 - s_c)` plus the pointwise derivative for the sigmoid.
 //!
 //! **What the saving forward keeps**: the logits (the trait's default `_saving`). A GPU
 //! recomputes the activations in the backward for less than the memory traffic of saving them
-//! (as [`super::cube`]'s backward does), and the sigmoid's pointwise gradient needs the logits
+//! (as [`super`]'s backward does), and the sigmoid's pointwise gradient needs the logits
 //! anyway.
 //!
 //! **Numerics**: f32 throughout (WGSL has no f64), the same summation order and error bound as
-//! [`super::cube`] (fixed by the launch geometry: deterministic for a given device); `exp` with
+//! [`super`] (fixed by the launch geometry: deterministic for a given device); `exp` with
 //! its argument clamped to the f32 range, `1 - p` clamped to the smallest normal float in the
 //! focal factor and `p` before its `ln` (as the CPU kernel's `focal_factor` and
 //! `softmax_pointwise_q`), so logits of +-1e4 give finite values and gradients. `gamma = 0` and
@@ -38,23 +38,23 @@ use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeDim;
 
-use super::cube::{
+use super::host::{
     ITEMS, Inputs, Target, chunk_grid, empty_like, f32_input, inputs, per_voxel, sum_partials,
     units,
 };
-use super::fused::FusedPointwiseOps;
-use super::spec::Pointwise;
 use crate::input::Activation;
+use crate::kernel::fused::FusedPointwiseOps;
+use crate::kernel::spec::Pointwise;
 
 /// Rows of the output: the 4 overlap statistics, then the 4 pointwise sums.
-const ROWS: usize = super::cpu::ROWS_MAX;
+const ROWS: usize = crate::kernel::cpu::ROWS_MAX;
 
-// `#[comptime] let` bindings in the shared helpers: see `super::cube`.
+// `#[comptime] let` bindings in the shared helpers: see `super::kernels`.
 #[allow(clippy::let_and_return)]
 mod kernels {
     use cubecl::prelude::*;
 
-    use super::super::cube::kernels::{
+    use crate::kernel::cube::kernels::{
         Flags, activate, exp_clamped, label_value, mask_value, softmax_norm, target_value,
         tree_sum, upstream,
     };
@@ -454,7 +454,7 @@ fn pw_flags(act: Activation, pw: Pointwise, c: usize) -> kernels::PwFlags {
         "segloss kernel: a pointwise term without the background needs the softmax and at least 2 channels"
     );
     kernels::PwFlags {
-        stats: super::cube::kernels::Flags {
+        stats: super::kernels::Flags {
             act: u32::from(act.code()),
             first: 0,
             squared: false,

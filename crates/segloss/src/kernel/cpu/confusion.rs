@@ -1,5 +1,5 @@
 //! The soft confusion matrix of a softmax against a target, for the Generalized Wasserstein Dice
-//! loss: a CPU kernel built like [`super::cpu`] (rayon over blocks of voxels, the softmax of a
+//! loss: a CPU kernel built like [`crate::kernel::cpu`] (rayon over blocks of voxels, the softmax of a
 //! 256-voxel tile kept in the L1 cache, AVX2 + FMA detected at run time, SSE2 otherwise).
 //!
 //! **Forward** ([`forward`]): with `p = softmax(x)` over the `C` channels of logits `[B, C, N]`,
@@ -27,7 +27,7 @@
 //! ```
 //!
 //! For a label map the AVX2 code looks `dS[b, ., c]` up with a lane permutation indexed by the
-//! labels (`C <= 16`; beyond that, lane by lane). As in [`super::cpu`], [`backward`] recomputes
+//! labels (`C <= 16`; beyond that, lane by lane). As in [`crate::kernel::cpu`], [`backward`] recomputes
 //! `p` from the logits, while [`forward_saving`] writes `p` in the forward's pass into a buffer of
 //! the gradient's size (streaming stores) and [`backward_in_place`] turns that buffer into the
 //! gradient; both give the same gradient bit for bit. Flex runs the saving pair whenever a
@@ -37,7 +37,7 @@
 //!
 //! **Numerics**: sums run over blocks of [`BLOCK`] voxels with 8 f32 lane accumulators per entry;
 //! block totals are added in f64 in block order, so the result does not depend on the number of
-//! threads. The softmax is [`super::cpu`]'s (the polynomial `exp` clamped to the float32 range:
+//! threads. The softmax is [`crate::kernel::cpu`]'s (the polynomial `exp` clamped to the float32 range:
 //! logits of +-1e4 saturate instead of overflowing).
 
 // The block functions take the problem and the block position as plain arguments so that they
@@ -48,11 +48,14 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::buffer::{assume_init, uninit};
-use super::cpu::{
-    BLOCK, Dims, DxPtr, Isa, LANES, Label, TILE, TargetRef, Work, aligned16, check_inputs, madd,
-    softmax_tile, store_fence, store8, tile_labels,
-};
+use super::block::Work;
+use super::check_inputs;
+use super::disjoint::DxPtr;
+use super::dispatch::Isa;
+use super::layout::{BLOCK, Dims, LANES, Label, TILE, TargetRef};
+use super::maths::{aligned16, madd, store_fence, store8};
+use super::tile::{softmax_tile, tile_labels};
+use crate::kernel::buffer::{assume_init, uninit};
 
 /// Columns of a row of the output: the `C` predicted classes, then the volume.
 fn cols(d: Dims) -> usize {
