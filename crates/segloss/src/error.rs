@@ -49,6 +49,25 @@ impl Check {
         }
     }
 
+    /// The options of a compound loss: its two weights finite and `>= 0`, then each term's own
+    /// options, an invalid one reported under the compound loss's name.
+    pub fn compound(
+        &self,
+        lambdas: [(&'static str, f64); 2],
+        terms: [Result<(), ConfigError>; 2],
+    ) -> Result<(), ConfigError> {
+        for (parameter, v) in lambdas {
+            self.non_negative(parameter, v)?;
+        }
+        for term in terms {
+            term.map_err(|e| ConfigError {
+                loss: self.loss,
+                ..e
+            })?;
+        }
+        Ok(())
+    }
+
     /// `v` is finite and `>= 0`.
     pub fn non_negative(&self, parameter: &'static str, v: f64) -> Result<(), ConfigError> {
         if v.is_finite() && v >= 0.0 {

@@ -49,6 +49,7 @@
 //! # let _ = model.num_params();
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod backend;
 pub mod error;

@@ -90,18 +90,14 @@ impl DiceCELossConfig {
 
     /// Checks every option.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = Check { loss: "DiceCELoss" };
-        c.non_negative("lambda_dice", self.lambda_dice)?;
-        c.non_negative("lambda_ce", self.lambda_ce)?;
         let (dice, ce) = self.parts();
-        dice.validate().map_err(|e| ConfigError {
-            loss: "DiceCELoss",
-            ..e
-        })?;
-        ce.validate().map_err(|e| ConfigError {
-            loss: "DiceCELoss",
-            ..e
-        })
+        Check { loss: "DiceCELoss" }.compound(
+            [
+                ("lambda_dice", self.lambda_dice),
+                ("lambda_ce", self.lambda_ce),
+            ],
+            [dice.validate(), ce.validate()],
+        )
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -265,20 +261,17 @@ impl DiceFocalLossConfig {
 
     /// Checks every option.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = Check {
-            loss: "DiceFocalLoss",
-        };
-        c.non_negative("lambda_dice", self.lambda_dice)?;
-        c.non_negative("lambda_focal", self.lambda_focal)?;
         let (dice, focal) = self.parts();
-        dice.validate().map_err(|e| ConfigError {
+        Check {
             loss: "DiceFocalLoss",
-            ..e
-        })?;
-        focal.validate().map_err(|e| ConfigError {
-            loss: "DiceFocalLoss",
-            ..e
-        })
+        }
+        .compound(
+            [
+                ("lambda_dice", self.lambda_dice),
+                ("lambda_focal", self.lambda_focal),
+            ],
+            [dice.validate(), focal.validate()],
+        )
     }
 
     /// Builds the loss, or returns the first invalid option.
@@ -450,20 +443,17 @@ impl GeneralizedDiceFocalLossConfig {
 
     /// Checks every option.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let c = Check {
-            loss: "GeneralizedDiceFocalLoss",
-        };
-        c.non_negative("lambda_gdl", self.lambda_gdl)?;
-        c.non_negative("lambda_focal", self.lambda_focal)?;
         let (gdl, focal) = self.parts();
-        gdl.validate().map_err(|e| ConfigError {
+        Check {
             loss: "GeneralizedDiceFocalLoss",
-            ..e
-        })?;
-        focal.validate().map_err(|e| ConfigError {
-            loss: "GeneralizedDiceFocalLoss",
-            ..e
-        })
+        }
+        .compound(
+            [
+                ("lambda_gdl", self.lambda_gdl),
+                ("lambda_focal", self.lambda_focal),
+            ],
+            [gdl.validate(), focal.validate()],
+        )
     }
 
     /// Builds the loss, or returns the first invalid option.

@@ -623,8 +623,8 @@ impl<L: Label> Block<'_, L> {
     ) {
         let (d, b, gamma) = (self.d, self.b, self.gamma());
         let m = self.tile_mask(v0, len, &s.ones);
-        // SAFETY (every `row_init` below): this task alone reads and writes row (b, c) over
-        // voxels v0..v0 + len, which holds what the forward saved.
+        // SAFETY: this task alone reads and writes the rows (b, c) over voxels v0..v0 + len,
+        // which hold what the forward saved (and so for every `row_init` below).
         let z = unsafe { p.row_init(b, 0, v0, len, d) };
         let (p0, rest) = (&mut s.p0[..len], &mut s.rest[..len]);
         for i in 0..len {
@@ -637,6 +637,7 @@ impl<L: Label> Block<'_, L> {
         class_probs_dot::<LAB, false, MASK, false>(p0, t0, 0.0, m, self.coef(0), dot);
         for c in 1..d.c {
             let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+            // SAFETY: as above, row (b, c) of this task's tile.
             let q = unsafe { p.row_init(b, c, v0, len, d) };
             let probs = &mut s.probs[..len];
             for i in 0..len {
@@ -656,6 +657,7 @@ impl<L: Label> Block<'_, L> {
         }
         for c in 1..d.c {
             let t = tile_target::<L, LAB>(self.t, d, b, c, v0, len, &s.labels);
+            // SAFETY: as above, row (b, c) of this task's tile.
             let q = unsafe { p.row_init(b, c, v0, len, d) };
             let (coef, big_q) = (self.coef(c), &s.q[c * TILE..][..len]);
             for i in 0..len {
@@ -665,6 +667,7 @@ impl<L: Label> Block<'_, L> {
                 q[i] = pi * (u - dot[i]) + big_q[i] - qi * dot_fg[i];
             }
         }
+        // SAFETY: as above; `z`, the earlier borrow of row (b, 0), is no longer used.
         let out = unsafe { p.row_init(b, 0, v0, len, d) };
         out.copy_from_slice(p0);
         class_grad_in_place::<0, LAB, false, MASK, false>(out, t0, 0.0, m, self.coef(0), dot);
