@@ -15,8 +15,7 @@
 //! `SEGLOSS_REQUIRE_WGPU=1` (CI sets it), which turns the skip into a failure.
 //! Runs with its own `main` (`harness = false`) so the summary is always shown.
 
-#[path = "../../segloss/tests/support/monai.rs"]
-mod monai;
+use segloss_conformance as monai;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use segloss::Activation;

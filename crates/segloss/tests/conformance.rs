@@ -8,8 +8,7 @@
 //! MONAI and with each other. (The same cases on wgpu and CUDA: `crates/segloss-gpu-check`.)
 //! Runs with its own `main` (`harness = false` in Cargo.toml) so the summary is always shown.
 
-#[path = "support/monai.rs"]
-mod monai;
+use segloss_conformance as monai;
 
 use burn::tensor::Device;
 

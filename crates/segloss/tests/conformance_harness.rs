@@ -3,8 +3,7 @@
 //! default or being skipped; and its comparisons accept only what MONAI gives (shapes, NaN,
 //! infinities).
 
-#[path = "support/monai.rs"]
-mod monai;
+use segloss_conformance as monai;
 
 use burn::tensor::Device;
 use segloss::Kernel;

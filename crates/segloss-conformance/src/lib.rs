@@ -1,5 +1,5 @@
-//! The MONAI conformance harness shared by `tests/conformance.rs` (Flex) and the GPU check
-//! (`crates/segloss-gpu-check`, wgpu and CUDA): reading the reference cases, building each loss
+//! The MONAI conformance harness shared by `segloss`'s `tests/conformance.rs` (Flex) and the GPU
+//! check (`crates/segloss-gpu-check`, wgpu and CUDA): reading the reference cases, building each loss
 //! from MONAI's options, running a case on a device and kernel, and comparing.
 //!
 //! **Strict.** Anything the harness does not understand fails the case (or the file) with a
@@ -12,9 +12,7 @@
 //! element and by shape: the loss's shape in MONAI's convention (see [`monai_value_shape`]) and
 //! the gradient's shape must equal the expected shapes; NaN only matches NaN and an infinity only
 //! the same infinity.
-//!
-//! Included with `#[path]` by the test targets, so not every item is used by each.
-#![allow(dead_code)]
+#![warn(missing_docs)]
 
 use std::cell::RefCell;
 use std::path::PathBuf;
