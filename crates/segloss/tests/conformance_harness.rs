@@ -1,4 +1,4 @@
-//! The MONAI conformance harness (`tests/support/monai.rs`) is strict: hand-written cases and
+//! The MONAI conformance harness (`crates/segloss-conformance`) is strict: hand-written cases and
 //! files with something it does not understand must fail, naming it, instead of running with a
 //! default or being skipped; and its comparisons accept only what MONAI gives (shapes, NaN,
 //! infinities).
