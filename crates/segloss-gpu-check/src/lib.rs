@@ -11,25 +11,15 @@
 
 use burn::tensor::Device;
 
-#[path = "../../segloss/examples/support/device.rs"]
-mod device;
-
-/// The device named by `name` (see the crate docs), or why there is none in this build.
+/// The device named by `name` (see the crate docs; `segloss::device` holds the one table), or
+/// why there is none in this build. The CPU is refused: this crate checks the GPU kernels.
 pub fn device_named(name: &str) -> Result<Device, String> {
-    device::by_name(name)
-        .filter(|_| name != "flex")
-        .ok_or_else(|| {
-            format!(
-                "unknown or not compiled in: {name:?} (this build knows: {})",
-                [
-                    #[cfg(feature = "wgpu")]
-                    "wgpu, wgpu-cpu, wgpu-gpu",
-                    #[cfg(feature = "cuda")]
-                    "cuda",
-                ]
-                .join(", ")
-            )
-        })
+    if matches!(name, "cpu" | "flex") {
+        return Err(format!(
+            "{name:?} is the CPU: name a GPU device (wgpu, wgpu-cpu, wgpu-gpu, cuda)"
+        ));
+    }
+    segloss::device::by_name(name).map_err(|e| e.to_string())
 }
 
 /// Opens `device` and runs one small operation on it: `Ok` with the device's own name (the

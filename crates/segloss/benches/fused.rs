@@ -6,9 +6,6 @@
 //! (`wgpu`, `wgpu-cpu`, `wgpu-gpu`; `cuda` with `--features cuda`). There each sample ends with
 //! reading back the sum of the gradient, so that it covers the queued GPU work.
 
-#[path = "../examples/support/device.rs"]
-mod device;
-
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use divan::Bencher;
 use segloss::{Activation, DiceLossConfig, GeneralizedDiceLossConfig, Kernel, Target, with_kernel};
@@ -52,8 +49,7 @@ fn device_name() -> String {
 /// The device of `SEGLOSS_BENCH_DEVICE`.
 fn device() -> Device {
     let name = device_name();
-    device::by_name(&name)
-        .unwrap_or_else(|| panic!("SEGLOSS_BENCH_DEVICE: unknown device {name:?}, or its feature (wgpu, cuda) is not compiled in"))
+    segloss::device::by_name(&name).unwrap_or_else(|e| panic!("SEGLOSS_BENCH_DEVICE: {e}"))
 }
 
 fn inputs(name: &str) -> Inputs {

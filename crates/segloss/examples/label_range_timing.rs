@@ -13,9 +13,6 @@
 //! Each timed call ends with reading the two values back (as the check does). Prints one JSON
 //! line with the medians in milliseconds (and fails if the forms disagree).
 
-#[path = "support/device.rs"]
-mod device;
-
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Int, Tensor};
@@ -93,9 +90,7 @@ fn main() {
         }
         i += 2;
     }
-    let device = device::by_name(&device_name).unwrap_or_else(|| {
-        panic!("unknown device {device_name:?}, or its feature is not compiled in")
-    });
+    let device = segloss::device::by_name(&device_name).unwrap_or_else(|e| panic!("{e}"));
     device.seed(1);
     let labels =
         Tensor::<2, Int>::random([dims[0], dims[1]], Distribution::Uniform(0.0, 4.0), &device);

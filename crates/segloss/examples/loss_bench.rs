@@ -32,9 +32,6 @@
 //! a loss allocating its gradient does). `floor_gb_s` is `floor_bytes` over the floor's median
 //! time: the bandwidth the machine gave.
 
-#[path = "support/device.rs"]
-mod device;
-
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -182,12 +179,10 @@ fn main() {
     }
     let (b, c) = (shape[0], shape[1]);
     let n: usize = shape[2..].iter().product();
-    let device = device::by_name(&device_name)
-        .unwrap_or_else(|| {
-            panic!("unknown device {device_name:?}, or its feature (wgpu, cuda) is not compiled in")
-        })
+    let device = segloss::device::by_name(&device_name)
+        .unwrap_or_else(|e| panic!("{e}"))
         .autodiff();
-    let on_host = device_name == "flex";
+    let on_host = matches!(device_name.as_str(), "flex" | "cpu");
     device.seed(1);
     let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
     let labels = Tensor::<2, Int>::random([b, n], Distribution::Uniform(0.0, c as f64), &device);

@@ -52,6 +52,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod backend;
+pub mod device;
 pub mod error;
 pub mod input;
 pub mod kernel;
