@@ -1,10 +1,15 @@
+//! # segloss-metrics
+//!
 //! Segmentation metrics over label volumes: overlap (Dice, IoU, precision, recall, specificity,
 //! volume difference, Generalized Dice) and boundary distances (Hausdorff, percentile Hausdorff,
 //! average surface distances, normalized surface Dice), MONAI-compatible by default.
 //!
-//! Everything here is plain Rust over [`LabelVolume`]s (2D or 3D, anisotropic spacing); Burn
-//! tensors come in through [`LabelVolume::from_tensor`]. [`evaluate`] computes every metric of
-//! every requested label in one pass:
+//! This crate does not depend on Burn: evaluating segmentations needs no tensor library, so
+//! `segloss eval` builds without one. The `segloss` crate re-exports it as `segloss::metrics`
+//! with the feature `burn` on, which adds `LabelVolume::from_tensor` for Burn integer tensors.
+//!
+//! Everything here is plain Rust over [`LabelVolume`]s (2D or 3D, anisotropic spacing).
+//! [`evaluate`] computes every metric of every requested label in one pass:
 //!
 //! 1. one parallel pass over both volumes counts TP/FP/FN/TN and finds the bounding box of each
 //!    label ([`ConfusionCounts`]);
@@ -30,7 +35,7 @@
 //! prediction and in the reference.
 //!
 //! ```
-//! use segloss::metrics::{evaluate, LabelVolume, MetricOptions};
+//! use segloss_metrics::{evaluate, LabelVolume, MetricOptions};
 //! // Two 2D masks of label 1, the prediction shifted by one pixel.
 //! let mut r = vec![0u16; 64];
 //! let mut p = vec![0u16; 64];
@@ -42,8 +47,10 @@
 //! assert_eq!(label.label, 1);
 //! assert_eq!(label.dice, 0.75);
 //! assert_eq!(label.distances.as_ref().unwrap().hausdorff, 1.0);
-//! # Ok::<(), segloss::metrics::MetricsError>(())
+//! # Ok::<(), segloss_metrics::MetricsError>(())
 //! ```
+
+#![warn(missing_docs)]
 
 mod boundary;
 mod distance;
