@@ -16,8 +16,8 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use segloss::metrics::{CaseMetrics, MetricOptions};
-use segloss_train::files;
-use segloss_train::nifti::GeometryTolerance;
+use segloss_metrics::files;
+use segloss_metrics::nifti::GeometryTolerance;
 
 use crate::console;
 pub use crate::report::Metric;

@@ -12,9 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use segloss_metrics::files::refuse_input;
 use segloss_train::dataset::stem;
 use segloss_train::device::parse_device;
-use segloss_train::files::refuse_input;
 use segloss_train::predict::{predict_builtin_valid, predict_file};
 use segloss_train::run::{ModelCard, load_model};
 

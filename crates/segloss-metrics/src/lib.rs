@@ -8,6 +8,10 @@
 //! `segloss eval` builds without one. The `segloss` crate re-exports it as `segloss::metrics`
 //! with the feature `burn` on, which adds `LabelVolume::from_tensor` for Burn integer tensors.
 //!
+//! Besides the metrics: [`nifti`] reads NIfTI-1/-2 label and intensity images (`.nii`,
+//! `.nii.gz`) with their geometry and writes label maps, and [`files`] writes output files whole
+//! (never over an input) and lists the NIfTI files of a folder.
+//!
 //! Everything here is plain Rust over [`LabelVolume`]s (2D or 3D, anisotropic spacing).
 //! [`evaluate`] computes every metric of every requested label in one pass:
 //!
@@ -55,6 +59,8 @@
 mod boundary;
 mod distance;
 mod edt;
+pub mod files;
+pub mod nifti;
 mod overlap;
 mod surfel_table;
 mod volume;

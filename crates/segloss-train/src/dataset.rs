@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Split, SyntheticConfig};
-use crate::nifti::{read_image, read_label_image};
+use segloss_metrics::nifti::{read_image, read_label_image};
 
 /// Where the training data comes from (recorded in a run's `model.json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

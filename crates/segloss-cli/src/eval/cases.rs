@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use segloss::metrics::{CaseMetrics, LabelVolume, MetricOptions, evaluate};
-use segloss_train::nifti::{GeometryTolerance, check_geometry, read_label_image};
+use segloss_metrics::nifti::{GeometryTolerance, check_geometry, read_label_image};
 
 /// One prediction/reference pair to evaluate; a missing or ambiguous side is a failure.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use segloss::metrics::{
     Boundary, EmptyPolicy, GdsWeight, MetricOptions, PercentileRule, WorstDistance,
 };
-use segloss_train::nifti::GeometryTolerance;
+use segloss_metrics::nifti::GeometryTolerance;
 use serde_json::{Value, json};
 
 use super::{BoundaryArg, EmptyArg, EvalArgs, RuleArg};
