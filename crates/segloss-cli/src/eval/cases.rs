@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use segloss::metrics::{CaseMetrics, LabelVolume, MetricOptions, evaluate};
 use segloss_metrics::files::{nifti_files, nifti_stem};
 use segloss_metrics::nifti::{GeometryTolerance, check_geometry, read_label_image};
+use segloss_metrics::{CaseMetrics, LabelVolume, MetricOptions, evaluate};
 
 /// One prediction/reference pair to evaluate; a missing or ambiguous side is a failure.
 #[derive(Debug, Clone)]
@@ -231,7 +231,7 @@ pub fn evaluate_case(
 ///
 /// # Errors
 /// Never in practice (a 1-voxel volume is valid).
-pub fn absent_label(label: u16, options: &MetricOptions) -> Result<segloss::metrics::LabelMetrics> {
+pub fn absent_label(label: u16, options: &MetricOptions) -> Result<segloss_metrics::LabelMetrics> {
     let empty = LabelVolume::new(vec![0], &[1, 1, 1], &[1.0, 1.0, 1.0])?;
     let options = MetricOptions {
         labels: Some(vec![label]),
