@@ -34,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FIXTURES = os.path.join(ROOT, "crates", "segloss", "tests", "fixtures", "metrics")
+FIXTURES = os.path.join(ROOT, "crates", "segloss-metrics", "tests", "fixtures")
 
 
 def load(path):

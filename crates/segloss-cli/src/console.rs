@@ -85,7 +85,8 @@ pub fn write_stdout(text: &str) -> std::io::Result<()> {
 
 /// Prints a progress line (a newline is added) with [`write_stdout`]. Progress that cannot be
 /// printed for another reason (a full disk behind `>`) is dropped with one warning on stderr:
-/// losing a progress line must not lose the run.
+/// losing a progress line must not lose the run. (Used by the training commands.)
+#[cfg(feature = "train")]
 pub fn say(line: impl std::fmt::Display) {
     static WARNED: AtomicBool = AtomicBool::new(false);
     if let Err(e) = write_stdout(&format!("{line}\n"))

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use segloss::metrics::{CaseMetrics, MetricOptions};
-use segloss_train::files;
-use segloss_train::nifti::GeometryTolerance;
+use segloss_metrics::files;
+use segloss_metrics::nifti::GeometryTolerance;
+use segloss_metrics::{CaseMetrics, MetricOptions};
 
 use crate::console;
 pub use crate::report::Metric;

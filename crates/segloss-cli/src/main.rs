@@ -1,24 +1,35 @@
 //! `segloss`: the command line of the segloss library.
 //!
-//! Subcommands live in their own modules over the `segloss` and `segloss-train` libraries:
-//! `train` trains a 3D U-Net (built-in data or NIfTI folders), `predict` writes its label maps
-//! as NIfTI, `eval` compares label images with reference ones, `compare` trains with several
-//! losses and writes a report with plots.
+//! Subcommands live in their own modules over the `segloss-metrics` and `segloss-train`
+//! libraries: `eval` compares label images with reference ones (`segloss-metrics` only),
+//! `train` trains a 3D U-Net (built-in data or NIfTI folders), `predict` writes its label maps as
+//! NIfTI, `compare` trains with several losses and writes a report with plots. The last three
+//! need the feature `train` (on by default); without it (`--no-default-features`) the binary has
+//! `eval` alone and does not depend on Burn.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "train")]
 mod compare;
 mod console;
 mod eval;
+#[cfg(feature = "train")]
 mod predict;
 mod report;
+#[cfg(feature = "train")]
 mod train;
 
 /// Segmentation losses and metrics.
 #[derive(Parser, Debug)]
 #[command(name = "segloss", version, about)]
+#[cfg_attr(
+    not(feature = "train"),
+    command(
+        about = "The segloss command line without training (built without the feature `train`): evaluate segmentations (Dice, HD95, ASSD, NSD, ...) on NIfTI files"
+    )
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,12 +43,15 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train a 3D U-Net with a segloss loss on the built-in procedural dataset (default) or on
     /// NIfTI folders, writing model.json, metrics.csv, per-epoch checkpoints and the final model.
+    #[cfg(feature = "train")]
     Train(train::TrainArgs),
     /// Predict label maps with a trained model: NIfTI images in, NIfTI label maps out (or the
     /// built-in validation set, with its references, ready for `segloss eval`).
+    #[cfg(feature = "train")]
     Predict(predict::PredictArgs),
     /// Train the same network from the same seed with several losses and write report.md with
     /// plots of the training loss and the per-class validation Dice.
+    #[cfg(feature = "train")]
     Compare(compare::CompareArgs),
 }
 
@@ -46,8 +60,11 @@ fn main() -> ExitCode {
     console::install_interrupt_handler();
     let result = match cli.command {
         Command::Eval(args) => eval::run(&args),
+        #[cfg(feature = "train")]
         Command::Train(args) => train::run(&args),
+        #[cfg(feature = "train")]
         Command::Predict(args) => predict::run(&args),
+        #[cfg(feature = "train")]
         Command::Compare(args) => compare::run(&args),
     };
     match result {

@@ -10,11 +10,10 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
-use segloss_train::dataset::stem;
+use segloss_metrics::files::{nifti_files, nifti_stem, refuse_input};
 use segloss_train::device::parse_device;
-use segloss_train::files::refuse_input;
 use segloss_train::model::{ModelCard, load_model};
 use segloss_train::predict::{predict_builtin_valid, predict_file};
 
@@ -46,7 +45,7 @@ pub struct PredictArgs {
 }
 
 fn is_nifti_name(p: &Path) -> bool {
-    stem(p).is_some()
+    nifti_stem(p).is_some()
 }
 
 /// The NIfTI files named by `inputs` (files, or folders whose `.nii` / `.nii.gz` files are
@@ -55,10 +54,9 @@ fn input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("cannot list {}", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_nifti_name(p))
+            let found: Vec<PathBuf> = nifti_files(input)?
+                .into_iter()
+                .filter(|p| p.is_file())
                 .collect();
             if found.is_empty() {
                 bail!(
@@ -66,7 +64,6 @@ fn input_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                     input.display()
                 );
             }
-            found.sort();
             files.extend(found);
         } else if input.is_file() {
             if !is_nifti_name(input) {

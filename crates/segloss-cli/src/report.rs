@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use clap::ValueEnum;
-use segloss::metrics::{
+use segloss_metrics::{
     Boundary, CaseMetrics, ConfusionCounts, DistanceMetrics, EmptyPolicy, LabelMetrics,
     MetricOptions, PercentileRule, WorstDistance,
 };

@@ -1,5 +1,5 @@
 //! `segloss eval` on the real MNI tissue pair against MONAI 1.6.1's values in
-//! `crates/segloss/tests/fixtures/metrics/expected_metrics.json` (provenance in the README next
+//! `crates/segloss-metrics/tests/fixtures/expected_metrics.json` (provenance in the README next
 //! to it).
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../segloss/tests/fixtures/metrics")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../segloss-metrics/tests/fixtures")
 }
 
 #[test]

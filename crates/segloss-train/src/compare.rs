@@ -18,12 +18,12 @@ use plotters::coord::types::RangedCoordi32;
 use plotters::prelude::*;
 
 use crate::dataset::DataSource;
-use crate::files::{write_atomically, write_bytes_atomically};
 use crate::losses::LossKind;
 use crate::model::ModelCard;
 use crate::run::{
     EpochSummary, Event, RunEnd, TrainConfig, previous_run_files, read_metrics, train,
 };
+use segloss_metrics::files::{write_atomically, write_bytes_atomically};
 
 /// One loss's run in a comparison.
 #[derive(Debug, Clone)]

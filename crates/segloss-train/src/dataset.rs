@@ -24,7 +24,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::{Split, SyntheticConfig};
-use crate::nifti::{read_image, read_label_image};
+use segloss_metrics::files::{self, nifti_stem};
+use segloss_metrics::nifti::{read_image, read_label_image};
 
 /// Where the training data comes from (recorded in a run's `model.json`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -158,28 +159,20 @@ impl DataSource {
     }
 }
 
+/// The NIfTI files of `dir` that are files (broken links left out), sorted; `what` names the flag.
 fn nifti_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("{what}: {} is not a folder", dir.display());
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{what}: cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && stem(p).is_some())
+    let files: Vec<PathBuf> = files::nifti_files(dir)
+        .with_context(|| what.to_string())?
+        .into_iter()
+        .filter(|p| p.is_file())
         .collect();
-    files.sort();
     if files.is_empty() {
         bail!("{what}: no .nii or .nii.gz file in {}", dir.display());
     }
     Ok(files)
-}
-
-/// The file name without `.nii` / `.nii.gz`, or `None` for other files.
-pub fn stem(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    name.strip_suffix(".nii.gz")
-        .or_else(|| name.strip_suffix(".nii"))
-        .map(str::to_string)
 }
 
 fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -> Result<Dataset> {
@@ -199,11 +192,14 @@ fn load_nifti(images: &Path, labels: &Path, valid_fraction: f64, patch: usize) -
     }
     let mut cases = Vec::new();
     for path in &image_files {
-        let name = stem(path).expect("filtered");
+        let name = nifti_stem(path).expect("a NIfTI name");
         let label_name = name.strip_suffix("_0000").unwrap_or(&name);
         let label_path = label_files
             .iter()
-            .find(|p| stem(p).as_deref() == Some(&name) || stem(p).as_deref() == Some(label_name))
+            .find(|p| {
+                let stem = nifti_stem(p);
+                stem.as_deref() == Some(&name) || stem.as_deref() == Some(label_name)
+            })
             .with_context(|| {
                 format!(
                     "--labels: no label map for image {} (expected {}/{name}.nii.gz)",

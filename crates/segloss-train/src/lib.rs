@@ -6,12 +6,11 @@
 //! - [`unet`]: a configurable 3D U-Net (Burn `Conv3d` / `ConvTranspose3d`, instance norm,
 //!   strided convolutions for downsampling).
 //! - [`dataset`]: where a run's data comes from (the built-in volumes, or folders of NIfTI images
-//!   and label maps read by [`nifti`]), training batches and validation volumes.
+//!   and label maps read by [`segloss_metrics::nifti`]), training batches and validation volumes.
 //! - [`losses`], [`train`], [`run`]: the named losses, the optimisation step and a whole run
 //!   (validation Dice, `metrics.csv`, checkpoints, `model.json`), used by `segloss train`.
 //! - [`predict`]: label maps of whole volumes (NIfTI in and out, or the built-in validation set).
 //! - [`compare`]: one run per loss and a report with plots (`segloss compare`).
-//! - [`files`]: output files written whole through a temporary file, never over an input.
 //! - [`device`]: `cpu`, `wgpu`, `cuda` devices by name (GPU backends behind features).
 //!
 //! ```
@@ -32,10 +31,8 @@ pub mod compare;
 pub mod data;
 pub mod dataset;
 pub mod device;
-pub mod files;
 pub mod losses;
 pub mod model;
-pub mod nifti;
 pub mod predict;
 pub mod run;
 pub mod train;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::SyntheticConfig;
 use crate::dataset::DataSource;
-use crate::files::write_atomically;
 use crate::unet::{UNet3d, UNet3dConfig};
+use segloss_metrics::files::write_atomically;
 
 /// What a trained model is, written next to it as `model.json` so that `segloss predict` can
 /// rebuild the network and prepare its input the same way.

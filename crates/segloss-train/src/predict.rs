@@ -12,10 +12,10 @@ use nifti::NiftiHeader;
 
 use crate::data::Split;
 use crate::dataset::zscore;
-use crate::files::write_atomically;
 use crate::model::ModelCard;
-use crate::nifti::{read_image, write_label_map};
 use crate::unet::UNet3d;
+use segloss_metrics::files::write_atomically;
+use segloss_metrics::nifti::{read_image, write_label_map};
 
 /// The hard prediction (argmax over the classes) of `model` for one image `[1, 1, D, H, W]`
 /// of any size, as labels in row-major `[D, H, W]` order.

@@ -1,7 +1,7 @@
 //! A training run: epochs of optimisation steps, per-class validation Dice after each epoch,
 //! `metrics.csv`, checkpoints, the final model and its description `model.json`.
 //!
-//! Every file is written whole through [`files::write_atomically`](crate::files::write_atomically)
+//! Every file is written whole through [`files::write_atomically`](segloss_metrics::files::write_atomically)
 //! (an interrupted run leaves the previous version of a file, never half of one). A run can be
 //! stopped at any step by its caller ([`train`]'s `on_event` returning
 //! [`ControlFlow::Break`]): the model of the last finished epoch is saved as `model.bpk`. A run
@@ -17,12 +17,12 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 use crate::dataset::{DataSource, Dataset};
-use crate::files::write_bytes_atomically;
 use crate::losses::LossKind;
 use crate::model::{ModelCard, TrainingRecord, save_model};
 use crate::predict::predict_labels_checked;
 use crate::train::adam_trainer;
 use crate::unet::UNet3d;
+use segloss_metrics::files::write_bytes_atomically;
 
 /// Settings of a training run.
 #[derive(Debug, Clone)]

@@ -57,8 +57,23 @@ pub mod error;
 pub mod input;
 pub mod kernel;
 pub mod loss;
-pub mod metrics;
 pub mod stats;
+
+/// Segmentation metrics (Dice, IoU, Hausdorff, HD95, ASSD, NSD, ...): the crate
+/// [`segloss_metrics`], which does not need Burn, re-exported here with its feature `burn` on so
+/// that label volumes also come from Burn integer tensors:
+///
+/// ```
+/// use burn::tensor::{Device, Int, Tensor, TensorData};
+/// use segloss::metrics::LabelVolume;
+/// let t = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 1, 2], [2, 2]), &Device::flex());
+/// let v = LabelVolume::from_tensor(t, &[1.0, 1.0])?;
+/// assert_eq!(v.labels(), &[0, 1, 1, 2]);
+/// # Ok::<(), segloss::metrics::MetricsError>(())
+/// ```
+pub mod metrics {
+    pub use segloss_metrics::*;
+}
 
 pub use error::ConfigError;
 pub use input::{Activation, Target};

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use segloss::metrics::{CaseMetrics, LabelVolume, MetricOptions, evaluate};
-use segloss_train::nifti::{GeometryTolerance, check_geometry, read_label_image};
+use segloss_metrics::files::{nifti_files, nifti_stem};
+use segloss_metrics::nifti::{GeometryTolerance, check_geometry, read_label_image};
+use segloss_metrics::{CaseMetrics, LabelVolume, MetricOptions, evaluate};
 
 /// One prediction/reference pair to evaluate; a missing or ambiguous side is a failure.
 #[derive(Debug, Clone)]
@@ -46,36 +47,21 @@ impl CaseSpec {
     }
 }
 
-/// The case name of a file: its name without `.nii.gz` or `.nii` (as `segloss train` pairs
-/// images with labels).
+/// The case name of a file: its name without `.nii.gz` or `.nii` ([`nifti_stem`], as
+/// `segloss train` pairs images with labels), or its whole name for another extension.
 pub fn case_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    name.strip_suffix(".nii.gz")
-        .or_else(|| name.strip_suffix(".nii"))
-        .unwrap_or(&name)
-        .to_string()
+    nifti_stem(path).unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
 }
 
-/// The NIfTI files of a folder by case name. Symbolic links count, broken ones too (they fail
-/// their case with the target named); folders and other files are skipped.
-fn nifti_files(dir: &Path) -> Result<BTreeMap<String, Side>> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read folder {}", dir.display()))?;
+/// The NIfTI files of a folder ([`nifti_files`]) by case name. Symbolic links count, broken ones
+/// too (they fail their case with the target named); folders and other files are skipped.
+fn nifti_files_by_case(dir: &Path) -> Result<BTreeMap<String, Side>> {
     let mut files: BTreeMap<String, Side> = BTreeMap::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("cannot read folder {}", dir.display()))?
-            .path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) || path.is_dir() {
-            continue;
-        }
+    for path in nifti_files(dir)? {
         let side = if path.exists() {
             Side::File(path.clone())
         } else {
@@ -108,8 +94,8 @@ fn nifti_files(dir: &Path) -> Result<BTreeMap<String, Side>> {
 /// # Errors
 /// A folder cannot be read, or neither holds a NIfTI file.
 pub fn folder_cases(pred_dir: &Path, ref_dir: &Path) -> Result<Vec<CaseSpec>> {
-    let mut preds = nifti_files(pred_dir)?;
-    let mut refs = nifti_files(ref_dir)?;
+    let mut preds = nifti_files_by_case(pred_dir)?;
+    let mut refs = nifti_files_by_case(ref_dir)?;
     let mut names: Vec<String> = preds.keys().chain(refs.keys()).cloned().collect();
     names.sort();
     names.dedup();
@@ -245,7 +231,7 @@ pub fn evaluate_case(
 ///
 /// # Errors
 /// Never in practice (a 1-voxel volume is valid).
-pub fn absent_label(label: u16, options: &MetricOptions) -> Result<segloss::metrics::LabelMetrics> {
+pub fn absent_label(label: u16, options: &MetricOptions) -> Result<segloss_metrics::LabelMetrics> {
     let empty = LabelVolume::new(vec![0], &[1, 1, 1], &[1.0, 1.0, 1.0])?;
     let options = MetricOptions {
         labels: Some(vec![label]),

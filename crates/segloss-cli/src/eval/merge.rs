@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use segloss_train::files;
+use segloss_metrics::files;
 
 use super::settings::{self, Settings};
 use super::stored::{self, Stored};

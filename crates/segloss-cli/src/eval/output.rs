@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use segloss_train::files::write_bytes_atomically;
+use segloss_metrics::files::write_bytes_atomically;
 
 use crate::report::Format;
 

@@ -4,10 +4,10 @@
 
 use anyhow::{Result, bail};
 use clap::ValueEnum;
-use segloss::metrics::{
+use segloss_metrics::nifti::GeometryTolerance;
+use segloss_metrics::{
     Boundary, EmptyPolicy, GdsWeight, MetricOptions, PercentileRule, WorstDistance,
 };
-use segloss_train::nifti::GeometryTolerance;
 use serde_json::{Value, json};
 
 use super::{BoundaryArg, EmptyArg, EvalArgs, RuleArg};

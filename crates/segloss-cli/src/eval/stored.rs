@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use segloss::metrics::ConfusionCounts;
+use segloss_metrics::ConfusionCounts;
 use serde_json::Value;
 
 use crate::report::{CaseResult, END, Failure, Format, PARTIAL_SUMMARY, Row, RunInfo, SUMMARY};

@@ -152,7 +152,7 @@ fn gds_weights(counts: &[ConfusionCounts], weight: GdsWeight) -> Vec<f64> {
 /// An empty denominator (every label empty in both volumes) gives 1.
 ///
 /// ```
-/// use segloss::metrics::{generalized_dice, ConfusionCounts, GdsWeight};
+/// use segloss_metrics::{generalized_dice, ConfusionCounts, GdsWeight};
 /// let c = [ConfusionCounts { tp: 3, fp: 1, fn_: 0, tn: 4 }];
 /// assert!((generalized_dice(&c, GdsWeight::Square) - 6.0 / 7.0).abs() < 1e-12);
 /// ```

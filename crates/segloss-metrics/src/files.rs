@@ -1,4 +1,5 @@
-//! Writing output files so that they cannot destroy inputs or be left half written.
+//! Files: writing output files so that they cannot destroy inputs or be left half written, and
+//! finding NIfTI files by name ([`nifti_stem`], [`nifti_files`]).
 //!
 //! Every file segloss writes goes through [`write_atomically`]: the content is written to a
 //! temporary file beside the destination (same folder, so the final step is a rename on one file
@@ -71,6 +72,35 @@ pub fn refuse_input<'a>(output: &Path, inputs: impl IntoIterator<Item = &'a Path
     Ok(())
 }
 
+/// The name of a NIfTI file without its extension, `case` for `case.nii.gz` and `case.nii` (the
+/// case name by which images, label maps and predictions are paired), or `None` for a name with
+/// neither extension. A name that is not UTF-8 is read with its invalid bytes replaced (U+FFFD).
+pub fn nifti_stem(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy();
+    name.strip_suffix(".nii.gz")
+        .or_else(|| name.strip_suffix(".nii"))
+        .map(str::to_string)
+}
+
+/// The NIfTI files of the folder `dir` (the entries whose name has a [`nifti_stem`]), sorted by
+/// path. Sub-folders are skipped; symbolic links count, broken ones too (reading one fails with
+/// its name, so a caller that reports it can; [`Path::is_file`] leaves them out).
+///
+/// # Errors
+/// `dir` cannot be read (it does not exist, is not a folder, or is not readable).
+pub fn nifti_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let cannot = || format!("cannot read folder {}", dir.display());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(cannot)? {
+        let path = entry.with_context(cannot)?.path();
+        if nifti_stem(&path).is_some() && !path.is_dir() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +134,47 @@ mod tests {
         })
         .unwrap();
         assert!(path.exists());
+    }
+
+    #[test]
+    fn nifti_names_lose_their_extension_and_other_names_have_none() {
+        assert_eq!(
+            nifti_stem(Path::new("a/case.nii.gz")).as_deref(),
+            Some("case")
+        );
+        assert_eq!(
+            nifti_stem(Path::new("case_0000.nii")).as_deref(),
+            Some("case_0000")
+        );
+        assert_eq!(nifti_stem(Path::new("case.nii.gz.bak")), None);
+        assert_eq!(nifti_stem(Path::new("case.gz")), None);
+        assert_eq!(nifti_stem(Path::new("/")), None);
+    }
+
+    #[test]
+    fn a_folder_lists_its_nifti_files_sorted_without_sub_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.nii.gz", "a.nii", "notes.txt"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("c.nii")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("d.nii.gz")).unwrap();
+        let names: Vec<String> = nifti_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let mut expected = vec!["a.nii", "b.nii.gz"];
+        if cfg!(unix) {
+            expected.push("d.nii.gz");
+        }
+        assert_eq!(names, expected);
+        let err = nifti_files(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot read folder "),
+            "{err:#}"
+        );
     }
 
     #[test]

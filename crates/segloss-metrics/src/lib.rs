@@ -1,10 +1,19 @@
+//! # segloss-metrics
+//!
 //! Segmentation metrics over label volumes: overlap (Dice, IoU, precision, recall, specificity,
 //! volume difference, Generalized Dice) and boundary distances (Hausdorff, percentile Hausdorff,
 //! average surface distances, normalized surface Dice), MONAI-compatible by default.
 //!
-//! Everything here is plain Rust over [`LabelVolume`]s (2D or 3D, anisotropic spacing); Burn
-//! tensors come in through [`LabelVolume::from_tensor`]. [`evaluate`] computes every metric of
-//! every requested label in one pass:
+//! This crate does not depend on Burn: evaluating segmentations needs no tensor library, so
+//! `segloss eval` builds without one. The `segloss` crate re-exports it as `segloss::metrics`
+//! with the feature `burn` on, which adds `LabelVolume::from_tensor` for Burn integer tensors.
+//!
+//! Besides the metrics: [`nifti`] reads NIfTI-1/-2 label and intensity images (`.nii`,
+//! `.nii.gz`) with their geometry and writes label maps, and [`files`] writes output files whole
+//! (never over an input) and lists the NIfTI files of a folder.
+//!
+//! Everything here is plain Rust over [`LabelVolume`]s (2D or 3D, anisotropic spacing).
+//! [`evaluate`] computes every metric of every requested label in one pass:
 //!
 //! 1. one parallel pass over both volumes counts TP/FP/FN/TN and finds the bounding box of each
 //!    label ([`ConfusionCounts`]);
@@ -30,7 +39,7 @@
 //! prediction and in the reference.
 //!
 //! ```
-//! use segloss::metrics::{evaluate, LabelVolume, MetricOptions};
+//! use segloss_metrics::{evaluate, LabelVolume, MetricOptions};
 //! // Two 2D masks of label 1, the prediction shifted by one pixel.
 //! let mut r = vec![0u16; 64];
 //! let mut p = vec![0u16; 64];
@@ -42,12 +51,16 @@
 //! assert_eq!(label.label, 1);
 //! assert_eq!(label.dice, 0.75);
 //! assert_eq!(label.distances.as_ref().unwrap().hausdorff, 1.0);
-//! # Ok::<(), segloss::metrics::MetricsError>(())
+//! # Ok::<(), segloss_metrics::MetricsError>(())
 //! ```
+
+#![warn(missing_docs)]
 
 mod boundary;
 mod distance;
 mod edt;
+pub mod files;
+pub mod nifti;
 mod overlap;
 mod surfel_table;
 mod volume;

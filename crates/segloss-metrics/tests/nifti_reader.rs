@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
-use segloss_train::nifti::{read_image, read_label_image};
+use segloss_metrics::nifti::{read_image, read_label_image};
 
 /// A fresh directory for one test.
 fn dir(name: &str) -> PathBuf {
@@ -292,7 +292,7 @@ fn spacing_and_orientation_come_from_the_same_transform() {
     // An sform-only file whose pixdim says 1 and a qform file with the real pixdim describe the
     // same grid: both read spacing (0.5, 0.75, 2) and agree (the spacing came from pixdim and
     // the orientation from the sform: "spacing differs").
-    use segloss_train::nifti::{GeometryTolerance, check_geometry};
+    use segloss_metrics::nifti::{GeometryTolerance, check_geometry};
     let d = dir("geometry");
     let write = |name: &str, header: NiftiHeader| {
         let path = d.join(name);

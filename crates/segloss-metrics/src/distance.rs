@@ -98,7 +98,7 @@ impl Directed {
 /// and `torch.quantile` defaults): rank `q/100 * (n - 1)`. NaN for no values.
 ///
 /// ```
-/// use segloss::metrics::percentile_linear;
+/// use segloss_metrics::percentile_linear;
 /// assert_eq!(percentile_linear(&[4.0, 1.0, 3.0, 2.0], 50.0), 2.5);
 /// assert_eq!(percentile_linear(&[4.0, 1.0, 3.0, 2.0], 100.0), 4.0);
 /// ```
@@ -124,7 +124,7 @@ pub fn percentile_linear(values: &[f64], q: f64) -> f64 {
 /// no interpolation). NaN for no values.
 ///
 /// ```
-/// use segloss::metrics::percentile_area_weighted;
+/// use segloss_metrics::percentile_area_weighted;
 /// // Weight fractions 0.25, 0.5, 1.0: the 50th percentile is the second distance.
 /// assert_eq!(percentile_area_weighted(&[3.0, 1.0, 2.0], &[2.0, 1.0, 1.0], 50.0), 2.0);
 /// ```

@@ -26,10 +26,10 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::LabelVolume;
 use anyhow::{Context, Result, bail};
 use nifti::writer::WriterOptions;
 use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};
-use segloss::metrics::LabelVolume;
 
 /// Where the voxels of an image are in space, from its NIfTI header.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,11 +17,11 @@ pub const MAX_ANISOTROPY: f64 = 1e15;
 /// that boundaries and distances stay two-dimensional.
 ///
 /// ```
-/// use segloss::metrics::LabelVolume;
+/// use segloss_metrics::LabelVolume;
 /// let v = LabelVolume::new(vec![0, 1, 1, 0, 2, 2], &[2, 3], &[1.0, 0.5])?;
 /// assert_eq!(v.shape(), &[2, 3]);
 /// assert_eq!(v.spacing(), &[1.0, 0.5]);
-/// # Ok::<(), segloss::metrics::MetricsError>(())
+/// # Ok::<(), segloss_metrics::MetricsError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelVolume {
@@ -113,19 +113,13 @@ impl LabelVolume {
     }
 
     /// Reads a Burn integer tensor of shape `[H, W]` or `[D, H, W]` (class indices, e.g. an argmax
-    /// over the channel axis) into a label volume. The tensor is copied to the host.
+    /// over the channel axis) into a label volume. The tensor is copied to the host. Needs the
+    /// feature `burn` (on in `segloss`, whose `segloss::metrics` shows an example: making a
+    /// tensor needs a Burn backend, which this crate does not depend on).
     ///
     /// # Errors
     /// As [`LabelVolume::from_i64`]; [`MetricsError::Shape`] for a tensor of another rank.
-    ///
-    /// ```
-    /// use burn::tensor::{Device, Int, Tensor, TensorData};
-    /// use segloss::metrics::LabelVolume;
-    /// let t = Tensor::<2, Int>::from_data(TensorData::new(vec![0i64, 1, 1, 2], [2, 2]), &Device::flex());
-    /// let v = LabelVolume::from_tensor(t, &[1.0, 1.0])?;
-    /// assert_eq!(v.labels(), &[0, 1, 1, 2]);
-    /// # Ok::<(), segloss::metrics::MetricsError>(())
-    /// ```
+    #[cfg(feature = "burn")]
     pub fn from_tensor<const D: usize>(
         tensor: burn::tensor::Tensor<D, burn::tensor::Int>,
         spacing: &[f64],

@@ -1,5 +1,5 @@
-//! Agreement with MONAI 1.6.1 on `tests/fixtures/metrics/metrics.json` (a copy of the project's
-//! reference set `reference/monai/metrics.json`; provenance in `tests/fixtures/metrics/README.md`).
+//! Agreement with MONAI 1.6.1 on `tests/fixtures/metrics.json` (a copy of the project's
+//! reference set `reference/monai/metrics.json`; provenance in `tests/fixtures/README.md`).
 //!
 //! Each case holds label volumes `(B, ...spatial)`, `num_classes`, `spacing` and MONAI's values
 //! with shape `(B, C)`, background included. The generator
@@ -9,7 +9,7 @@
 //! `SurfaceDistanceMetric(symmetric=False/True)` and `SurfaceDiceMetric([1.0] * C)`, all with
 //! `reduction="none"` and the case's spacing. `null` means NaN; `"inf"` infinity.
 
-use segloss::metrics::{
+use segloss_metrics::{
     EmptyPolicy, GdsWeight, LabelVolume, MetricOptions, WorstDistance, evaluate,
     generalized_dice_per_label,
 };
@@ -43,7 +43,7 @@ fn agrees(got: f64, want: f64) -> bool {
 
 #[test]
 fn test_all_metrics_agree_with_monai_reference_cases() {
-    let text = include_str!("fixtures/metrics/metrics.json");
+    let text = include_str!("fixtures/metrics.json");
     let doc: Value = serde_json::from_str(text).unwrap();
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 30);

@@ -15,7 +15,7 @@ use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use segloss_train::nifti::{read_image, read_label_image};
+use segloss_metrics::nifti::{read_image, read_label_image};
 
 /// Counts the bytes allocated by the current thread (thread-local, so tests running beside
 /// this one do not disturb it): live bytes now and their peak since the last reset.

@@ -1,7 +1,7 @@
 //! Analytic cases: boxes and balls with known distances, anisotropic spacing, single voxels and
 //! empty structures, plus the percentile-rule case of the project's metric notes (§3.1).
 
-use segloss::metrics::{
+use segloss_metrics::{
     Boundary, EmptyPolicy, LabelVolume, MetricOptions, PercentileRule, WorstDistance, evaluate,
 };
 

@@ -23,11 +23,11 @@ use super::MetricsError;
 /// [`LabelVolume::new`](super::LabelVolume::new).
 ///
 /// ```
-/// use segloss::metrics::euclidean_distance_transform;
+/// use segloss_metrics::euclidean_distance_transform;
 /// let mask = [true, false, false, false];
 /// let d = euclidean_distance_transform(&mask, &[1, 4], &[1.0, 2.0])?;
 /// assert_eq!(d, vec![0.0, 2.0, 4.0, 6.0]);
-/// # Ok::<(), segloss::metrics::MetricsError>(())
+/// # Ok::<(), segloss_metrics::MetricsError>(())
 /// ```
 pub fn euclidean_distance_transform(
     features: &[bool],
