@@ -5,18 +5,12 @@
 //! then the command ends with everything before it written; a second signal ends the process at
 //! once (exit 130). Progress lines go through [`say`]: when stdout is a pipe that its reader has
 //! closed (`segloss train | head -1`), printing stops quietly, the command stops at the next
-//! boundary as for a signal, and ends with [`EXIT_STDOUT_CLOSED`] instead of panicking in
+//! boundary as for a signal, and ends with [`EXIT_STDOUT_CLOSED`](crate::exit::EXIT_STDOUT_CLOSED) instead of panicking in
 //! `println!`.
 
+use crate::exit::{EXIT_INTERRUPTED, EXIT_STDOUT_CLOSED};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-
-/// Exit status after an interrupt (SIGINT or SIGTERM) that stopped the command at a boundary,
-/// the shell's convention for SIGINT (128 + 2).
-pub const EXIT_INTERRUPTED: u8 = 130;
-/// Exit status when stdout was closed by its reader and the command stopped at a boundary, the
-/// shell's convention for SIGPIPE (128 + 13).
-pub const EXIT_STDOUT_CLOSED: u8 = 141;
 
 static SIGNALS: AtomicU8 = AtomicU8::new(0);
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod console;
 mod eval;
+mod exit;
 #[cfg(feature = "train")]
 mod predict;
 mod report;
@@ -39,7 +40,7 @@ struct Cli {
 enum Command {
     /// Evaluate predicted label images against reference ones (Dice, IoU, HD, HD95, ASD, ASSD,
     /// NSD, ...), one pair or two folders matched by file name.
-    #[command(after_long_help = eval::EXIT_CODES, after_help = eval::EXIT_CODES)]
+    #[command(after_long_help = exit::EXIT_CODES, after_help = exit::EXIT_CODES)]
     Eval(eval::EvalArgs),
     /// Train a 3D U-Net with a segloss loss on the built-in procedural dataset (default) or on
     /// NIfTI folders, writing model.json, metrics.csv, per-epoch checkpoints and the final model.
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(eval::EXIT_USAGE)
+            ExitCode::from(exit::EXIT_USAGE)
         }
     }
 }

@@ -18,7 +18,7 @@ use segloss_train::model::{ModelCard, load_model};
 use segloss_train::predict::{predict_builtin_valid, predict_file};
 
 use crate::console;
-use crate::eval::EXIT_CASE_FAILED;
+use crate::exit::EXIT_CASE_FAILED;
 use crate::train::stopped;
 
 /// Options of `segloss predict`.

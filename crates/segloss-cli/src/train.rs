@@ -296,8 +296,8 @@ pub fn set_aside(out: &Path) -> Result<()> {
 /// says what was saved and is printed on stderr after an interrupt (not after a closed stdout,
 /// which ends the command quietly).
 pub fn stopped(what: &str) -> ExitCode {
-    let code = console::stop_status().unwrap_or(console::EXIT_INTERRUPTED);
-    if code == console::EXIT_INTERRUPTED {
+    let code = console::stop_status().unwrap_or(crate::exit::EXIT_INTERRUPTED);
+    if code == crate::exit::EXIT_INTERRUPTED {
         eprintln!("stopped: {what}");
     }
     ExitCode::from(code)

@@ -3,8 +3,9 @@
 
 use rayon::prelude::*;
 
+use super::options::Boundary;
 use super::surfel_table::{contour_length_table, surface_area_table};
-use super::{Boundary, LabelVolume};
+use super::volume::LabelVolume;
 
 /// Axis-aligned bounding box, inclusive-exclusive, in volume coordinates `[z, y, x]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

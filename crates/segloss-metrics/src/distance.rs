@@ -3,7 +3,7 @@
 
 use super::boundary::{Surface, Surfaces};
 use super::edt::{in_units, squared_edt_into};
-use super::{EmptyPolicy, PercentileRule, WorstDistance};
+use super::options::{EmptyPolicy, PercentileRule, WorstDistance};
 
 /// Distance metrics of one label. Every value is in spacing units (mm for NIfTI files) except the
 /// NSD values, which are fractions in `[0, 1]`. "pred_to_ref" values are taken over the

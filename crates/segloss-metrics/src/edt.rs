@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::MetricsError;
+use super::error::MetricsError;
 
 /// Exact Euclidean distance from every voxel to the nearest `true` voxel of `features`, in
 /// spacing units.
@@ -35,7 +35,7 @@ pub fn euclidean_distance_transform(
     spacing: &[f64],
 ) -> Result<Vec<f64>, MetricsError> {
     // Validate through the volume type, so the rules and messages are the same.
-    let vol = super::LabelVolume::new(vec![0; features.len()], shape, spacing)?;
+    let vol = super::volume::LabelVolume::new(vec![0; features.len()], shape, spacing)?;
     let points: Vec<usize> = features
         .iter()
         .enumerate()
@@ -224,6 +224,7 @@ struct SharedGrid(*mut f32);
 // SAFETY: the pointer is only used by tasks that access disjoint elements, while the owning Vec
 // is alive and not otherwise borrowed (see `squared_edt`).
 unsafe impl Send for SharedGrid {}
+// SAFETY: as for `Send`: a shared `SharedGrid` only copies the pointer.
 unsafe impl Sync for SharedGrid {}
 
 impl SharedGrid {
@@ -232,6 +233,8 @@ impl SharedGrid {
     /// # Safety
     /// `start + out.len()` in bounds and no concurrent writer of those elements.
     unsafe fn read_row(self, start: usize, out: &mut [f32]) {
+        // SAFETY: in bounds and not written concurrently (the caller's contract); `out` is a
+        // separate buffer, so the ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(self.0.add(start), out.as_mut_ptr(), out.len()) }
     }
     /// Copies `row` to the elements starting at `start`.
@@ -239,6 +242,8 @@ impl SharedGrid {
     /// # Safety
     /// `start + row.len()` in bounds and no concurrent access to those elements.
     unsafe fn write_row(self, start: usize, row: &[f32]) {
+        // SAFETY: in bounds and not accessed concurrently (the caller's contract); `row` is a
+        // separate buffer, so the ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.0.add(start), row.len()) }
     }
 }
@@ -325,7 +330,7 @@ impl Lines {
                 k = 1;
                 continue;
             }
-            // SAFETY (all get_unchecked below): 1 <= k <= q < n, see above.
+            // SAFETY: 1 <= k <= q < n (see above) for every get_unchecked in this block.
             unsafe {
                 // Intersection with the last parabola, s = num / den with den > 0; drop the
                 // parabolas that the new one hides (s <= their left boundary).

@@ -26,7 +26,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::LabelVolume;
+use crate::volume::LabelVolume;
 use anyhow::{Context, Result, bail};
 use nifti::writer::WriterOptions;
 use nifti::{Endianness, InMemNiftiVolume, IntoNdArray, NiftiHeader, NiftiType};

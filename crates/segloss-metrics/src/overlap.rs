@@ -4,7 +4,8 @@
 use rayon::prelude::*;
 
 use super::boundary::BBox;
-use super::{EmptyPolicy, LabelVolume};
+use super::options::{EmptyPolicy, GdsWeight};
+use super::volume::LabelVolume;
 
 /// Voxel counts of one label: true positives (in both), false positives (prediction only), false
 /// negatives (reference only) and true negatives (in neither).
@@ -101,18 +102,6 @@ impl ConfusionCounts {
         }
         (p - r) / r
     }
-}
-
-/// Class weights of the Generalized Dice score (MONAI `Weight`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum GdsWeight {
-    /// `w = 1 / |R|^2` (Sudre et al. 2017; MONAI's default).
-    #[default]
-    Square,
-    /// `w = 1 / |R|`.
-    Simple,
-    /// `w = 1`.
-    Uniform,
 }
 
 /// Per-label weights; a label with an empty reference (infinite weight) takes the largest finite
@@ -336,7 +325,7 @@ mod tests {
         assert!((c.recall(EmptyPolicy::Monai) - 0.6).abs() < 1e-15);
         assert!((c.specificity() - 10.0 / 11.0).abs() < 1e-15);
         assert!((c.volume_difference(EmptyPolicy::Monai) + 0.2).abs() < 1e-15);
-        let worst = EmptyPolicy::WorstCase(super::super::WorstDistance::Diagonal);
+        let worst = EmptyPolicy::WorstCase(crate::options::WorstDistance::Diagonal);
         let fp_only = ConfusionCounts {
             tp: 0,
             fp: 4,

@@ -1,6 +1,6 @@
 //! Label volumes: the input type of every metric.
 
-use super::MetricsError;
+use super::error::MetricsError;
 
 /// The largest ratio between a volume's largest and smallest spacing (1e15): beyond it the
 /// squared distances along the finest axis leave the range of the `f32` distance grid.

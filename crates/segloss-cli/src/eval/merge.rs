@@ -14,9 +14,11 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use segloss_metrics::files;
 
+use super::args::EvalArgs;
+use super::finish::{add_absent_labels, output_format, write_report};
 use super::settings::{self, Settings};
 use super::stored::{self, Stored};
-use super::{EXIT_CASE_FAILED, EXIT_OK, EvalArgs, add_absent_labels, output_format, write_report};
+use crate::exit::{EXIT_CASE_FAILED, EXIT_OK};
 use crate::report::{self, Report, RunInfo};
 
 /// Runs `segloss eval --merge`.

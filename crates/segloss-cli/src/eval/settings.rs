@@ -10,7 +10,7 @@ use segloss_metrics::{
 };
 use serde_json::{Value, json};
 
-use super::{BoundaryArg, EmptyArg, EvalArgs, RuleArg};
+use super::args::{BoundaryArg, EmptyArg, EvalArgs, RuleArg};
 use crate::report::Metric;
 
 /// Everything that changes the numbers of a report.
