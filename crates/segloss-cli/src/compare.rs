@@ -17,8 +17,8 @@ use crate::train::{Progress, TrainOpts, check_opts, set_aside, stopped};
 pub struct CompareArgs {
     /// Comma-separated losses to compare (dice, gdl, dice-ce, dice-focal, tversky, focal, ce)
     /// [default: dice,gdl,dice-ce; with --report-only: every loss with a run in --out].
-    #[arg(long, value_delimiter = ',')]
-    pub losses: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',', value_parser = crate::train::loss_kind)]
+    pub losses: Option<Vec<LossKind>>,
     /// Output folder: report.md, validation_dice.png, training_loss.png and one run folder per
     /// loss [default: runs/compare]. A folder that holds a comparison is refused (see
     /// --overwrite), except the default one, whose previous comparison is moved to
@@ -36,16 +36,7 @@ pub struct CompareArgs {
 
 /// Runs `segloss compare`.
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
-    let losses: Option<Vec<LossKind>> = args
-        .losses
-        .as_ref()
-        .map(|l| {
-            l.iter()
-                .map(|l| LossKind::parse(l.trim()))
-                .collect::<Result<_, _>>()
-        })
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let losses: Option<Vec<LossKind>> = args.losses.clone();
     let out = args
         .out
         .clone()

@@ -40,7 +40,7 @@ pub struct PredictArgs {
     pub out: PathBuf,
     /// Where to run: cpu (default), wgpu, wgpu-cpu or cuda[:N] (GPU backends need a build with
     /// that feature).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = crate::train::device_name)]
     pub device: String,
 }
 

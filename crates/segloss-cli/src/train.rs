@@ -69,9 +69,9 @@ pub struct TrainOpts {
     /// Fraction of the NIfTI cases kept for validation (the last ones by name; at least one).
     #[arg(long, default_value_t = 0.2)]
     pub valid_fraction: f64,
-    /// Where to train: cpu (default), wgpu, wgpu-cpu (software Vulkan) or cuda[:N]; the GPU
-    /// backends need a build with `--features wgpu` or `--features cuda`.
-    #[arg(long, default_value = "cpu")]
+    /// Where to train: cpu (default), wgpu, wgpu-cpu (software Vulkan), wgpu-gpu or cuda[:N];
+    /// the GPU backends need a build with `--features wgpu` or `--features cuda`.
+    #[arg(long, default_value = "cpu", value_parser = device_name)]
     pub device: String,
     /// Replace the run already in --out: its model.json, metrics.csv, model.bpk and
     /// checkpoints/ are deleted before training (other files there are kept). Without it, an
@@ -142,12 +142,26 @@ impl TrainOpts {
     }
 }
 
+/// `--loss`: a loss by its command-line name ([`LossKind::parse`]), so that clap refuses an
+/// unknown one with the names to choose from.
+pub fn loss_kind(name: &str) -> Result<LossKind, String> {
+    LossKind::parse(name.trim())
+}
+
+/// `--device`: a device name that this build can open (`segloss::device`'s table), checked when
+/// the arguments are read; the device itself is made when the command runs.
+pub fn device_name(name: &str) -> Result<String, String> {
+    parse_device(name)
+        .map(|_| name.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Options of `segloss train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// The loss: dice, gdl, dice-ce, dice-focal, tversky, focal or ce.
-    #[arg(long, default_value = "dice-ce")]
-    pub loss: String,
+    #[arg(long, default_value = "dice-ce", value_parser = loss_kind)]
+    pub loss: LossKind,
     /// Output folder: model.json, metrics.csv, checkpoints/epoch-N.bpk and model.bpk
     /// [default: runs/train]. A folder that holds a run is refused (see --overwrite), except
     /// the default one, whose previous run is moved to runs/train.previous.
@@ -305,7 +319,7 @@ pub fn stopped(what: &str) -> ExitCode {
 
 /// Runs `segloss train`.
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    let loss = LossKind::parse(&args.loss).map_err(anyhow::Error::msg)?;
+    let loss = args.loss;
     check_opts(&args.opts)?;
     let device = parse_device(&args.opts.device)?;
     let out = args

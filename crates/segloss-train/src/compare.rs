@@ -623,7 +623,8 @@ mod tests {
 
     #[test]
     fn report_tables_and_plots_are_written() {
-        let dir = std::env::temp_dir().join(format!("segloss-compare-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
         let runs = [
             run(LossKind::Dice, &[[0.5, 0.0], [0.85, 0.1], [0.9, 0.2]]),
             run(LossKind::DiceCe, &[[0.6, 0.3], [0.9, 0.81], [0.95, 0.9]]),
@@ -664,7 +665,6 @@ mod tests {
             md.contains("| gdl (stopped after 1 of 3 epochs) | 0.500 | 0.100 |"),
             "{md}"
         );
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -222,24 +222,31 @@ fn csv_row(e: &EpochSummary) -> String {
 /// Reads a `metrics.csv` written by [`train`] back into epoch summaries.
 ///
 /// # Errors
-/// A missing file or a line that does not parse (named with its line number).
+/// A missing file or a record that does not parse (named with its line number).
 pub fn read_metrics(path: &Path) -> Result<Vec<EpochSummary>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let v: Vec<f64> = line
-            .split(',')
+    for record in reader.records() {
+        let record = record.with_context(|| format!("cannot read {}", path.display()))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let v: Vec<f64> = record
+            .iter()
             .map(|f| f.parse::<f64>())
             .collect::<std::result::Result<_, _>>()
             .with_context(|| {
-                format!("{}: line {} does not parse: {line}", path.display(), n + 1)
+                format!(
+                    "{}: line {line} does not parse: {}",
+                    path.display(),
+                    record.iter().collect::<Vec<_>>().join(",")
+                )
             })?;
         if v.len() < 5 {
             bail!(
-                "{}: line {} has {} fields, expected at least 5",
+                "{}: line {line} has {} fields, expected at least 5",
                 path.display(),
-                n + 1,
                 v.len()
             );
         }
@@ -501,7 +508,8 @@ mod tests {
 
     #[test]
     fn a_short_run_writes_metrics_and_checkpoints_that_load_back_identically() {
-        let dir = std::env::temp_dir().join(format!("segloss-train-test-{}", std::process::id()));
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
         let cfg = TrainConfig {
             data: DataSource::Synthetic {
                 config: SyntheticConfig {
@@ -631,7 +639,6 @@ mod tests {
             names.iter().all(|n| !n.starts_with(".segloss-")),
             "{names:?}"
         );
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

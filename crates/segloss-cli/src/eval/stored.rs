@@ -88,44 +88,26 @@ fn number(text: &str) -> Option<f64> {
     }
 }
 
-/// Splits CSV text into records of fields (quotes as RFC 4180). The last record is returned
-/// apart when the text does not end with a newline (a write cut short).
+/// Splits CSV text into records of fields (RFC 4180, through the `csv` crate; records may have
+/// different lengths). The last record is returned apart when the text does not end with a
+/// newline (a write cut short).
 fn records(text: &str) -> (Vec<Vec<String>>, Option<Vec<String>>) {
-    let mut out = Vec::new();
-    let mut record = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    let mut open = false;
-    while let Some(c) = chars.next() {
-        open = true;
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => quoted = false,
-                c => field.push(c),
-            }
-        } else {
-            match c {
-                '"' => quoted = true,
-                ',' => record.push(std::mem::take(&mut field)),
-                '\r' => {}
-                '\n' => {
-                    record.push(std::mem::take(&mut field));
-                    out.push(std::mem::take(&mut record));
-                    open = false;
-                }
-                c => field.push(c),
-            }
-        }
-    }
-    let partial = open.then(|| {
-        record.push(field);
-        record
-    });
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut out: Vec<Vec<String>> = reader
+        .records()
+        // Reading a `&[u8]` cannot fail but for invalid UTF-8, which a `&str` is not.
+        .map(|r| {
+            r.expect("CSV records of a string")
+                .iter()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    let cut = !text.is_empty() && !text.ends_with('\n');
+    let partial = if cut { out.pop() } else { None };
     (out, partial)
 }
 
