@@ -9,7 +9,7 @@
 //! and `sigmoid` both true, a case or file field it does not know, an array whose data does not
 //! fill its shape, a `reduction = "none"` case of `DiceCELoss` (MONAI 1.6.1 refuses it too), an
 //! `equivalent_of` naming no case. Values and gradients are compared element by
-//! element and by shape: the loss's shape in MONAI's convention (see [`monai_value_shape`]) and
+//! element and by shape: the loss's shape in MONAI's convention (see `monai_value_shape`) and
 //! the gradient's shape must equal the expected shapes; NaN only matches NaN and an infinity only
 //! the same infinity.
 #![warn(missing_docs)]

@@ -17,7 +17,7 @@ pub enum Boundary {
     /// marching-cubes area (3D) or contour length (2D): DeepMind `surface-distance`
     /// (`compute_surface_distances`), MONAI `SurfaceDiceMetric(use_subvoxels=True)`. Means, NSD and
     /// percentiles are area-weighted; the percentile follows DeepMind's rule
-    /// ([`percentile_area_weighted`]).
+    /// ([`percentile_area_weighted`](crate::percentile_area_weighted)).
     Surfels,
 }
 
@@ -36,7 +36,7 @@ pub enum PercentileRule {
 /// The worst-case distance used by [`EmptyPolicy::WorstCase`] when exactly one volume is empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub enum WorstDistance {
-    /// The length of the image diagonal in spacing units ([`LabelVolume::diagonal`]).
+    /// The length of the image diagonal in spacing units ([`LabelVolume::diagonal`](crate::LabelVolume::diagonal)).
     #[default]
     Diagonal,
     /// A fixed value in spacing units.
@@ -74,7 +74,7 @@ pub enum EmptyPolicy {
     WorstCase(WorstDistance),
 }
 
-/// Options of [`evaluate`]. `MetricOptions::default()` is MONAI's behaviour with HD95 and NSD at
+/// Options of [`evaluate`](crate::evaluate). `MetricOptions::default()` is MONAI's behaviour with HD95 and NSD at
 /// a 1.0 tolerance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricOptions {
