@@ -4,8 +4,6 @@
 //! form reloaded the accumulators from the stack and rebuilt the target's vector lane by lane on
 //! every run of 8 voxels.
 
-#![allow(clippy::too_many_arguments)]
-
 use std::mem::MaybeUninit;
 
 use super::layout::{LANES, ROWS_MAX, SIGMOID, SOFTMAX};

@@ -1,7 +1,5 @@
 //! One task (a run of blocks of one sample): its forward sums and its gradient, tile by tile.
 
-#![allow(clippy::too_many_arguments)]
-
 use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]

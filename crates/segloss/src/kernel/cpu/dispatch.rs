@@ -1,8 +1,6 @@
 //! From run-time options to compiled variants: the const-parameter ladder and the
 //! instruction-set dispatch (AVX2 + FMA where the CPU has it, else the baseline).
 
-#![allow(clippy::too_many_arguments)]
-
 use super::block::{Block, Work};
 use super::layout::{Label, SIGMOID, SOFTMAX, TargetRef};
 use super::tile::Scratch;

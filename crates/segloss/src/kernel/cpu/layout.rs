@@ -1,8 +1,6 @@
 //! The kernel's units and shapes: block, tile and lane sizes, the output rows, the label types,
 //! the target as slices and the problem sizes.
 
-#![allow(clippy::too_many_arguments)]
-
 use crate::input::{Activation, TargetOf};
 use crate::kernel::spec::{Pointwise, Spec};
 

@@ -2,8 +2,6 @@
 //! branch-free polynomials, the activation and upstream factors of 8 lanes, and the (streaming)
 //! stores.
 
-#![allow(clippy::too_many_arguments)]
-
 use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]

@@ -1,7 +1,5 @@
 //! The pointwise term (cross-entropy and focal): its per-voxel values, sums and gradients.
 
-#![allow(clippy::too_many_arguments)]
-
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
 use super::layout::{LANES, POINTWISE_CHUNK};

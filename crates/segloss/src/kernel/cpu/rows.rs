@@ -1,8 +1,6 @@
 //! One class over one tile: the overlap statistics' lane sums, the activations, and the
 //! gradient written in place.
 
-#![allow(clippy::too_many_arguments)]
-
 use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]

@@ -1,7 +1,5 @@
 //! Parallel tasks: rayon over the blocks, one scratch space per thread, results in task order.
 
-#![allow(clippy::too_many_arguments)]
-
 use rayon::prelude::*;
 
 use super::block::{Block, Work};

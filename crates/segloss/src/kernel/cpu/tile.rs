@@ -1,8 +1,6 @@
 //! Tiles: the per-thread scratch space, the softmax of a tile (with and without the
 //! background), and the target and labels of a tile.
 
-#![allow(clippy::too_many_arguments)]
-
 use std::mem::MaybeUninit;
 
 use super::layout::{BLOCK, Dims, LANES, Label, ROWS_MAX, RUN, TILE, TargetRef};
