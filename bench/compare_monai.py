@@ -76,6 +76,8 @@ LOSSES = {
             "GeneralizedDiceLoss(softmax=True, to_onehot_y=True)"),
     "tversky": ("TverskyLoss(Softmax, include_background false, alpha 0.3, beta 0.7)",
                 "TverskyLoss(softmax=True, to_onehot_y=True, include_background=False, alpha=0.3, beta=0.7)"),
+    "mcc": ("MccLoss(Softmax, include_background false)",
+            "MCCLoss(softmax=True, to_onehot_y=True, include_background=False)"),
     "dice-ce": ("DiceCELoss(Softmax, include_background false)",
                 "DiceCELoss(softmax=True, to_onehot_y=True, include_background=False)"),
     "dice-focal": ("DiceFocalLoss(Softmax, include_background false, focal_use_softmax)",
@@ -128,6 +130,9 @@ def monai_loss(loss_name, c):
         return GeneralizedDiceLoss(softmax=True, to_onehot_y=True), "labels"
     if loss_name == "tversky":
         return TverskyLoss(softmax=True, to_onehot_y=True, include_background=False, alpha=0.3, beta=0.7), "labels"
+    if loss_name == "mcc":
+        from monai.losses import MCCLoss
+        return MCCLoss(softmax=True, to_onehot_y=True, include_background=False), "labels"
     if loss_name == "dice-ce":
         return DiceCELoss(softmax=True, to_onehot_y=True, include_background=False), "labels"
     if loss_name == "dice-focal":

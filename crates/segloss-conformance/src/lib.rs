@@ -278,6 +278,7 @@ enum Loss {
     Dice(DiceLoss),
     Gdl(GeneralizedDiceLoss),
     Tversky(TverskyLoss),
+    Mcc(MccLoss),
     Focal(FocalLoss),
     DiceCe(DiceCELoss),
     DiceFocal(DiceFocalLoss),
@@ -301,6 +302,7 @@ pub const LOSSES: &[&str] = &[
     "MaskedDiceLoss",
     "GeneralizedDiceLoss",
     "TverskyLoss",
+    "MCCLoss",
     "FocalLoss",
     "DiceCELoss",
     "DiceFocalLoss",
@@ -376,6 +378,23 @@ fn build(name: &str, o: &Options) -> Result<Built, String> {
                 .map_err(cfg)?;
             Built {
                 loss: Loss::Tversky(loss),
+                reduction,
+                labels: o.flag("to_onehot_y", false)?,
+                batch,
+            }
+        }
+        "MCCLoss" => {
+            let (reduction, batch) = (o.reduction()?, o.flag("batch", false)?);
+            let loss = MccLossConfig::new(o.activation()?)
+                .with_include_background(o.flag("include_background", true)?)
+                .with_reduction(reduction.ours())
+                .with_smooth_nr(o.num("smooth_nr", 0.0)?)
+                .with_smooth_dr(o.num("smooth_dr", 1e-5)?)
+                .with_batch(batch)
+                .try_init()
+                .map_err(cfg)?;
+            Built {
+                loss: Loss::Mcc(loss),
                 reduction,
                 labels: o.flag("to_onehot_y", false)?,
                 batch,
@@ -548,7 +567,7 @@ fn monai_value_shape(b: &Built, ours: &[usize], input_rank: usize) -> Vec<usize>
     let spatial_ones = vec![1; input_rank.saturating_sub(2)];
     match b.loss {
         Loss::Dice(_) | Loss::Gdl(_) if ours.len() == 2 => [unbatched(ours), spatial_ones].concat(),
-        Loss::Tversky(_) => unbatched(ours),
+        Loss::Tversky(_) | Loss::Mcc(_) => unbatched(ours),
         Loss::Wasserstein(_) if ours.len() == 2 && ours[1] == 1 => vec![ours[0]],
         _ => ours.to_vec(),
     }
@@ -579,6 +598,8 @@ fn run<const D: usize>(b: &Built, x: &Array, t: Target, device: &Device) -> Outp
         (Loss::Gdl(l), false) => flat(l.forward(i, t)),
         (Loss::Tversky(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::Tversky(l), false) => flat(l.forward(i, t)),
+        (Loss::Mcc(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::Mcc(l), false) => flat(l.forward(i, t)),
         (Loss::Focal(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::Focal(l), false) => flat(l.forward(i, t)),
         (Loss::Wasserstein(l), true) => flat(l.forward_no_reduction(i, t)),

@@ -40,12 +40,13 @@ use rayon::prelude::*;
 use segloss::{
     Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
     FocalLossConfig, GeneralizedDiceFocalLossConfig, GeneralizedDiceLossConfig,
-    GeneralizedWassersteinDiceLossConfig, Kernel, Target, TverskyLossConfig, with_kernel,
+    GeneralizedWassersteinDiceLossConfig, Kernel, MccLossConfig, Target, TverskyLossConfig,
+    with_kernel,
 };
 
 /// Every loss by name, with its configuration (options not named keep their defaults, which are
 /// MONAI's).
-const LOSSES: [(&str, &str); 10] = [
+const LOSSES: [(&str, &str); 11] = [
     (
         "dice",
         "DiceLoss: softmax, label map, include_background false",
@@ -58,6 +59,10 @@ const LOSSES: [(&str, &str); 10] = [
     (
         "tversky",
         "TverskyLoss: softmax, label map, include_background false, alpha 0.3, beta 0.7",
+    ),
+    (
+        "mcc",
+        "MCCLoss: softmax, label map, include_background false",
     ),
     (
         "dice-ce",
@@ -224,6 +229,13 @@ fn main() {
                 .with_include_background(false)
                 .with_alpha(0.3)
                 .with_beta(0.7)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x, t| l.forward(x, t))
+        }
+        "mcc" => {
+            let l = MccLossConfig::new(act)
+                .with_include_background(false)
                 .with_validate_labels(validate)
                 .init();
             Box::new(move |x, t| l.forward(x, t))

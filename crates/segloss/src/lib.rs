@@ -13,6 +13,7 @@
 //! | [`DiceLoss`] (Dice, V-Net squared, Jaccard, masked) | `DiceLoss`, `MaskedDiceLoss` | Milletari et al. 2016 |
 //! | [`GeneralizedDiceLoss`] | `GeneralizedDiceLoss` | Sudre et al. 2017 |
 //! | [`TverskyLoss`] | `TverskyLoss` | Salehi et al. 2017 |
+//! | [`MccLoss`] | `MCCLoss` | Abhishek and Hamarneh 2021 |
 //! | [`FocalLoss`] | `FocalLoss` | Lin et al. 2017 |
 //! | [`CrossEntropyLoss`] | (PyTorch `CrossEntropyLoss`) | |
 //! | [`DiceCELoss`], [`DiceFocalLoss`], [`GeneralizedDiceFocalLoss`] | same | |
@@ -86,6 +87,7 @@ pub use loss::cross_entropy::{CrossEntropyLoss, CrossEntropyLossConfig};
 pub use loss::dice::{DiceLoss, DiceLossConfig};
 pub use loss::focal::{FocalLoss, FocalLossConfig};
 pub use loss::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
+pub use loss::mcc::{MccLoss, MccLossConfig};
 pub use loss::reduction::LossReduction;
 pub use loss::tversky::{TverskyLoss, TverskyLossConfig};
 pub use loss::wasserstein::{

@@ -600,3 +600,36 @@ fn wasserstein_fused_matches_composed() {
     }
     assert_eq!(checked, 6 * 2 * 5 * 2);
 }
+
+/// MCC by hand on the example (class 1 of 4 voxels): tp = I = 1.7, fp = P - I = 0.5,
+/// fn = G - I = 0.3, tn = M - P - G + I = 4 - 2.2 - 2 + 1.7 = 1.5; MCC = (1.7 * 1.5 - 0.5 * 0.3)
+/// / sqrt(2.2 * 2 * 1.8 * 2) = 2.4 / sqrt(15.84). A perfect prediction scores 0 (MONAI's rule for
+/// fp = fn = 0), the inverted one 2 (MCC = -1); masked voxels are in none of the four counts.
+#[test]
+fn mcc_by_hand_perfect_inverted_and_masked() {
+    let (p, y) = example();
+    let device = Device::flex();
+    let loss = MccLossConfig::new(Activation::None)
+        .with_include_background(false)
+        .with_smooth_dr(0.0)
+        .init();
+    let want = 1.0 - 2.4 / 15.84f32.sqrt();
+    let got = scalar(loss.forward(p.clone(), y.clone()));
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+
+    let onehot = Tensor::<3>::from_data([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]], &device);
+    let perfect = scalar(loss.forward(onehot.clone(), y.clone()));
+    assert_eq!(perfect, 0.0);
+    let inverted = onehot.neg().add_scalar(1.0);
+    let worst = scalar(loss.forward(inverted, y.clone()));
+    assert!((worst - 2.0).abs() < 1e-6, "{worst}");
+
+    // Masking voxel 0 (tn 0.9 -> its (1 - p)(1 - g) = 0.9 * 1 leaves): tp 1.7, fp 0.5 - 0.1 = 0.4,
+    // fn 0.3, tn 1.5 - 0.9 = 0.6, M = 3.
+    let mask = Tensor::<2>::from_data([[0.0, 1.0, 1.0, 1.0]], &device);
+    let masked = scalar(loss.forward(p, Target::labels(y).with_mask(mask)));
+    let (tp, fp, fn_, tn) = (1.7f32, 0.4f32, 0.3f32, 0.6f32);
+    let want =
+        1.0 - (tp * tn - fp * fn_) / ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
+    assert!((masked - want).abs() < 1e-5, "{masked} vs {want}");
+}

@@ -2,7 +2,7 @@
 //! `init`) that builds a `#[derive(Module)]` loss with `forward(prediction, target) -> Tensor<1>`
 //! and an unreduced form.
 //!
-//! The Dice family (Dice, Jaccard, Tversky, Generalized Dice) is computed from
+//! The Dice family (Dice, Jaccard, Tversky, Generalized Dice, MCC) is computed from
 //! [`OverlapStats`](crate::OverlapStats); focal and cross-entropy are per-voxel losses; the
 //! compound losses add one of each.
 
@@ -11,6 +11,7 @@ pub mod cross_entropy;
 pub mod dice;
 pub mod focal;
 pub mod generalized_dice;
+pub mod mcc;
 pub mod reduction;
 pub mod tversky;
 pub mod wasserstein;
