@@ -3,7 +3,7 @@
 use burn::tensor::{Int, Tensor};
 use segloss::{
     Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
-    FocalLossConfig, GeneralizedDiceLossConfig, TverskyLossConfig,
+    FocalLossConfig, GeneralizedDiceLossConfig, MccLossConfig, TverskyLossConfig,
 };
 
 /// A loss for multi-class training from logits `[B, C, D, H, W]` and a label map `[B, 1, D, H, W]`.
@@ -19,6 +19,8 @@ pub enum LossKind {
     DiceFocal,
     /// Tversky (alpha 0.3, beta 0.7: recall-leaning), softmax, background excluded.
     Tversky,
+    /// Matthews correlation coefficient loss, softmax, background excluded.
+    Mcc,
     /// Softmax focal loss alone.
     Focal,
     /// Cross-entropy alone.
@@ -27,12 +29,13 @@ pub enum LossKind {
 
 impl LossKind {
     /// Every loss, with its command-line name.
-    pub const ALL: [(&'static str, LossKind); 7] = [
+    pub const ALL: [(&'static str, LossKind); 8] = [
         ("dice", LossKind::Dice),
         ("gdl", LossKind::Gdl),
         ("dice-ce", LossKind::DiceCe),
         ("dice-focal", LossKind::DiceFocal),
         ("tversky", LossKind::Tversky),
+        ("mcc", LossKind::Mcc),
         ("focal", LossKind::Focal),
         ("ce", LossKind::Ce),
     ];
@@ -85,6 +88,10 @@ impl LossKind {
                 .with_beta(0.7)
                 .init()
                 .forward(logits, labels),
+            LossKind::Mcc => MccLossConfig::new(act)
+                .with_include_background(false)
+                .init()
+                .forward(logits, labels),
             LossKind::Focal => FocalLossConfig::new()
                 .with_use_softmax(true)
                 .init()
@@ -106,7 +113,7 @@ mod tests {
         }
         assert_eq!(
             LossKind::parse("dicey"),
-            Err("unknown loss `dicey`; choose one of: dice, gdl, dice-ce, dice-focal, tversky, focal, ce".to_string())
+            Err("unknown loss `dicey`; choose one of: dice, gdl, dice-ce, dice-focal, tversky, mcc, focal, ce".to_string())
         );
     }
 }
