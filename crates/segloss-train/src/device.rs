@@ -4,11 +4,6 @@
 use anyhow::Result;
 use burn::tensor::Device;
 
-/// Device names [`parse_device`] accepts in this build ([`segloss::device::names`]).
-pub fn device_names() -> Vec<&'static str> {
-    segloss::device::names()
-}
-
 /// The device called `name` (without autodiff), from the table of [`segloss::device`]: `cpu`,
 /// `wgpu`, `wgpu-cpu`, `wgpu-gpu` (feature `wgpu`), `cuda` or `cuda:N` (feature `cuda`).
 ///

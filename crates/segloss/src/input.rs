@@ -96,26 +96,6 @@ impl<L, D> TargetOf<L, D> {
     pub fn is_labels(&self) -> bool {
         matches!(self, TargetOf::Labels(_))
     }
-
-    /// The same target with both forms borrowed.
-    pub fn as_ref(&self) -> TargetOf<&L, &D> {
-        match self {
-            TargetOf::Labels(l) => TargetOf::Labels(l),
-            TargetOf::Dense(d) => TargetOf::Dense(d),
-        }
-    }
-
-    /// The target with each form mapped.
-    pub fn map<L2, D2>(
-        self,
-        labels: impl FnOnce(L) -> L2,
-        dense: impl FnOnce(D) -> D2,
-    ) -> TargetOf<L2, D2> {
-        match self {
-            TargetOf::Labels(l) => TargetOf::Labels(labels(l)),
-            TargetOf::Dense(d) => TargetOf::Dense(dense(d)),
-        }
-    }
 }
 
 /// A validated target flattened to label maps `[B, N]` or dense values `[B, C, N]` (f32).

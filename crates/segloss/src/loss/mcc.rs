@@ -170,19 +170,15 @@ impl MccLoss {
         }
         let k = stats.intersection.dims()[1];
         let counted = counted.repeat_dim(1, k);
-        let tp = stats.intersection;
-        let (p, g) = (stats.prediction, stats.target);
+        let (tp, p, g) = (stats.intersection, stats.prediction, stats.target);
         let fp = p.clone() - tp.clone();
         let fn_ = g.clone() - tp.clone();
         let tn = counted.clone() - p.clone() - g.clone() + tp.clone();
-        let numerator =
-            (tp.clone() * tn.clone() - fp.clone() * fn_.clone()).add_scalar(cfg.smooth_nr);
-        let denominator = ((tp.clone() + fp.clone())
-            * (tp + fn_.clone())
-            * (tn.clone() + fp.clone())
-            * (tn + fn_.clone()))
-        .add_scalar(cfg.smooth_dr)
-        .sqrt();
+        let numerator = (tp * tn - fp.clone() * fn_.clone()).add_scalar(cfg.smooth_nr);
+        // (tp + fp)(tp + fn)(tn + fp)(tn + fn) = P G (M - G)(M - P).
+        let denominator = (p.clone() * g.clone() * (counted.clone() - g) * (counted - p))
+            .add_scalar(cfg.smooth_dr)
+            .sqrt();
         let score = numerator.div(denominator).neg().add_scalar(1.0);
         // MONAI: fp = fn = 0 is a perfect prediction, whose formula would read about 1.
         let perfect = fp.equal_elem(0.0).bool_and(fn_.equal_elem(0.0));

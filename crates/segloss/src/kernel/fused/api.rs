@@ -1,6 +1,7 @@
 //! The fused operations on `Tensor`s: which devices run them, the calls, and how many ran.
 
 use burn::backend::Dispatch;
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Device, Tensor};
 
 use super::ops::{FusedConfusionOps, FusedPointwiseOps, FusedStatsOps};
@@ -27,10 +28,7 @@ pub fn pointwise_stats(
 ) -> Tensor<3> {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     POINTWISE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let device = logits.device();
-    let mask = mask
-        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
-        .into_dispatch();
+    let mask = mask_arg(mask, &logits);
     let out = match target {
         FlatTarget::Labels(l) => <Dispatch as FusedPointwiseOps>::pointwise_stats_labels(
             logits.into_dispatch(),
@@ -66,10 +64,7 @@ pub fn supports_confusion(device: &Device) -> bool {
 pub fn confusion(logits: Tensor<3>, target: FlatTarget, mask: Option<Tensor<2>>) -> Tensor<3> {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     CONFUSION_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let device = logits.device();
-    let mask = mask
-        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
-        .into_dispatch();
+    let mask = mask_arg(mask, &logits);
     let out = match target {
         FlatTarget::Labels(l) => <Dispatch as FusedConfusionOps>::confusion_labels(
             logits.into_dispatch(),
@@ -123,10 +118,7 @@ pub fn overlap_stats(
     spec: Spec,
 ) -> Tensor<3> {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let device = logits.device();
-    let mask = mask
-        .unwrap_or_else(|| Tensor::<2>::empty([0, 0], &device))
-        .into_dispatch();
+    let mask = mask_arg(mask, &logits);
     let out = match target {
         FlatTarget::Labels(l) => <Dispatch as FusedStatsOps>::overlap_stats_labels(
             logits.into_dispatch(),
@@ -142,4 +134,10 @@ pub fn overlap_stats(
         ),
     };
     Tensor::from_dispatch(out)
+}
+
+/// The mask as the extension takes it: a tensor with no elements stands for no mask.
+fn mask_arg(mask: Option<Tensor<2>>, logits: &Tensor<3>) -> FloatTensor<Dispatch> {
+    mask.unwrap_or_else(|| Tensor::<2>::empty([0, 0], &logits.device()))
+        .into_dispatch()
 }
