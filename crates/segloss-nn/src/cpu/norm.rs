@@ -1,0 +1,172 @@
+//! Instance normalisation followed by a leaky ReLU, per `(batch, channel)` over the voxels:
+//!
+//! `x̂ = (x - mean) / sqrt(var + eps)` (biased variance, as Burn's `InstanceNorm`),
+//! `z = gamma x̂ + beta`, `y = z` where `z >= 0`, else `slope z` (Burn's `LeakyRelu`).
+//!
+//! The forward returns `y` and the per-channel `(mean, 1 / sqrt(var + eps))`; the backward
+//! recomputes `x̂` and `z` from `x` and those two numbers, so nothing of the input's size is
+//! kept beside `x`.
+
+use rayon::prelude::*;
+
+use super::conv::sum;
+
+/// The sizes: input `[batch, channels, voxels]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NormGeom {
+    /// Batch size.
+    pub batch: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Voxels per channel.
+    pub voxels: usize,
+}
+
+/// The activation's slope below 0 and the norm's epsilon.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormParams {
+    /// `eps` added to the variance.
+    pub eps: f32,
+    /// Leaky ReLU's slope for negative inputs.
+    pub slope: f32,
+}
+
+/// Mean and `1 / sqrt(var + eps)` of one channel (two passes: the mean, then the squared
+/// deviations, as Burn computes them).
+fn moments(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len().max(1) as f32;
+    let mean = sum(x) / n;
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let mut rest = 0.0f32;
+    for v in chunks.remainder() {
+        rest += (v - mean) * (v - mean);
+    }
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += (v - mean) * (v - mean);
+        }
+    }
+    let var = ((lanes.iter().map(|&l| l as f64).sum::<f64>() + rest as f64) / n as f64) as f32;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `y` `[B, C, N]` and the statistics `[B, C, 2]` (mean, inverse standard deviation) of `x`
+/// `[B, C, N]` with `gamma`, `beta` `[C]`.
+///
+/// # Panics
+/// If a slice's length does not match `g`.
+pub fn forward(
+    g: &NormGeom,
+    p: NormParams,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let n = g.voxels;
+    assert_eq!(
+        x.len(),
+        g.batch * g.channels * n,
+        "instance norm: input size"
+    );
+    assert_eq!(gamma.len(), g.channels, "instance norm: gamma size");
+    assert_eq!(beta.len(), g.channels, "instance norm: beta size");
+    let mut y = vec![0.0f32; x.len()];
+    let mut stats = vec![0.0f32; g.batch * g.channels * 2];
+    y.par_chunks_mut(n.max(1))
+        .zip(x.par_chunks(n.max(1)))
+        .zip(stats.par_chunks_mut(2))
+        .enumerate()
+        .for_each(|(bc, ((y, x), st))| {
+            let c = bc % g.channels;
+            let (mean, rstd) = moments(x, p.eps);
+            st[0] = mean;
+            st[1] = rstd;
+            let (scale, shift) = (gamma[c] * rstd, beta[c] - gamma[c] * rstd * mean);
+            for (y, &x) in y.iter_mut().zip(x) {
+                let z = x * scale + shift;
+                *y = if z < 0.0 { z * p.slope } else { z };
+            }
+        });
+    (y, stats)
+}
+
+/// The gradients with respect to `x` `[B, C, N]`, `gamma` and `beta` `[C]` of [`forward`],
+/// given the statistics it returned and the output's gradient `grad`.
+///
+/// With `dz = grad * (z < 0 ? slope : 1)`: `dbeta = Σ dz`, `dgamma = Σ dz x̂`,
+/// `dx = gamma rstd (dz - mean(dz) - x̂ mean(dz x̂))`.
+///
+/// # Panics
+/// If a slice's length does not match `g`.
+pub fn backward(
+    g: &NormGeom,
+    p: NormParams,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    stats: &[f32],
+    grad: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = g.voxels;
+    assert_eq!(
+        x.len(),
+        g.batch * g.channels * n,
+        "instance norm: input size"
+    );
+    assert_eq!(grad.len(), x.len(), "instance norm: gradient size");
+    assert_eq!(
+        stats.len(),
+        g.batch * g.channels * 2,
+        "instance norm: stats size"
+    );
+    let mut dx = vec![0.0f32; x.len()];
+    let sums: Vec<(f32, f32)> = dx
+        .par_chunks_mut(n.max(1))
+        .zip(x.par_chunks(n.max(1)).zip(grad.par_chunks(n.max(1))))
+        .zip(stats.par_chunks(2))
+        .enumerate()
+        .map(|(bc, ((dx, (x, dy)), st))| {
+            let c = bc % g.channels;
+            let (mean, rstd) = (st[0], st[1]);
+            let (gm, bt) = (gamma[c], beta[c]);
+            let dz = |x: f32, dy: f32| {
+                let xh = (x - mean) * rstd;
+                let z = gm * xh + bt;
+                (if z < 0.0 { dy * p.slope } else { dy }, xh)
+            };
+            let mut lanes = [[0.0f32; 8]; 2];
+            let (xc, dyc) = (x.chunks_exact(8), dy.chunks_exact(8));
+            let mut rest = [0.0f32; 2];
+            for (&x, &dy) in xc.remainder().iter().zip(dyc.remainder()) {
+                let (d, xh) = dz(x, dy);
+                rest[0] += d;
+                rest[1] += d * xh;
+            }
+            for (x8, dy8) in xc.zip(dyc) {
+                for i in 0..8 {
+                    let (d, xh) = dz(x8[i], dy8[i]);
+                    lanes[0][i] += d;
+                    lanes[1][i] += d * xh;
+                }
+            }
+            let total =
+                |l: &[f32; 8], r: f32| (l.iter().map(|&v| v as f64).sum::<f64>() + r as f64) as f32;
+            let (s_dz, s_dzxh) = (total(&lanes[0], rest[0]), total(&lanes[1], rest[1]));
+            let inv_n = 1.0 / n.max(1) as f32;
+            let (m_dz, m_dzxh, k) = (s_dz * inv_n, s_dzxh * inv_n, gm * rstd);
+            for ((o, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                let (d, xh) = dz(x, dy);
+                *o = k * (d - m_dz - xh * m_dzxh);
+            }
+            (s_dz, s_dzxh)
+        })
+        .collect();
+    let mut dgamma = vec![0.0f32; g.channels];
+    let mut dbeta = vec![0.0f32; g.channels];
+    for (bc, (s_dz, s_dzxh)) in sums.into_iter().enumerate() {
+        dbeta[bc % g.channels] += s_dz;
+        dgamma[bc % g.channels] += s_dzxh;
+    }
+    (dx, dgamma, dbeta)
+}
