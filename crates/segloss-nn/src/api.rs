@@ -182,7 +182,8 @@ fn composed_norm_leaky_relu<const D: usize>(
 ) -> Tensor<D> {
     let dims = x.dims();
     let (batch, channels) = (dims[0], dims[1]);
-    let flat = x.reshape([batch, channels, usize::MAX.min(dims[2..].iter().product())]);
+    let voxels: usize = dims[2..].iter().product();
+    let flat = x.reshape([batch, channels, voxels]);
     let centred = flat.clone() - flat.mean_dim(2);
     let var = centred.clone().square().mean_dim(2);
     let mut y = centred / var.add_scalar(eps).sqrt();

@@ -28,7 +28,7 @@ fn random<const D: usize>(shape: [usize; D], seed: u64) -> Tensor<D> {
 }
 
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().to_vec().unwrap()
+    t.clone().into_data().convert::<f32>().try_to_vec().unwrap()
 }
 
 /// Asserts that `got` matches `want` within [`REL_TOL`] of `want`'s largest magnitude.
@@ -53,13 +53,16 @@ fn assert_close_within(what: &str, got: &[f32], want: &[f32], tol: f32) {
     );
 }
 
+/// An output's values and the gradient of each input.
+type Outcome = (Vec<f32>, Vec<Vec<f32>>);
+
 /// Runs `f` on fresh tracked copies of `inputs`, then the gradients of `sum(f(..) * r)` for a
 /// fixed random `r`: `(output, gradient of each input)`.
 fn run<const D: usize>(
     inputs: &[Tensor<D>],
     bias: Option<&Tensor<1>>,
     f: impl Fn(Vec<Tensor<D>>, Option<Tensor<1>>) -> Tensor<5>,
-) -> (Vec<f32>, Vec<Vec<f32>>) {
+) -> Outcome {
     let calls = segloss_nn::fused_calls();
     let tracked: Vec<Tensor<D>> = inputs.iter().map(|t| t.clone().require_grad()).collect();
     let b = bias.map(|b| b.clone().require_grad());
@@ -89,7 +92,7 @@ fn compare<const D: usize>(
     bias: Option<&Tensor<1>>,
     fused: impl Fn(Vec<Tensor<D>>, Option<Tensor<1>>) -> Tensor<5>,
     reference: impl Fn(Vec<Tensor<D>>, Option<Tensor<1>>) -> Tensor<5>,
-) -> ((Vec<f32>, Vec<Vec<f32>>), (Vec<f32>, Vec<Vec<f32>>)) {
+) -> (Outcome, Outcome) {
     let got = run(inputs, bias, fused);
     assert!(FUSED_RAN.with(|c| c.get()), "the fused layer did not run");
     let want = run(inputs, bias, reference);

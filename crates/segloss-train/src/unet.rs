@@ -1,12 +1,17 @@
 //! A 3D U-Net (Ronneberger et al. 2015; Çiçek et al. 2016) in the nnU-Net style: two 3x3x3
 //! convolutions with instance norm and leaky ReLU per level, strided convolutions to go down,
 //! transposed convolutions to go up, skip connections by concatenation.
+//!
+//! The layers run through [`segloss_nn`]: on Flex (the CPU) its fused convolutions and fused
+//! instance norm + leaky ReLU with hand-written backward passes, elsewhere Burn's operations.
+//! The parameters are Burn's modules', so saved weights are the same either way.
 
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
 use burn::nn::{InstanceNorm, InstanceNormConfig, LeakyRelu, LeakyReluConfig, PaddingConfig3d};
 use burn::tensor::{Device, Tensor};
+use segloss_nn::{conv_transpose3d_layer, conv3d_layer, instance_norm_leaky_relu_layer};
 
 /// Configuration of a [`UNet3d`].
 #[derive(Config, Debug)]
@@ -55,8 +60,10 @@ impl ConvBlock {
     }
 
     fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = self.act.forward(self.norm1.forward(self.conv1.forward(x)));
-        self.act.forward(self.norm2.forward(self.conv2.forward(x)))
+        let x = conv3d_layer(&self.conv1, x);
+        let x = instance_norm_leaky_relu_layer(&self.norm1, &self.act, x);
+        let x = conv3d_layer(&self.conv2, x);
+        instance_norm_leaky_relu_layer(&self.norm2, &self.act, x)
     }
 }
 
@@ -148,11 +155,10 @@ impl UNet3d {
         skips.pop();
         for dec in &self.decoders {
             let skip = skips.pop().expect("one skip per decoder");
-            x = dec
-                .block
-                .forward(Tensor::cat(vec![dec.up.forward(x), skip], 1));
+            let up = conv_transpose3d_layer(&dec.up, x);
+            x = dec.block.forward(Tensor::cat(vec![up, skip], 1));
         }
-        self.head.forward(x)
+        conv3d_layer(&self.head, x)
     }
 }
 

@@ -138,69 +138,175 @@ impl Conv3dGeom {
     }
 }
 
-/// Visits, for output rows `[r0, r1)` of one batch item, every im2col row's segment of each
-/// output row: `f(col_index, out_row_start_in_chunk, input_row_start, lo, hi)` where the segment
-/// `[lo, hi)` of the output row reads the input row from `input_row_start` with the stride, and
-/// the rest of the output row is padding. `input_row_start` is `None` when the whole output row
-/// is padding.
-fn for_each_segment(
+/// For output rows `[r0, r1)` of one batch item: for every input channel `c` and kernel taps
+/// `(a, b)`, each output row's source input row (or `None` where it falls in the padding),
+/// calling `f(first im2col row of (c, a, b), offset of the output row in the chunk, source)`;
+/// the `kw` im2col rows of taps `e` that follow read the same input row, shifted.
+fn for_each_source(
     g: &Conv3dGeom,
     r0: usize,
     r1: usize,
-    mut f: impl FnMut(usize, usize, Option<usize>, usize, usize),
+    mut f: impl FnMut(usize, usize, Option<usize>),
 ) {
-    let [_, h, w] = g.input;
+    let [d, h, w] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [_, ho, wo] = g.output;
-    let d = g.input[0];
-    let mut k = 0;
     for c in 0..g.c_in {
         for a in 0..kd {
             for b in 0..kh {
-                for e in 0..kw {
-                    let (lo, hi) = Conv3dGeom::valid(wo, w, g.stride[2], g.pad[2], e);
-                    for r in r0..r1 {
-                        let (oz, oy) = (r / ho, r % ho);
-                        let at = (r - r0) * wo;
-                        let src = match (g.source(0, oz, a), g.source(1, oy, b)) {
-                            (Some(iz), Some(iy)) if lo < hi => {
-                                let ix = lo * g.stride[2] + e - g.pad[2];
-                                Some(((c * d + iz) * h + iy) * w + ix)
-                            }
-                            _ => None,
-                        };
-                        f(k, at, src, lo, hi);
-                    }
-                    k += 1;
+                let k = ((c * kd + a) * kh + b) * kw;
+                for r in r0..r1 {
+                    let (oz, oy) = (r / ho, r % ho);
+                    let src = match (g.source(0, oz, a), g.source(1, oy, b)) {
+                        (Some(iz), Some(iy)) => Some(((c * d + iz) * h + iy) * w),
+                        _ => None,
+                    };
+                    f(k, (r - r0) * wo, src);
                 }
             }
         }
     }
 }
 
+/// The valid output range `[lo, hi)` of each kernel tap `e` along W and the input index of
+/// `lo` (relative to the input row).
+fn w_ranges(g: &Conv3dGeom) -> Vec<(usize, usize, usize)> {
+    (0..g.kernel[2])
+        .map(|e| {
+            let (lo, hi) = Conv3dGeom::valid(g.output[2], g.input[2], g.stride[2], g.pad[2], e);
+            (lo, hi, (lo * g.stride[2] + e).saturating_sub(g.pad[2]))
+        })
+        .collect()
+}
+
+/// `dst = src` in blocks of 16 (kept inline: the rows are short, and a `memcpy` call per row
+/// cost more than the copy).
+#[inline(always)]
+fn copy(dst: &mut [f32], src: &[f32]) {
+    let src = &src[..dst.len()];
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let block: [f32; 16] = s.try_into().expect("16 values");
+        d.copy_from_slice(&block);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `dst += src`, vectorised by the compiler.
+#[inline(always)]
+fn add(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
 /// Writes the im2col columns of output rows `[r0, r1)` of one batch item `x` `[C_in, D, H, W]`
 /// into `col` `[k_len, (r1 - r0) * W_out]`.
 fn im2col(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+    if g.stride[1] == 1 && g.stride[2] == 1 && g.output[2] == g.input[2] {
+        return im2col_rows_aligned(g, x, r0, r1, col);
+    }
     let wo = g.output[2];
     let ncols = (r1 - r0) * wo;
     let s = g.stride[2];
-    for_each_segment(g, r0, r1, |k, at, src, lo, hi| {
-        let out = &mut col[k * ncols + at..][..wo];
-        match src {
-            None => out.fill(0.0),
-            Some(i) => {
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                if s == 1 {
-                    out[lo..hi].copy_from_slice(&x[i..i + hi - lo]);
-                } else {
-                    for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                        *o = x[i + j * s];
+    let ranges = w_ranges(g);
+    for_each_source(g, r0, r1, |k, at, src| {
+        for (e, &(lo, hi, ix)) in ranges.iter().enumerate() {
+            let out = &mut col[(k + e) * ncols + at..][..wo];
+            match src {
+                Some(row) if lo < hi => {
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let from = row + ix;
+                    if s == 1 {
+                        copy(&mut out[lo..hi], &x[from..]);
+                    } else {
+                        for (j, o) in out[lo..hi].iter_mut().enumerate() {
+                            *o = x[from + j * s];
+                        }
+                    }
+                }
+                _ => out.fill(0.0),
+            }
+        }
+    });
+}
+
+/// [`im2col`] where output rows are as long as input rows and both strides within a plane are
+/// 1: then for each im2col row and output plane the valid output rows read consecutive input
+/// rows, so the run is one shifted block copy of the input plane, followed by zeroing the
+/// padding column(s) of each row (the copy wrapped them around from the neighbouring row).
+fn im2col_rows_aligned(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked on the line above.
+        return unsafe { im2col_rows_aligned_avx512(g, x, r0, r1, col) };
+    }
+    im2col_rows_aligned_body(g, x, r0, r1, col)
+}
+
+/// [`im2col_rows_aligned_body`] compiled with AVX-512 (the copies move 64 bytes at a time).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn im2col_rows_aligned_avx512(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+    im2col_rows_aligned_body(g, x, r0, r1, col)
+}
+
+#[inline(always)]
+fn im2col_rows_aligned_body(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
+    let [d, h, w] = g.input;
+    let [kd, kh, _] = g.kernel;
+    let [_, ho, wo] = g.output;
+    let ncols = (r1 - r0) * wo;
+    let ranges = w_ranges(g);
+    let mut k = 0;
+    for c in 0..g.c_in {
+        for a in 0..kd {
+            for b in 0..kh {
+                // Output rows whose input row (y + b - pad_h) is inside the plane.
+                let (lo_y, hi_y) = Conv3dGeom::valid(ho, h, 1, g.pad[1], b);
+                for (e, &(lo, hi, _)) in ranges.iter().enumerate() {
+                    let dst_k = &mut col[k * ncols..][..ncols];
+                    k += 1;
+                    let mut r = r0;
+                    while r < r1 {
+                        let oz = r / ho;
+                        let (y0, y1) = (r - oz * ho, (r1 - oz * ho).min(ho));
+                        let run = &mut dst_k[(r - r0) * wo..(r - r0 + y1 - y0) * wo];
+                        r += y1 - y0;
+                        let (ya, yb) = (lo_y.clamp(y0, y1), hi_y.clamp(y0, y1));
+                        let iz = g.source(0, oz, a);
+                        let Some(iz) = iz.filter(|_| ya < yb && lo < hi) else {
+                            run.fill(0.0);
+                            continue;
+                        };
+                        run[..(ya - y0) * wo].fill(0.0);
+                        run[(yb - y0) * wo..].fill(0.0);
+                        let block = &mut run[(ya - y0) * wo..(yb - y0) * wo];
+                        // Output (y, xo) reads input (y + b - pad_h, xo + e - pad_w): one offset
+                        // for the whole block, clipped at the input's two ends.
+                        let first = ((c * d + iz) * h + ya + b - g.pad[1]) * w;
+                        let (start, skip) = match (first + e).checked_sub(g.pad[2]) {
+                            Some(start) => (start, 0),
+                            None => (0, g.pad[2] - first - e),
+                        };
+                        let len = (block.len() - skip).min(x.len() - start);
+                        block[..skip].fill(0.0);
+                        copy(&mut block[skip..skip + len], &x[start..start + len]);
+                        block[skip + len..].fill(0.0);
+                        // The padding columns got the neighbouring rows' values: zero them.
+                        for row in block.chunks_exact_mut(wo) {
+                            row[..lo].fill(0.0);
+                            row[hi..].fill(0.0);
+                        }
                     }
                 }
             }
         }
-    });
+    }
 }
 
 /// The adjoint of [`im2col`]: adds each column entry to the input voxel it was read from.
@@ -208,16 +314,20 @@ fn col2im(g: &Conv3dGeom, col: &[f32], r0: usize, r1: usize, dx: &mut [f32]) {
     let wo = g.output[2];
     let ncols = (r1 - r0) * wo;
     let s = g.stride[2];
-    for_each_segment(g, r0, r1, |k, at, src, lo, hi| {
-        if let Some(i) = src {
-            let seg = &col[k * ncols + at + lo..k * ncols + at + hi];
+    let ranges = w_ranges(g);
+    for_each_source(g, r0, r1, |k, at, src| {
+        let Some(row) = src else { return };
+        for (e, &(lo, hi, ix)) in ranges.iter().enumerate() {
+            if lo >= hi {
+                continue;
+            }
+            let seg = &col[(k + e) * ncols + at + lo..(k + e) * ncols + at + hi];
+            let from = row + ix;
             if s == 1 {
-                for (d, v) in dx[i..i + seg.len()].iter_mut().zip(seg) {
-                    *d += v;
-                }
+                add(&mut dx[from..from + seg.len()], seg);
             } else {
                 for (j, v) in seg.iter().enumerate() {
-                    dx[i + j * s] += v;
+                    dx[from + j * s] += v;
                 }
             }
         }
@@ -282,6 +392,11 @@ pub fn forward(g: &Conv3dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Ve
 /// The gradient with respect to the input `[B, C_in, D, H, W]` of [`forward`], given the
 /// output's gradient `grad` `[B, C_out, D_out, H_out, W_out]`.
 ///
+/// At stride 1 (padding below the kernel) this is the forward convolution of `grad` with the
+/// flipped, transposed kernel ([`flipped`]): its matrix product sums over `C_out * taps`, where
+/// the scatter below sums over `C_out` only, which keeps the product efficient. Otherwise the
+/// columns `W^T grad` are formed chunk by chunk and scattered back (col2im).
+///
 /// Chunks of output planes scatter into overlapping input planes, so they run in two waves
 /// (even chunks, then odd ones), each chunk at least as thick as keeps two chunks of a wave
 /// apart.
@@ -291,6 +406,9 @@ pub fn forward(g: &Conv3dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Ve
 pub fn backward_input(g: &Conv3dGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
     check_len("the weight", w.len(), g.c_out * g.k_len());
     check_len("the gradient", grad.len(), g.batch * g.c_out * g.out_len());
+    if let Some((flipped_geom, flipped)) = flipped(g, w) {
+        return forward(&flipped_geom, grad, &flipped, None);
+    }
     let (k, ho, wo, out_len, x_len) = (
         g.k_len(),
         g.output[1],
@@ -343,6 +461,44 @@ pub fn backward_input(g: &Conv3dGeom, w: &[f32], grad: &[f32]) -> Vec<f32> {
             });
     }
     dx
+}
+
+/// At stride 1 with `pad <= kernel - 1` on every axis: the convolution whose forward is the
+/// input gradient of `g`, and its weight `W'[c, o, a, b, e] = W[o, c, kd-1-a, kh-1-b, kw-1-e]`
+/// (padding `kernel - 1 - pad`, input and output sizes swapped).
+fn flipped(g: &Conv3dGeom, w: &[f32]) -> Option<(Conv3dGeom, Vec<f32>)> {
+    if g.stride != [1; 3] || (0..3).any(|i| g.pad[i] + 1 > g.kernel[i]) {
+        return None;
+    }
+    // Full padding reaches back to the input's size only if the forward's trailing padding was
+    // the leading one (symmetric), which the output size tells.
+    let pad = [0, 1, 2].map(|i| g.kernel[i] - 1 - g.pad[i]);
+    if (0..3).any(|i| g.output[i] + 2 * pad[i] + 1 != g.input[i] + g.kernel[i]) {
+        return None;
+    }
+    let [kd, kh, kw] = g.kernel;
+    let taps = kd * kh * kw;
+    let mut out = vec![0.0f32; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            let src = &w[(o * g.c_in + c) * taps..][..taps];
+            let dst = &mut out[(c * g.c_out + o) * taps..][..taps];
+            for (t, v) in src.iter().enumerate() {
+                dst[taps - 1 - t] = *v;
+            }
+        }
+    }
+    let geom = Conv3dGeom {
+        batch: g.batch,
+        c_in: g.c_out,
+        c_out: g.c_in,
+        input: g.output,
+        kernel: g.kernel,
+        stride: [1; 3],
+        pad,
+        output: g.input,
+    };
+    Some((geom, out))
 }
 
 /// The gradients with respect to the weight `[C_out, C_in, kd, kh, kw]` and the bias `[C_out]`

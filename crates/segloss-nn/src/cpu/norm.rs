@@ -51,6 +51,58 @@ fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// One channel's backward: its statistics and parameters.
+struct Channel {
+    mean: f32,
+    rstd: f32,
+    gamma: f32,
+    beta: f32,
+    slope: f32,
+}
+
+/// Lanes of the blocks the loops below are written in (so that the compiler vectorises them).
+const LANES: usize = 16;
+
+impl Channel {
+    /// `(dz, x̂)` of one voxel: the gradient through the leaky ReLU and the normalised input.
+    #[inline(always)]
+    fn dz(&self, x: f32, dy: f32) -> (f32, f32) {
+        let xh = (x - self.mean) * self.rstd;
+        let z = self.gamma * xh + self.beta;
+        (dy * if z < 0.0 { self.slope } else { 1.0 }, xh)
+    }
+
+    /// `(Σ dz, Σ dz x̂)` over the channel, in `LANES` partial sums added up in `f64`.
+    fn sums(&self, x: &[f32], dy: &[f32]) -> (f32, f32) {
+        let (mut s0, mut s1) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let (xc, dyc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+        let (mut r0, mut r1) = (0.0f64, 0.0f64);
+        for (&x, &dy) in xc.remainder().iter().zip(dyc.remainder()) {
+            let (d, xh) = self.dz(x, dy);
+            r0 += d as f64;
+            r1 += (d * xh) as f64;
+        }
+        for (x, dy) in xc.zip(dyc) {
+            for i in 0..LANES {
+                let (d, xh) = self.dz(x[i], dy[i]);
+                s0[i] += d;
+                s1[i] += d * xh;
+            }
+        }
+        let total = |l: [f32; LANES], r: f64| (l.iter().map(|&v| v as f64).sum::<f64>() + r) as f32;
+        (total(s0, r0), total(s1, r1))
+    }
+
+    /// `dx = gamma rstd (dz - mean(dz) - x̂ mean(dz x̂))` into `dx`.
+    fn input_gradient(&self, x: &[f32], dy: &[f32], m_dz: f32, m_dzxh: f32, dx: &mut [f32]) {
+        let k = self.gamma * self.rstd;
+        for ((o, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let (d, xh) = self.dz(x, dy);
+            *o = k * (d - m_dz - xh * m_dzxh);
+        }
+    }
+}
+
 /// `y` `[B, C, N]` and the statistics `[B, C, 2]` (mean, inverse standard deviation) of `x`
 /// `[B, C, N]` with `gamma`, `beta` `[C]`.
 ///
@@ -129,36 +181,16 @@ pub fn backward(
         .map(|(bc, ((dx, (x, dy)), st))| {
             let c = bc % g.channels;
             let (mean, rstd) = (st[0], st[1]);
-            let (gm, bt) = (gamma[c], beta[c]);
-            let dz = |x: f32, dy: f32| {
-                let xh = (x - mean) * rstd;
-                let z = gm * xh + bt;
-                (if z < 0.0 { dy * p.slope } else { dy }, xh)
+            let ch = Channel {
+                mean,
+                rstd,
+                gamma: gamma[c],
+                beta: beta[c],
+                slope: p.slope,
             };
-            let mut lanes = [[0.0f32; 8]; 2];
-            let (xc, dyc) = (x.chunks_exact(8), dy.chunks_exact(8));
-            let mut rest = [0.0f32; 2];
-            for (&x, &dy) in xc.remainder().iter().zip(dyc.remainder()) {
-                let (d, xh) = dz(x, dy);
-                rest[0] += d;
-                rest[1] += d * xh;
-            }
-            for (x8, dy8) in xc.zip(dyc) {
-                for i in 0..8 {
-                    let (d, xh) = dz(x8[i], dy8[i]);
-                    lanes[0][i] += d;
-                    lanes[1][i] += d * xh;
-                }
-            }
-            let total =
-                |l: &[f32; 8], r: f32| (l.iter().map(|&v| v as f64).sum::<f64>() + r as f64) as f32;
-            let (s_dz, s_dzxh) = (total(&lanes[0], rest[0]), total(&lanes[1], rest[1]));
+            let (s_dz, s_dzxh) = ch.sums(x, dy);
             let inv_n = 1.0 / n.max(1) as f32;
-            let (m_dz, m_dzxh, k) = (s_dz * inv_n, s_dzxh * inv_n, gm * rstd);
-            for ((o, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let (d, xh) = dz(x, dy);
-                *o = k * (d - m_dz - xh * m_dzxh);
-            }
+            ch.input_gradient(x, dy, s_dz * inv_n, s_dzxh * inv_n, dx);
             (s_dz, s_dzxh)
         })
         .collect();
