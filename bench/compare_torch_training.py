@@ -5,8 +5,8 @@ For each row (a set of `segloss train` settings) the script runs `segloss train`
 twin, each in a fresh process, one after the other, `--runs` times, with the same number of
 threads (RAYON_NUM_THREADS=T for segloss, torch.set_num_threads(T) in the twin), f32 in both.
 It prints the median epoch time of each tool, their ratio (PyTorch / segloss: above 1 means
-segloss is faster), and the peak resident memory of each process (the OS's maxrss of the child,
-read with wait4).
+segloss is faster), and the peak resident memory of each process (GNU time's %M of the command,
+which needs /usr/bin/time: `apt-get install time`).
 
 What an epoch is, in both tools: `--steps-per-epoch` Adam steps (lr 1e-2, Burn's default
 epsilon 1e-5 in both) on batches of `--batch-size` procedural volumes generated at that step
@@ -52,15 +52,27 @@ ROWS = {
 COMMON = {"depth": 3, "classes": 4, "batch": 2, "steps": 16, "lr": 1e-2, "valid": 8}
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def run_child(cmd, env):
-    """Runs `cmd`; returns (exit status, stdout, stderr, peak resident MiB of that process)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
+    """Runs `cmd`; returns (exit status, stdout, stderr, peak resident MiB of that process).
+
+    The peak is GNU time's %M for the command: the process it forks from its own small image.
+    `os.wait4` on a child of this script would not do: a child's maximum resident size counts
+    the memory it had before `exec`, a copy of this Python process with torch imported (about
+    520 MiB), so every tool would read at least that.
+    """
+    if not os.access(GNU_TIME, os.X_OK):
+        sys.exit(f"needs GNU time at {GNU_TIME} (apt-get install time) to measure each process's peak memory")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as peak:
+        p = subprocess.run([GNU_TIME, "-f", "%M", "-o", peak.name, *cmd], stdout=out, stderr=err, env=env)
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss / 1024.0
+        kib = peak.read().strip().splitlines()
+        rss = float(kib[-1]) / 1024.0 if kib and kib[-1].isdigit() else float("nan")
+        return p.returncode, out.read().decode(), err.read().decode(), rss
 
 
 def epoch_median(seconds):
