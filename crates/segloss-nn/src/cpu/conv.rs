@@ -393,7 +393,7 @@ pub fn forward(g: &Conv3dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Ve
 /// output's gradient `grad` `[B, C_out, D_out, H_out, W_out]`.
 ///
 /// At stride 1 (padding below the kernel) this is the forward convolution of `grad` with the
-/// flipped, transposed kernel ([`flipped`]): its matrix product sums over `C_out * taps`, where
+/// flipped, transposed kernel: its matrix product sums over `C_out * taps`, where
 /// the scatter below sums over `C_out` only, which keeps the product efficient. Otherwise the
 /// columns `W^T grad` are formed chunk by chunk and scattered back (col2im).
 ///
