@@ -511,27 +511,37 @@ pub fn backward_weight(g: &Conv3dGeom, x: &[f32], grad: &[f32]) -> (Vec<f32>, Ve
     check_len("the gradient", grad.len(), g.batch * g.c_out * g.out_len());
     let (k, wo, out_len, x_len) = (g.k_len(), g.output[2], g.out_len(), g.c_in * g.in_len());
     let per_chunk = rows_per_chunk(k, wo);
-    let dw = chunks(g.batch, g.rows(), per_chunk)
+    let dw_t = chunks(g.batch, g.rows(), per_chunk)
         .into_par_iter()
         .fold(
             || vec![0.0f32; g.c_out * k],
             |mut acc, (b, r0, r1)| {
                 let ncols = (r1 - r0) * wo;
-                with_scratch(k * ncols, |col| {
+                with_scratch(k * ncols + ncols * g.c_out, |buf| {
+                    let (col, dy) = buf.split_at_mut(k * ncols);
                     im2col(g, &x[b * x_len..][..x_len], r0, r1, col);
-                    let g_b = &grad[b * g.c_out * out_len + r0 * wo..];
-                    // SAFETY: acc is c_out x k; the gradient view's rows are the output
-                    // channels' columns [r0 * wo, r1 * wo) of batch item b, col is k x ncols.
+                    // The chunk's output gradient transposed, `[ncols, C_out]`: the product's
+                    // left operand with its `C_out` rows contiguous, which gemm reads as it is.
+                    // (Given `[C_out, ncols]`, or with the product oriented the other way, gemm
+                    // first transposes an operand into a packed copy, padded to 64 rows.)
+                    for o in 0..g.c_out {
+                        let src = &grad[(b * g.c_out + o) * out_len + r0 * wo..][..ncols];
+                        for (i, v) in src.iter().enumerate() {
+                            dy[i * g.c_out + o] = *v;
+                        }
+                    }
+                    // SAFETY: acc is the weight gradient transposed, k x c_out column-major
+                    // (entry (o, kk) at kk * c_out + o); dy is ncols x c_out, col k x ncols.
                     unsafe {
                         gemm(
                             g.c_out,
                             k,
                             ncols,
                             acc.as_mut_ptr(),
-                            k,
                             1,
+                            g.c_out,
                             true,
-                            View::new(g_b, out_len, 1),
+                            View::new(dy, 1, g.c_out),
                             View::new(col, 1, ncols),
                         );
                     }
@@ -546,6 +556,12 @@ pub fn backward_weight(g: &Conv3dGeom, x: &[f32], grad: &[f32]) -> (Vec<f32>, Ve
                 a
             },
         );
+    let mut dw = vec![0.0f32; g.c_out * k];
+    for (kk, row) in dw_t.chunks_exact(g.c_out).enumerate() {
+        for (o, v) in row.iter().enumerate() {
+            dw[o * k + kk] = *v;
+        }
+    }
     (dw, channel_sums(grad, g.batch, g.c_out, out_len))
 }
 
