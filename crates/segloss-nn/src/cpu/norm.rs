@@ -33,6 +33,7 @@ pub struct NormParams {
 
 /// Mean and `1 / sqrt(var + eps)` of one channel (two passes: the mean, then the squared
 /// deviations, as Burn computes them).
+#[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len().max(1) as f32;
     let mean = sum(x) / n;
@@ -73,6 +74,7 @@ impl Channel {
     }
 
     /// `(Σ dz, Σ dz x̂)` over the channel, in `LANES` partial sums added up in `f64`.
+    #[inline(always)]
     fn sums(&self, x: &[f32], dy: &[f32]) -> (f32, f32) {
         let (mut s0, mut s1) = ([0.0f32; LANES], [0.0f32; LANES]);
         let (xc, dyc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
@@ -93,7 +95,33 @@ impl Channel {
         (total(s0, r0), total(s1, r1))
     }
 
+    /// The channel's backward: `dx` written, `(Σ dz, Σ dz x̂)` returned.
+    fn backward(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked on the line above.
+            return unsafe { self.backward_avx512(x, dy, dx) };
+        }
+        self.backward_body(x, dy, dx)
+    }
+
+    /// [`Self::backward_body`] compiled with AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn backward_avx512(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
+        self.backward_body(x, dy, dx)
+    }
+
+    #[inline(always)]
+    fn backward_body(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
+        let (s_dz, s_dzxh) = self.sums(x, dy);
+        let inv_n = 1.0 / x.len().max(1) as f32;
+        self.input_gradient(x, dy, s_dz * inv_n, s_dzxh * inv_n, dx);
+        (s_dz, s_dzxh)
+    }
+
     /// `dx = gamma rstd (dz - mean(dz) - x̂ mean(dz x̂))` into `dx`.
+    #[inline(always)]
     fn input_gradient(&self, x: &[f32], dy: &[f32], m_dz: f32, m_dzxh: f32, dx: &mut [f32]) {
         let k = self.gamma * self.rstd;
         for ((o, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
@@ -131,16 +159,51 @@ pub fn forward(
         .enumerate()
         .for_each(|(bc, ((y, x), st))| {
             let c = bc % g.channels;
-            let (mean, rstd) = moments(x, p.eps);
+            let (mean, rstd) = forward_channel(x, y, gamma[c], beta[c], p);
             st[0] = mean;
             st[1] = rstd;
-            let (scale, shift) = (gamma[c] * rstd, beta[c] - gamma[c] * rstd * mean);
-            for (y, &x) in y.iter_mut().zip(x) {
-                let z = x * scale + shift;
-                *y = if z < 0.0 { z * p.slope } else { z };
-            }
         });
     (y, stats)
+}
+
+/// One channel's forward: its statistics, and `y` written; returns `(mean, rstd)`.
+fn forward_channel(x: &[f32], y: &mut [f32], gamma: f32, beta: f32, p: NormParams) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked on the line above.
+        return unsafe { forward_channel_avx512(x, y, gamma, beta, p) };
+    }
+    forward_channel_body(x, y, gamma, beta, p)
+}
+
+/// [`forward_channel_body`] compiled with AVX-512 (16 voxels per instruction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn forward_channel_avx512(
+    x: &[f32],
+    y: &mut [f32],
+    gamma: f32,
+    beta: f32,
+    p: NormParams,
+) -> (f32, f32) {
+    forward_channel_body(x, y, gamma, beta, p)
+}
+
+#[inline(always)]
+fn forward_channel_body(
+    x: &[f32],
+    y: &mut [f32],
+    gamma: f32,
+    beta: f32,
+    p: NormParams,
+) -> (f32, f32) {
+    let (mean, rstd) = moments(x, p.eps);
+    let (scale, shift) = (gamma * rstd, beta - gamma * rstd * mean);
+    for (y, &x) in y.iter_mut().zip(x) {
+        let z = x * scale + shift;
+        *y = if z < 0.0 { z * p.slope } else { z };
+    }
+    (mean, rstd)
 }
 
 /// The gradients with respect to `x` `[B, C, N]`, `gamma` and `beta` `[C]` of [`forward`],
@@ -188,10 +251,7 @@ pub fn backward(
                 beta: beta[c],
                 slope: p.slope,
             };
-            let (s_dz, s_dzxh) = ch.sums(x, dy);
-            let inv_n = 1.0 / n.max(1) as f32;
-            ch.input_gradient(x, dy, s_dz * inv_n, s_dzxh * inv_n, dx);
-            (s_dz, s_dzxh)
+            ch.backward(x, dy, dx)
         })
         .collect();
     let mut dgamma = vec![0.0f32; g.channels];
