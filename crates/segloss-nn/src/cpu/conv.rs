@@ -235,24 +235,13 @@ fn im2col(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
     });
 }
 
-/// [`im2col`] where output rows are as long as input rows and both strides within a plane are
-/// 1: then for each im2col row and output plane the valid output rows read consecutive input
-/// rows, so the run is one shifted block copy of the input plane, followed by zeroing the
-/// padding column(s) of each row (the copy wrapped them around from the neighbouring row).
-fn im2col_rows_aligned(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked on the line above.
-        return unsafe { im2col_rows_aligned_avx512(g, x, r0, r1, col) };
-    }
-    im2col_rows_aligned_body(g, x, r0, r1, col)
-}
-
-/// [`im2col_rows_aligned_body`] compiled with AVX-512 (the copies move 64 bytes at a time).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn im2col_rows_aligned_avx512(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32]) {
-    im2col_rows_aligned_body(g, x, r0, r1, col)
+with_avx512! {
+    /// [`im2col`] where output rows are as long as input rows and both strides within a plane
+    /// are 1: then for each im2col row and output plane the valid output rows read consecutive
+    /// input rows, so the run is one shifted block copy of the input plane, followed by zeroing
+    /// the padding column(s) of each row (the copy wrapped them around from the neighbouring row).
+    fn im2col_rows_aligned(g: &Conv3dGeom, x: &[f32], r0: usize, r1: usize, col: &mut [f32])
+        => im2col_rows_aligned_body
 }
 
 #[inline(always)]

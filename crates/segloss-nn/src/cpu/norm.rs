@@ -95,31 +95,6 @@ impl Channel {
         (total(s0, r0), total(s1, r1))
     }
 
-    /// The channel's backward: `dx` written, `(Σ dz, Σ dz x̂)` returned.
-    fn backward(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked on the line above.
-            return unsafe { self.backward_avx512(x, dy, dx) };
-        }
-        self.backward_body(x, dy, dx)
-    }
-
-    /// [`Self::backward_body`] compiled with AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn backward_avx512(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
-        self.backward_body(x, dy, dx)
-    }
-
-    #[inline(always)]
-    fn backward_body(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
-        let (s_dz, s_dzxh) = self.sums(x, dy);
-        let inv_n = 1.0 / x.len().max(1) as f32;
-        self.input_gradient(x, dy, s_dz * inv_n, s_dzxh * inv_n, dx);
-        (s_dz, s_dzxh)
-    }
-
     /// `dx = gamma rstd (dz - mean(dz) - x̂ mean(dz x̂))` into `dx`.
     #[inline(always)]
     fn input_gradient(&self, x: &[f32], dy: &[f32], m_dz: f32, m_dzxh: f32, dx: &mut [f32]) {
@@ -129,6 +104,20 @@ impl Channel {
             *o = k * (d - m_dz - xh * m_dzxh);
         }
     }
+}
+
+with_avx512! {
+    /// One channel's backward: `dx` written, `(Σ dz, Σ dz x̂)` returned.
+    fn channel_backward(ch: &Channel, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32)
+        => channel_backward_body
+}
+
+#[inline(always)]
+fn channel_backward_body(ch: &Channel, x: &[f32], dy: &[f32], dx: &mut [f32]) -> (f32, f32) {
+    let (s_dz, s_dzxh) = ch.sums(x, dy);
+    let inv_n = 1.0 / x.len().max(1) as f32;
+    ch.input_gradient(x, dy, s_dz * inv_n, s_dzxh * inv_n, dx);
+    (s_dz, s_dzxh)
 }
 
 /// `y` `[B, C, N]` and the statistics `[B, C, 2]` (mean, inverse standard deviation) of `x`
@@ -166,27 +155,10 @@ pub fn forward(
     (y, stats)
 }
 
-/// One channel's forward: its statistics, and `y` written; returns `(mean, rstd)`.
-fn forward_channel(x: &[f32], y: &mut [f32], gamma: f32, beta: f32, p: NormParams) -> (f32, f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked on the line above.
-        return unsafe { forward_channel_avx512(x, y, gamma, beta, p) };
-    }
-    forward_channel_body(x, y, gamma, beta, p)
-}
-
-/// [`forward_channel_body`] compiled with AVX-512 (16 voxels per instruction).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn forward_channel_avx512(
-    x: &[f32],
-    y: &mut [f32],
-    gamma: f32,
-    beta: f32,
-    p: NormParams,
-) -> (f32, f32) {
-    forward_channel_body(x, y, gamma, beta, p)
+with_avx512! {
+    /// One channel's forward: its statistics, and `y` written; returns `(mean, rstd)`.
+    fn forward_channel(x: &[f32], y: &mut [f32], gamma: f32, beta: f32, p: NormParams) -> (f32, f32)
+        => forward_channel_body
 }
 
 #[inline(always)]
@@ -251,7 +223,7 @@ pub fn backward(
                 beta: beta[c],
                 slope: p.slope,
             };
-            ch.backward(x, dy, dx)
+            channel_backward(&ch, x, dy, dx)
         })
         .collect();
     let mut dgamma = vec![0.0f32; g.channels];
