@@ -81,6 +81,10 @@ pub fn conv3d(
 /// [`burn::tensor::module::conv_transpose3d`]: the fused kernel where [`supports`] holds and the
 /// stride equals the kernel with no padding, no output padding, dilation and groups 1 (every
 /// output voxel then comes from one input voxel), Burn's operation otherwise.
+///
+/// # Panics
+/// As Burn's `conv_transpose3d` on bad shapes (the weight's input channels not the input's go
+/// to Burn's operation, which names the mismatch).
 pub fn conv_transpose3d(
     x: Tensor<5>,
     weight: Tensor<5>,

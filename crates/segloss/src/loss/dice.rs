@@ -146,40 +146,13 @@ pub struct DiceLoss {
     config: DiceLossConfig,
 }
 
+overlap_loss_shell!(
+    DiceLoss,
+    DiceLossConfig,
+    "The loss per (sample, class), `[B, C']`, or per class `[1, C']` with `batch`."
+);
+
 impl DiceLoss {
-    /// The configuration this loss was built from.
-    pub fn config(&self) -> &DiceLossConfig {
-        &self.config
-    }
-
-    /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(
-        &self,
-        prediction: Tensor<D>,
-        target: impl Into<Target>,
-    ) -> Tensor<1> {
-        self.config
-            .reduction
-            .apply(self.forward_no_reduction(prediction, target))
-    }
-
-    /// The loss per (sample, class), `[B, C']`, or per class `[1, C']` with `batch`.
-    pub fn forward_no_reduction<const D: usize>(
-        &self,
-        prediction: Tensor<D>,
-        target: impl Into<Target>,
-    ) -> Tensor<2> {
-        let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
-        self.forward_prepared(&prepared)
-    }
-
-    pub(crate) fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions {
-            ignore_index: self.config.ignore_index,
-            validate_labels: self.config.validate_labels,
-        }
-    }
-
     pub(crate) fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         self.loss_of_stats(prepared_stats(NAME, prepared, &self.stats_options()))
     }

@@ -114,40 +114,13 @@ pub struct MccLoss {
     config: MccLossConfig,
 }
 
+overlap_loss_shell!(
+    MccLoss,
+    MccLossConfig,
+    "The loss per (sample, class) `[B, C']`, or `[1, C']` with `batch`."
+);
+
 impl MccLoss {
-    /// The configuration this loss was built from.
-    pub fn config(&self) -> &MccLossConfig {
-        &self.config
-    }
-
-    /// The reduced loss, shape `[1]`.
-    pub fn forward<const D: usize>(
-        &self,
-        prediction: Tensor<D>,
-        target: impl Into<Target>,
-    ) -> Tensor<1> {
-        self.config
-            .reduction
-            .apply(self.forward_no_reduction(prediction, target))
-    }
-
-    /// The loss per (sample, class) `[B, C']`, or `[1, C']` with `batch`.
-    pub fn forward_no_reduction<const D: usize>(
-        &self,
-        prediction: Tensor<D>,
-        target: impl Into<Target>,
-    ) -> Tensor<2> {
-        let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
-        self.forward_prepared(&prepared)
-    }
-
-    fn prepare_options(&self) -> PrepareOptions {
-        PrepareOptions {
-            ignore_index: self.config.ignore_index,
-            validate_labels: self.config.validate_labels,
-        }
-    }
-
     fn forward_prepared(&self, prepared: &Prepared) -> Tensor<2> {
         let cfg = &self.config;
         let options = StatsOptions::for_loss(

@@ -6,6 +6,49 @@
 //! [`OverlapStats`](crate::OverlapStats); focal and cross-entropy are per-voxel losses; the
 //! compound losses add one of each.
 
+/// The shell every overlap loss (Dice, Generalized Dice, Tversky, MCC) shares: `config()`,
+/// `forward` (the reduction of `forward_no_reduction`), `forward_no_reduction` (its target
+/// prepared, then the loss's own `forward_prepared`) and the preparation options from the
+/// config's `ignore_index` and `validate_labels`. `$unreduced` documents the unreduced shape.
+macro_rules! overlap_loss_shell {
+    ($loss:ident, $config:ident, $unreduced:literal) => {
+        impl $loss {
+            /// The configuration this loss was built from.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            /// The reduced loss, shape `[1]`.
+            pub fn forward<const D: usize>(
+                &self,
+                prediction: Tensor<D>,
+                target: impl Into<Target>,
+            ) -> Tensor<1> {
+                self.config
+                    .reduction
+                    .apply(self.forward_no_reduction(prediction, target))
+            }
+
+            #[doc = $unreduced]
+            pub fn forward_no_reduction<const D: usize>(
+                &self,
+                prediction: Tensor<D>,
+                target: impl Into<Target>,
+            ) -> Tensor<2> {
+                let prepared = prepare(NAME, prediction, target.into(), self.prepare_options());
+                self.forward_prepared(&prepared)
+            }
+
+            pub(crate) fn prepare_options(&self) -> PrepareOptions {
+                PrepareOptions {
+                    ignore_index: self.config.ignore_index,
+                    validate_labels: self.config.validate_labels,
+                }
+            }
+        }
+    };
+}
+
 pub mod compound;
 pub mod cross_entropy;
 pub mod dice;
