@@ -37,6 +37,8 @@ pub const CASE_FIELDS: &[&str] = &[
     "expected",
     "grad_input",
     "equivalent_of",
+    "inputs",
+    "grad_inputs",
 ];
 /// The `loss` of the shared set's metrics file, which holds no loss cases and is skipped.
 pub const METRICS: &str = "metrics";
@@ -308,7 +310,12 @@ pub const LOSSES: &[&str] = &[
     "DiceFocalLoss",
     "GeneralizedDiceFocalLoss",
     "GeneralizedWassersteinDiceLoss",
+    DEEP_SUPERVISION,
 ];
+
+/// MONAI's `DeepSupervisionLoss`: its cases hold lists `inputs` / `grad_inputs` (one per level,
+/// full resolution first) and name the inner loss in `options.loss = {name, options}`.
+pub const DEEP_SUPERVISION: &str = "DeepSupervisionLoss";
 
 /// Builds our loss from a MONAI loss name and its options (only the options MONAI 1.6.1's
 /// constructor of that loss takes, and only those the harness maps).
@@ -625,6 +632,172 @@ fn run<const D: usize>(b: &Built, x: &Array, t: Target, device: &Device) -> Outp
     }
 }
 
+/// The reduced loss (`forward`, shape `[1]`) of a built loss.
+fn reduced<const D: usize>(b: &Built, p: Tensor<D>, t: Target) -> Tensor<1> {
+    match &b.loss {
+        Loss::Dice(l) => l.forward(p, t),
+        Loss::Gdl(l) => l.forward(p, t),
+        Loss::Tversky(l) => l.forward(p, t),
+        Loss::Mcc(l) => l.forward(p, t),
+        Loss::Focal(l) => l.forward(p, t),
+        Loss::DiceCe(l) => l.forward(p, t),
+        Loss::DiceFocal(l) => l.forward(p, t),
+        Loss::GdlFocal(l) => l.forward(p, t),
+        Loss::Wasserstein(l) => l.forward(p, t),
+    }
+}
+
+/// A `DeepSupervisionLoss` case's options: `weight_mode`, `weights` and the inner loss
+/// `loss = {"name": MONAI class, "options": {...}}`, built as [`build`] builds any loss (its
+/// options strictly read). The inner loss must reduce (MONAI sums its values over the levels).
+fn build_deep_supervision(o: &Options) -> Result<(DeepSupervisionLoss, Built), String> {
+    let mode = match o.choice("weight_mode", "exp", &["exp", "same", "two"])? {
+        "exp" => DeepSupervisionWeighting::Exp,
+        "same" => DeepSupervisionWeighting::Same,
+        _ => DeepSupervisionWeighting::Two,
+    };
+    let ds = DeepSupervisionLossConfig::new()
+        .with_weight_mode(mode)
+        .with_weights(o.list("weights")?)
+        .try_init()
+        .map_err(|e| format!("segloss refuses the options: {e}"))?;
+    let inner = o
+        .get("loss")
+        .ok_or("DeepSupervisionLoss needs the option `loss` = {name, options} (the inner loss)")?;
+    let inner = inner
+        .as_object()
+        .ok_or_else(|| Options::wrong("loss", inner, "an object {name, options}"))?;
+    if let Some(k) = inner.keys().find(|k| *k != "name" && *k != "options") {
+        return Err(format!(
+            "option `loss` has a field `{k}` the harness does not understand (only name and options)"
+        ));
+    }
+    let name = inner
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("option `loss.name` is missing or not a loss name")?;
+    if name == DEEP_SUPERVISION {
+        return Err("option `loss.name` is DeepSupervisionLoss itself".into());
+    }
+    let empty = Map::new();
+    let inner_map = match inner.get("options") {
+        None => &empty,
+        Some(Value::Object(m)) => m,
+        Some(v) => return Err(Options::wrong("loss.options", v, "an object")),
+    };
+    let inner_opts = Options {
+        map: inner_map,
+        used: Default::default(),
+    };
+    let built = build(name, &inner_opts).map_err(|e| format!("inner loss {name}: {e}"))?;
+    if built.reduction == Reduction::None {
+        return Err(format!(
+            "inner loss {name} with reduction \"none\": DeepSupervisionLoss adds the levels' reduced values"
+        ));
+    }
+    o.finish(DEEP_SUPERVISION)?;
+    Ok((ds, built))
+}
+
+/// Runs a `DeepSupervisionLoss` case: the value and the gradient of every level, compared with
+/// MONAI's (the gradients concatenated level after level in the returned values).
+fn run_deep_supervision_case(
+    case: &Value,
+    reference: &Value,
+    kernel: Kernel,
+    device: &Device,
+) -> Result<(f64, Vec<f64>, Vec<f64>), String> {
+    let opts = Options {
+        map: case["options"].as_object().expect("checked"),
+        used: Default::default(),
+    };
+    let (ds, built) = build_deep_supervision(&opts)?;
+    let list = |v: &Value, what: &str| -> Result<Vec<Array>, String> {
+        let items = v
+            .as_array()
+            .ok_or_else(|| format!("`{what}` is {}, not a list of arrays", short(v)))?;
+        if items.is_empty() {
+            return Err(format!("`{what}` is an empty list"));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, a)| array(a, &format!("{what}[{i}]")))
+            .collect()
+    };
+    let xs = list(&case["inputs"], "inputs")?;
+    let expected_grads = list(&reference["grad_inputs"], "grad_inputs")?;
+    if expected_grads.len() != xs.len() {
+        return Err(format!(
+            "{} inputs but {} gradients",
+            xs.len(),
+            expected_grads.len()
+        ));
+    }
+    let rank = xs[0].shape.len();
+    if let Some(x) = xs.iter().find(|x| x.shape.len() != rank) {
+        return Err(format!(
+            "inputs of different ranks: {:?} and {:?}",
+            xs[0].shape, x.shape
+        ));
+    }
+    let t = target(&array(&case["target"], "target")?, built.labels, device)?;
+    let expected = array(&reference["expected"], "expected")?;
+    fn levels<const D: usize>(
+        ds: &DeepSupervisionLoss,
+        built: &Built,
+        xs: &[Array],
+        t: Target,
+        device: &Device,
+    ) -> (Vec<f64>, Vec<(Vec<usize>, Vec<f64>)>) {
+        let inputs: Vec<Tensor<D>> = xs
+            .iter()
+            .map(|x| float::<D>(x, device).require_grad())
+            .collect();
+        let loss = ds.forward(inputs.clone(), t, |p, t| reduced(built, p, t));
+        let grads = loss.clone().backward();
+        let to_vec = |t: TensorData| t.iter::<f64>().collect::<Vec<f64>>();
+        let g = inputs
+            .iter()
+            .map(|i| match i.grad(&grads) {
+                Some(g) => (g.dims().to_vec(), to_vec(g.into_data())),
+                // A level of weight 0 is not computed: its gradient is 0.
+                None => (i.dims().to_vec(), vec![0.0; i.dims().iter().product()]),
+            })
+            .collect();
+        (to_vec(loss.into_data()), g)
+    }
+    let (value, grads) = with_kernel(kernel, || match rank {
+        3 => Ok(levels::<3>(&ds, &built, &xs, t, device)),
+        4 => Ok(levels::<4>(&ds, &built, &xs, t, device)),
+        5 => Ok(levels::<5>(&ds, &built, &xs, t, device)),
+        r => Err(format!(
+            "unsupported input rank {r} (shape {:?})",
+            xs[0].shape
+        )),
+    })?;
+    if !expected.shape.is_empty() {
+        return Err(format!(
+            "value shape: ours [] (reduced), MONAI {:?}",
+            expected.shape
+        ));
+    }
+    let mut worst = compare(&value, &expected.data).map_err(|e| format!("value: {e}"))?;
+    let mut all = Vec::new();
+    for (l, ((shape, g), want)) in grads.into_iter().zip(&expected_grads).enumerate() {
+        if shape != want.shape {
+            return Err(format!(
+                "gradient of level {l}: shape ours {shape:?}, MONAI {:?}",
+                want.shape
+            ));
+        }
+        worst =
+            worst.max(compare(&g, &want.data).map_err(|e| format!("gradient of level {l}: {e}"))?);
+        all.extend(g);
+    }
+    Ok((worst, value, all))
+}
+
 /// Compares `ours` with MONAI's `expected`, element by element: NaN matches only NaN, an
 /// infinity only the same infinity, and finite values within `ATOL + RTOL |MONAI|`. Returns the
 /// largest absolute error of the finite values, or (on failure) the element with the largest
@@ -726,17 +899,28 @@ pub fn check_case_fields(loss_name: &str, case: &Value) -> Result<(), String> {
             "case field `{k}` not understood by the harness (known: {CASE_FIELDS:?})"
         ));
     }
-    for k in [
-        "name",
-        "options",
-        "input",
-        "target",
-        "expected",
-        "grad_input",
-    ] {
+    let (input, grad) = if loss_name == DEEP_SUPERVISION {
+        ("inputs", "grad_inputs")
+    } else {
+        ("input", "grad_input")
+    };
+    for k in ["name", "options", input, "target", "expected", grad] {
         if !obj.contains_key(k) {
             return Err(format!("the case has no `{k}`"));
         }
+    }
+    let (other_input, other_grad) = if loss_name == DEEP_SUPERVISION {
+        ("input", "grad_input")
+    } else {
+        ("inputs", "grad_inputs")
+    };
+    if let Some(k) = [other_input, other_grad]
+        .iter()
+        .find(|k| obj.contains_key(**k))
+    {
+        return Err(format!(
+            "a `{k}`, which {loss_name} cases do not have (lists `inputs` / `grad_inputs` are for {DEEP_SUPERVISION} only)"
+        ));
     }
     if !obj["name"].is_string() {
         return Err(format!("case `name` is {}, not a string", obj["name"]));
@@ -771,6 +955,9 @@ pub fn run_case(
     check_case_fields(loss_name, case)?;
     if !std::ptr::eq(case, reference) {
         check_case_fields(loss_name, reference).map_err(|e| format!("equivalent case: {e}"))?;
+    }
+    if loss_name == DEEP_SUPERVISION {
+        return run_deep_supervision_case(case, reference, kernel, device);
     }
     let opts = Options {
         map: case["options"].as_object().expect("checked"),

@@ -179,6 +179,68 @@ impl Target {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+
+    /// The target (and its voxel mask) resampled to the spatial shape `spatial` (its last
+    /// `spatial.len()` axes) by nearest-neighbour sampling as PyTorch's
+    /// `interpolate(mode="nearest-exact")` does it, which MONAI's `DeepSupervisionLoss` uses:
+    /// output index `i` of an axis of `n` voxels taken from `m` reads input index
+    /// `min(floor((i + 0.5) * m / n), m - 1)` (at `m = 2n`, voxel `2i + 1`). Label values and
+    /// dense values are copied, never blended.
+    ///
+    /// # Panics
+    /// If `spatial` has more axes than the target has after its batch axis, 0 or more than 3
+    /// axes, or a size of 0.
+    pub fn resized_nearest(&self, spatial: &[usize]) -> Target {
+        let resize_shape = |shape: &[usize], what: &str| -> Vec<usize> {
+            let k = spatial.len();
+            assert!(
+                (1..=3).contains(&k) && shape.len() > k && spatial.iter().all(|&s| s > 0),
+                "Target::resized_nearest: cannot resample the {what} of shape {shape:?} to the spatial shape {spatial:?} (1 to 3 axes of at least one voxel, after the batch axis)"
+            );
+            [&shape[..shape.len() - k], spatial].concat()
+        };
+        let shape = resize_shape(&self.shape, "target");
+        let kind = match &self.kind {
+            TargetOf::Labels(l) => TargetOf::Labels(resample(l.clone(), &self.shape, spatial)),
+            TargetOf::Dense(d) => TargetOf::Dense(resample(d.clone(), &self.shape, spatial)),
+        };
+        let mask = self.mask.as_ref().map(|(m, mshape)| {
+            (
+                resample(m.clone(), mshape, spatial),
+                resize_shape(mshape, "mask"),
+            )
+        });
+        Target { kind, shape, mask }
+    }
+}
+
+/// `flat` `[B, rest]` (of the full shape `shape`) with its last `spatial.len()` axes resampled
+/// to `spatial` by `nearest-exact` sampling (see [`Target::resized_nearest`]), flattened again.
+fn resample<K: burn::tensor::kind::Basic>(
+    flat: Tensor<2, K>,
+    shape: &[usize],
+    spatial: &[usize],
+) -> Tensor<2, K> {
+    let k = spatial.len();
+    let lead: usize = shape[1..shape.len() - k].iter().product();
+    // Rank 5 whatever the number of spatial axes: [B, lead, 1.., spatial...].
+    let mut full = [shape[0], lead, 1, 1, 1];
+    full[5 - k..].copy_from_slice(&shape[shape.len() - k..]);
+    let mut t = flat.reshape(full);
+    let device = t.device();
+    for (axis, &n) in spatial.iter().enumerate() {
+        let dim = 5 - k + axis;
+        let m = full[dim];
+        if m == n {
+            continue;
+        }
+        let scale = m as f32 / n as f32;
+        let index: Vec<i64> = (0..n)
+            .map(|i| (((i as f32 + 0.5) * scale).floor() as usize).min(m - 1) as i64)
+            .collect();
+        t = t.select(dim, Tensor::<1, Int>::from_data(index.as_slice(), &device));
+    }
+    t.reshape([shape[0], lead * spatial.iter().product::<usize>()])
 }
 
 impl<const E: usize> From<Tensor<E, Int>> for Target {

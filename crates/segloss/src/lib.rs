@@ -84,6 +84,9 @@ pub use loss::compound::{
     GeneralizedDiceFocalLossConfig,
 };
 pub use loss::cross_entropy::{CrossEntropyLoss, CrossEntropyLossConfig};
+pub use loss::deep_supervision::{
+    DeepSupervisionLoss, DeepSupervisionLossConfig, DeepSupervisionWeighting,
+};
 pub use loss::dice::{DiceLoss, DiceLossConfig};
 pub use loss::focal::{FocalLoss, FocalLossConfig};
 pub use loss::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};

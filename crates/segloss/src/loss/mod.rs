@@ -4,7 +4,8 @@
 //!
 //! The Dice family (Dice, Jaccard, Tversky, Generalized Dice, MCC) is computed from
 //! [`OverlapStats`](crate::OverlapStats); focal and cross-entropy are per-voxel losses; the
-//! compound losses add one of each.
+//! compound losses add one of each; deep supervision weighs any of them over the outputs of
+//! several decoder levels.
 
 /// The shell every overlap loss (Dice, Generalized Dice, Tversky, MCC) shares: `config()`,
 /// `forward` (the reduction of `forward_no_reduction`), `forward_no_reduction` (its target
@@ -51,6 +52,7 @@ macro_rules! overlap_loss_shell {
 
 pub mod compound;
 pub mod cross_entropy;
+pub mod deep_supervision;
 pub mod dice;
 pub mod focal;
 pub mod generalized_dice;
