@@ -16,7 +16,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use segloss_train::data::SyntheticConfig;
 use segloss_train::dataset::DataSource;
 use segloss_train::device::parse_device;
-use segloss_train::losses::LossKind;
+use segloss_train::losses::{
+    DeepSupervisionWeighting, LossKind, ds_weighting_name, parse_ds_weighting,
+};
 use segloss_train::run::{EpochSummary, Event, RunEnd, TrainConfig, previous_run_files, train};
 
 use crate::console;
@@ -58,6 +60,20 @@ pub struct TrainOpts {
     /// Seed of the weights and the batch order.
     #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
+    /// Built-in data only: add a class, a thin curved tube (radius about 1 voxel) across each
+    /// volume, the kind of structure (vessels, airways) that clDice-type losses are for.
+    #[arg(long, conflicts_with = "images")]
+    pub tube: bool,
+    /// Deep supervision: the U-Net gets a 1x1x1 head on every decoder level, and the loss is
+    /// the weighted sum of the loss at each level against the labels resampled to it
+    /// (nearest-neighbour, as MONAI's DeepSupervisionLoss). Weights: --ds-weights.
+    #[arg(long)]
+    pub deep_supervision: bool,
+    /// Deep-supervision weights per level l (0 = full resolution): normalized (1/2^l scaled to
+    /// sum 1, the default), nnunet (the same with the lowest level's weight 0, as nnU-Net v2),
+    /// exp (max(1/2^l, 1/16), MONAI's default), same (1), two (1, then 0.5).
+    #[arg(long, default_value = "normalized", value_parser = parse_ds_weighting, requires = "deep_supervision")]
+    pub ds_weights: DeepSupervisionWeighting,
     /// Folder of NIfTI training images (.nii / .nii.gz); needs --labels. Without it, the
     /// built-in procedural data is used.
     #[arg(long, requires = "labels")]
@@ -99,6 +115,8 @@ impl TrainOpts {
                 } => DataSource::Synthetic {
                     config: SyntheticConfig {
                         size: self.size,
+                        classes: config.classes + usize::from(self.tube),
+                        tube: self.tube,
                         ..config
                     },
                     train_volumes,
@@ -112,6 +130,7 @@ impl TrainOpts {
             base_width: self.width,
             depth: self.depth,
             loss,
+            deep_supervision: self.deep_supervision.then_some(self.ds_weights),
             epochs: self.epochs,
             steps_per_epoch: self.steps_per_epoch,
             batch_size: self.batch_size,
@@ -135,8 +154,12 @@ impl TrainOpts {
                 format!("NIfTI images from {} ({patch}^3 patches)", images.display())
             }
         };
+        let ds = match cfg.deep_supervision {
+            Some(w) => format!(", deep supervision ({} weights)", ds_weighting_name(w)),
+            None => String::new(),
+        };
         format!(
-            "a 3D U-Net (width {}, depth {}) on {data}, {} epochs x {} steps of {} on {}",
+            "a 3D U-Net (width {}, depth {}{ds}) on {data}, {} epochs x {} steps of {} on {}",
             cfg.base_width, cfg.depth, cfg.epochs, cfg.steps_per_epoch, cfg.batch_size, self.device
         )
     }

@@ -9,7 +9,10 @@
 //! | 2 | two medium ellipsoids | ~150 voxels each |
 //! | 3 | three to five small spheres (radius 1.5-2.5 voxels) | ~10-65 voxels each |
 //!
-//! (with more classes, further classes are smaller spheres again). The image is a per-class mean
+//! (with more classes, further classes are smaller spheres again). With `tube`, the last class is
+//! instead a thin curved tube (radius about 1 voxel, a quadratic Bezier curve across the volume:
+//! a vessel-like structure whose connectivity clDice-type losses care about; ~2% of the volume at
+//! `size = 32`). The image is a per-class mean
 //! intensity plus Gaussian noise, so the task needs context but is learnable. Everything derives
 //! from `(seed, split, index)` through ChaCha8, so a dataset is identical on every machine.
 
@@ -30,6 +33,10 @@ pub struct SyntheticConfig {
     pub seed: u64,
     /// Radius range `[min, max)` of the small spheres, in voxels.
     pub sphere_radius: [f32; 2],
+    /// Make the last class a thin curved tube instead of small spheres (`classes >= 3`).
+    /// Absent in descriptions written before it existed: `false`.
+    #[serde(default)]
+    pub tube: bool,
 }
 
 impl Default for SyntheticConfig {
@@ -40,6 +47,7 @@ impl Default for SyntheticConfig {
             noise: 0.5,
             seed: 42,
             sphere_radius: [1.5, 2.5],
+            tube: false,
         }
     }
 }
@@ -85,6 +93,12 @@ impl SyntheticConfig {
                 self.classes
             ));
         }
+        if self.tube && self.classes < 3 {
+            return Err(format!(
+                "synthetic data: a `tube` class needs `classes` >= 3 (background, the large blob, the tube), got {}",
+                self.classes
+            ));
+        }
         let [lo, hi] = self.sphere_radius;
         if !(lo.is_finite()
             && hi.is_finite()
@@ -106,8 +120,12 @@ impl SyntheticConfig {
     }
 
     /// A short name of class `class` for reports: `background`, `large blob`, `medium
-    /// ellipsoids`, `small spheres` (numbered from class 4 on: `small spheres 2`, ...).
+    /// ellipsoids`, `small spheres` (numbered from class 4 on: `small spheres 2`, ...), and
+    /// `thin tube` for the last class with `tube`.
     pub fn class_name(&self, class: usize) -> String {
+        if self.tube && class + 1 == self.classes {
+            return "thin tube".into();
+        }
         match class {
             0 => "background".into(),
             1 => "large blob".into(),
@@ -155,8 +173,10 @@ impl SyntheticConfig {
         let centre = [0; 3].map(|_| s * rng.random_range(0.4..0.6));
         let radii = [0; 3].map(|_| s * rng.random_range(0.22..0.32));
         paint(&mut labels, 1, centre, radii);
+        let tube_class = self.tube.then(|| self.classes - 1);
+        let spheres_end = tube_class.unwrap_or(self.classes);
         // Class 2: two medium ellipsoids anywhere.
-        if self.classes > 2 {
+        if spheres_end > 2 {
             for _ in 0..2 {
                 let centre = [0; 3].map(|_| s * rng.random_range(0.15..0.85));
                 let radii = [0; 3].map(|_| s * rng.random_range(0.08..0.12));
@@ -164,12 +184,34 @@ impl SyntheticConfig {
             }
         }
         // Classes 3..: small spheres of a few voxels.
-        for class in 3..self.classes {
+        for class in 3..spheres_end {
             let count = rng.random_range(3..=5);
             for _ in 0..count {
                 let centre = [0; 3].map(|_| s * rng.random_range(0.1..0.9));
                 let r = rng.random_range(self.sphere_radius[0]..self.sphere_radius[1]);
                 paint(&mut labels, class as u8, centre, [r; 3]);
+            }
+        }
+        // The tube: balls of one radius along a quadratic Bezier curve from near one face to
+        // near the opposite one, bent through a random control point, in steps of a quarter
+        // voxel so that it has no gaps. Painted last: nothing cuts it.
+        if let Some(class) = tube_class {
+            let axis = rng.random_range(0..3);
+            let mut p0 = [0; 3].map(|_| s * rng.random_range(0.25..0.75));
+            let mut p2 = [0; 3].map(|_| s * rng.random_range(0.25..0.75));
+            p0[axis] = s * 0.08;
+            p2[axis] = s * 0.92;
+            let p1 = [0; 3].map(|_| s * rng.random_range(0.1..0.9));
+            let r = rng.random_range(0.9..1.2);
+            let length: f32 = (0..3).map(|i| (p1[i] - p0[i]).powi(2)).sum::<f32>().sqrt()
+                + (0..3).map(|i| (p2[i] - p1[i]).powi(2)).sum::<f32>().sqrt();
+            let steps = (length * 4.0).ceil() as usize;
+            for k in 0..=steps {
+                let t = k as f32 / steps as f32;
+                let point = [0, 1, 2].map(|i| {
+                    (1.0 - t) * (1.0 - t) * p0[i] + 2.0 * (1.0 - t) * t * p1[i] + t * t * p2[i]
+                });
+                paint(&mut labels, class as u8, point, [r; 3]);
             }
         }
         let means = [0.0f32, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 4.0];
@@ -258,6 +300,91 @@ mod tests {
             (counts[3] as f64) < 0.01 * counts.iter().sum::<usize>() as f64,
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn the_tube_is_one_thin_connected_class() {
+        let cfg = SyntheticConfig {
+            classes: 5,
+            tube: true,
+            ..Default::default()
+        };
+        assert_eq!(cfg.class_name(4), "thin tube");
+        assert_eq!(cfg.class_name(3), "small spheres");
+        let n = cfg.size;
+        for index in 0..6 {
+            let v = cfg.volume(Split::Train, index);
+            let tube: Vec<usize> = (0..v.labels.len()).filter(|&i| v.labels[i] == 4).collect();
+            // Thin: between 0.2% and 4% of the volume (a 1-voxel-radius tube across it is
+            // ~300-900 voxels at 32^3), and no voxel has its whole 5x5x5 neighbourhood inside.
+            let frac = tube.len() as f64 / v.labels.len() as f64;
+            assert!(
+                (0.002..0.04).contains(&frac),
+                "volume {index}: tube fraction {frac}"
+            );
+            let at = |z: isize, y: isize, x: isize| -> bool {
+                let ok = |c: isize| (0..n as isize).contains(&c);
+                ok(z)
+                    && ok(y)
+                    && ok(x)
+                    && v.labels[((z as usize * n) + y as usize) * n + x as usize] == 4
+            };
+            for &i in &tube {
+                let (z, y, x) = (
+                    (i / (n * n)) as isize,
+                    (i / n % n) as isize,
+                    (i % n) as isize,
+                );
+                let filled = (-2..=2)
+                    .all(|dz| (-2..=2).all(|dy| (-2..=2).all(|dx| at(z + dz, y + dy, x + dx))));
+                assert!(
+                    !filled,
+                    "volume {index}: the tube is thicker than 2 voxels at {i}"
+                );
+            }
+            // Connected (26-neighbourhood): one flood fill reaches every tube voxel.
+            let mut seen = vec![false; v.labels.len()];
+            let mut stack = vec![tube[0]];
+            seen[tube[0]] = true;
+            let mut reached = 0;
+            while let Some(i) = stack.pop() {
+                reached += 1;
+                let (z, y, x) = (
+                    (i / (n * n)) as isize,
+                    (i / n % n) as isize,
+                    (i % n) as isize,
+                );
+                for dz in -1..=1 {
+                    for dy in -1..=1 {
+                        for dx in -1..=1 {
+                            let (a, b, c) = (z + dz, y + dy, x + dx);
+                            if at(a, b, c) {
+                                let j = ((a as usize * n) + b as usize) * n + c as usize;
+                                if !seen[j] {
+                                    seen[j] = true;
+                                    stack.push(j);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(reached, tube.len(), "volume {index}: the tube is broken");
+        }
+        // Without `tube`, the same settings have no tube class name.
+        let plain = SyntheticConfig {
+            tube: false,
+            ..cfg.clone()
+        };
+        assert_eq!(plain.class_name(4), "small spheres 2");
+        let e = SyntheticConfig {
+            classes: 2,
+            tube: true,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("`tube` class needs `classes` >= 3"), "{e}");
     }
 
     #[test]

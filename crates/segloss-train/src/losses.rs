@@ -1,9 +1,10 @@
 //! The losses a training run can use, by name (the `--loss` of the command line).
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
+pub use segloss::DeepSupervisionWeighting;
 use segloss::{
     Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
-    FocalLossConfig, GeneralizedDiceLossConfig, MccLossConfig, TverskyLossConfig,
+    FocalLossConfig, GeneralizedDiceLossConfig, MccLossConfig, Target, TverskyLossConfig,
 };
 
 /// A loss for multi-class training from logits `[B, C, D, H, W]` and a label map `[B, 1, D, H, W]`.
@@ -61,8 +62,10 @@ impl LossKind {
             .expect("every kind is named")
     }
 
-    /// The loss of `logits` against `labels`, shape `[1]`.
-    pub fn compute(self, logits: Tensor<5>, labels: Tensor<5, Int>) -> Tensor<1> {
+    /// The loss of `logits` against `labels` (a label map `[B, 1, D, H, W]`, as a tensor or a
+    /// [`Target`]), shape `[1]`.
+    pub fn compute(self, logits: Tensor<5>, labels: impl Into<Target>) -> Tensor<1> {
+        let labels: Target = labels.into();
         let act = Activation::Softmax;
         match self {
             LossKind::Dice => DiceLossConfig::new(act)
@@ -101,6 +104,39 @@ impl LossKind {
     }
 }
 
+/// The deep-supervision weightings of `--ds-weights`, with their command-line names.
+pub const DS_WEIGHTINGS: [(&str, DeepSupervisionWeighting); 5] = [
+    ("normalized", DeepSupervisionWeighting::Normalized),
+    ("nnunet", DeepSupervisionWeighting::NnUnet),
+    ("exp", DeepSupervisionWeighting::Exp),
+    ("same", DeepSupervisionWeighting::Same),
+    ("two", DeepSupervisionWeighting::Two),
+];
+
+/// Parses a deep-supervision weighting's command-line name.
+pub fn parse_ds_weighting(name: &str) -> Result<DeepSupervisionWeighting, String> {
+    DS_WEIGHTINGS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, w)| *w)
+        .ok_or_else(|| {
+            let names: Vec<&str> = DS_WEIGHTINGS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown deep-supervision weighting `{name}`; choose one of: {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// The command-line name of a deep-supervision weighting.
+pub fn ds_weighting_name(w: DeepSupervisionWeighting) -> &'static str {
+    DS_WEIGHTINGS
+        .iter()
+        .find(|(_, x)| *x == w)
+        .map(|(n, _)| *n)
+        .expect("every weighting is named")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +147,15 @@ mod tests {
             assert_eq!(LossKind::parse(name), Ok(kind));
             assert_eq!(kind.name(), name);
         }
+        for (name, w) in DS_WEIGHTINGS {
+            assert_eq!(parse_ds_weighting(name), Ok(w));
+            assert_eq!(ds_weighting_name(w), name);
+        }
+        assert!(
+            parse_ds_weighting("half")
+                .unwrap_err()
+                .contains("normalized, nnunet")
+        );
         assert_eq!(
             LossKind::parse("dicey"),
             Err("unknown loss `dicey`; choose one of: dice, gdl, dice-ce, dice-focal, tversky, mcc, focal, ce".to_string())

@@ -36,6 +36,11 @@ pub struct ModelCard {
     /// `None` in `model.json` files written before this field existed.
     #[serde(default)]
     pub training: Option<TrainingRecord>,
+    /// Deep supervision's weighting (its `--ds-weights` name), when trained with it: the
+    /// network then has a head per decoder level, which its weights file holds. `None` without
+    /// (and in `model.json` files written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_supervision: Option<String>,
 }
 
 /// The settings a run was trained with, as recorded in its `model.json`.
@@ -78,6 +83,7 @@ impl ModelCard {
         UNet3dConfig::new(self.classes)
             .with_base_width(self.base_width)
             .with_depth(self.depth)
+            .with_deep_supervision(self.deep_supervision.is_some())
     }
 }
 

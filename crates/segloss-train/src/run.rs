@@ -17,11 +17,12 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 use crate::dataset::{DataSource, Dataset};
-use crate::losses::LossKind;
+use crate::losses::{LossKind, ds_weighting_name, parse_ds_weighting};
 use crate::model::{ModelCard, TrainingRecord, save_model};
 use crate::predict::predict_labels_checked;
 use crate::train::adam_trainer;
 use crate::unet::UNet3d;
+use segloss::DeepSupervisionWeighting;
 use segloss_metrics::files::write_bytes_atomically;
 
 /// Settings of a training run.
@@ -35,6 +36,8 @@ pub struct TrainConfig {
     pub depth: usize,
     /// The loss.
     pub loss: LossKind,
+    /// Deep supervision (the loss on every decoder level's logits, so weighted), or `None`.
+    pub deep_supervision: Option<DeepSupervisionWeighting>,
     /// Number of epochs.
     pub epochs: usize,
     /// Optimisation steps per epoch.
@@ -63,6 +66,7 @@ impl Default for TrainConfig {
             base_width: 4,
             depth: 3,
             loss: LossKind::DiceCe,
+            deep_supervision: None,
             epochs: 20,
             steps_per_epoch: 16,
             batch_size: 2,
@@ -84,6 +88,10 @@ impl TrainConfig {
             base_width: card.base_width,
             depth: card.depth,
             loss: LossKind::parse(&card.loss).ok()?,
+            deep_supervision: match &card.deep_supervision {
+                Some(name) => Some(parse_ds_weighting(name).ok()?),
+                None => None,
+            },
             epochs: t.epochs,
             steps_per_epoch: t.steps_per_epoch,
             batch_size: t.batch_size,
@@ -395,6 +403,9 @@ pub fn train(
             Dataset::Nifti { .. } => None,
         },
         training: Some(cfg.record()),
+        deep_supervision: cfg
+            .deep_supervision
+            .map(|w| ds_weighting_name(w).to_string()),
     };
     if !previous.is_empty() {
         remove_run_files(&cfg.out_dir)?;
@@ -413,7 +424,7 @@ pub fn train(
 
     device.seed(cfg.seed);
     let model = card.unet().init(device);
-    let mut trainer = adam_trainer(model, cfg.loss, cfg.learning_rate);
+    let mut trainer = adam_trainer(model, cfg.loss, cfg.deep_supervision, cfg.learning_rate);
     let valid_device = device.clone().inner();
     let mut summaries: Vec<EpochSummary> = Vec::new();
     // The model of the last finished epoch, the one `model.bpk` gets.

@@ -27,6 +27,10 @@ pub struct UNet3dConfig {
     /// Number of resolution levels (`>= 1`); spatial sizes must be divisible by `2^(depth - 1)`.
     #[config(default = 3)]
     pub depth: usize,
+    /// Add a 1x1x1 head to every decoder level below the full resolution, so that
+    /// [`UNet3d::forward_levels`] returns logits at each (deep supervision).
+    #[config(default = false)]
+    pub deep_supervision: bool,
 }
 
 /// Conv-norm-activation twice; the first convolution may downsample with stride 2.
@@ -80,6 +84,9 @@ pub struct UNet3d {
     encoders: Vec<ConvBlock>,
     decoders: Vec<UpBlock>,
     head: Conv3d,
+    /// With deep supervision: the heads of the decoder levels below the full resolution,
+    /// deepest first (empty otherwise).
+    ds_heads: Vec<Conv3d>,
 }
 
 impl UNet3dConfig {
@@ -120,10 +127,23 @@ impl UNet3dConfig {
             });
         }
         let head = Conv3dConfig::new([widths[0], self.num_classes], [1, 1, 1]).init(device);
+        // Decoder level i (deepest first) works at widths[depth - 2 - i]; the last one is the
+        // full resolution, whose head is `head`.
+        let ds_heads = if self.deep_supervision {
+            (1..self.depth.saturating_sub(1))
+                .rev()
+                .map(|level| {
+                    Conv3dConfig::new([widths[level], self.num_classes], [1, 1, 1]).init(device)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         UNet3d {
             encoders,
             decoders,
             head,
+            ds_heads,
         }
     }
 }
@@ -139,6 +159,40 @@ impl UNet3d {
     /// # Panics
     /// If a spatial size is not divisible by `2^(depth - 1)`.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.run(x, false).remove(0)
+    }
+
+    /// Logits at every decoder level, full resolution first, each next one half the size
+    /// (deep supervision): as many as the decoder has levels (`depth - 1`, at least one) when
+    /// built with `deep_supervision`, else only the full resolution's.
+    ///
+    /// # Panics
+    /// If a spatial size is not divisible by `2^(depth - 1)`.
+    pub fn forward_levels(&self, x: Tensor<5>) -> Vec<Tensor<5>> {
+        self.run(x, true)
+    }
+
+    /// Whether the network has deep-supervision heads.
+    pub fn has_deep_supervision(&self) -> bool {
+        !self.ds_heads.is_empty()
+    }
+
+    /// The weights of the deep-supervision heads (deepest first), flattened: for tests and
+    /// inspection.
+    pub fn ds_head_weights(&self) -> Vec<Vec<f32>> {
+        self.ds_heads
+            .iter()
+            .map(|h| {
+                h.weight
+                    .val()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32 weights")
+            })
+            .collect()
+    }
+
+    fn run(&self, x: Tensor<5>, levels: bool) -> Vec<Tensor<5>> {
         let factor = self.size_factor();
         let dims = x.dims();
         assert!(
@@ -153,12 +207,18 @@ impl UNet3d {
             skips.push(x.clone());
         }
         skips.pop();
-        for dec in &self.decoders {
+        let mut out = Vec::new();
+        for (i, dec) in self.decoders.iter().enumerate() {
             let skip = skips.pop().expect("one skip per decoder");
             let up = conv_transpose3d_layer(&dec.up, x);
             x = dec.block.forward(Tensor::cat(vec![up, skip], 1));
+            if let Some(head) = self.ds_heads.get(i).filter(|_| levels) {
+                out.push(conv3d_layer(head, x.clone()));
+            }
         }
-        conv3d_layer(&self.head, x)
+        out.push(conv3d_layer(&self.head, x));
+        out.reverse();
+        out
     }
 }
 
@@ -177,6 +237,38 @@ mod tests {
                 .init(&device);
             let x = Tensor::<5>::random([2, 1, 8, 8, 8], Distribution::Normal(0.0, 1.0), &device);
             assert_eq!(net.forward(x).dims(), [2, 4, 8, 8, 8]);
+        }
+    }
+
+    #[test]
+    fn deep_supervision_gives_one_output_per_decoder_level() {
+        let device = Device::flex();
+        let x = Tensor::<5>::random([2, 1, 16, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+        for (depth, sizes) in [
+            (1, vec![[16, 8, 8]]),
+            (2, vec![[16, 8, 8]]),
+            (3, vec![[16, 8, 8], [8, 4, 4]]),
+            (4, vec![[16, 8, 8], [8, 4, 4], [4, 2, 2]]),
+        ] {
+            let cfg = UNet3dConfig::new(3).with_depth(depth).with_base_width(2);
+            let net = cfg.clone().with_deep_supervision(true).init(&device);
+            let levels = net.forward_levels(x.clone());
+            let got: Vec<[usize; 3]> = levels
+                .iter()
+                .map(|l| {
+                    let d = l.dims();
+                    assert_eq!(d[..2], [2, 3]);
+                    [d[2], d[3], d[4]]
+                })
+                .collect();
+            assert_eq!(got, sizes, "depth {depth}");
+            assert_eq!(net.has_deep_supervision(), depth > 2);
+            // The full-resolution output is `forward`'s.
+            let full: Vec<f32> = net.forward(x.clone()).into_data().try_to_vec().unwrap();
+            let first: Vec<f32> = levels[0].clone().into_data().try_to_vec().unwrap();
+            assert_eq!(full, first);
+            // Without deep supervision, one level.
+            assert_eq!(cfg.init(&device).forward_levels(x.clone()).len(), 1);
         }
     }
 
