@@ -286,6 +286,12 @@ enum Loss {
     DiceFocal(DiceFocalLoss),
     GdlFocal(GeneralizedDiceFocalLoss),
     Wasserstein(GeneralizedWassersteinDiceLoss),
+    Hausdorff(HausdorffDTLoss),
+    LogHausdorff(LogHausdorffDTLoss),
+    Boundary(BoundaryLoss),
+    ClDice(SoftclDiceLoss),
+    DiceClDice(SoftDiceclDiceLoss),
+    UnifiedFocal(AsymmetricUnifiedFocalLoss),
 }
 
 /// A loss built from a case's options.
@@ -311,6 +317,12 @@ pub const LOSSES: &[&str] = &[
     "GeneralizedDiceFocalLoss",
     "GeneralizedWassersteinDiceLoss",
     DEEP_SUPERVISION,
+    "HausdorffDTLoss",
+    "LogHausdorffDTLoss",
+    "BoundaryLoss",
+    "SoftclDiceLoss",
+    "SoftDiceclDiceLoss",
+    "AsymmetricUnifiedFocalLoss",
 ];
 
 /// MONAI's `DeepSupervisionLoss`: its cases hold lists `inputs` / `grad_inputs` (one per level,
@@ -533,6 +545,131 @@ fn build(name: &str, o: &Options) -> Result<Built, String> {
                 batch: false,
             }
         }
+        "HausdorffDTLoss" | "LogHausdorffDTLoss" => {
+            // MONAI's `other_act` (a Python callable) has no JSON form: present, it is an
+            // option not understood and fails the case in `finish`.
+            let (reduction, batch) = (o.reduction()?, o.flag("batch", false)?);
+            let (activation, alpha) = (o.activation()?, o.num("alpha", 2.0)?);
+            // MONAI's default for these two losses is to leave the background out.
+            let include_background = o.flag("include_background", false)?;
+            let loss = if name == "HausdorffDTLoss" {
+                Loss::Hausdorff(
+                    HausdorffDTLossConfig::new(activation)
+                        .with_alpha(alpha)
+                        .with_include_background(include_background)
+                        .with_reduction(reduction.ours())
+                        .with_batch(batch)
+                        .try_init()
+                        .map_err(cfg)?,
+                )
+            } else {
+                Loss::LogHausdorff(
+                    LogHausdorffDTLossConfig::new(activation)
+                        .with_alpha(alpha)
+                        .with_include_background(include_background)
+                        .with_reduction(reduction.ours())
+                        .with_batch(batch)
+                        .try_init()
+                        .map_err(cfg)?,
+                )
+            };
+            Built {
+                loss,
+                reduction,
+                labels: o.flag("to_onehot_y", false)?,
+                batch,
+            }
+        }
+        "BoundaryLoss" => {
+            let (reduction, batch) = (o.reduction()?, o.flag("batch", false)?);
+            let loss = BoundaryLossConfig::new(o.activation()?)
+                .with_include_background(o.flag("include_background", true)?)
+                .with_reduction(reduction.ours())
+                .with_batch(batch)
+                .try_init()
+                .map_err(cfg)?;
+            Built {
+                loss: Loss::Boundary(loss),
+                reduction,
+                labels: o.flag("to_onehot_y", false)?,
+                batch,
+            }
+        }
+        "SoftclDiceLoss" | "SoftDiceclDiceLoss" => {
+            // MONAI's `other_act` has no JSON form (an option not understood, see above).
+            let reduction = o.reduction()?;
+            let iterations = match o.int("iter_")? {
+                None => 3,
+                Some(i) => usize::try_from(i)
+                    .map_err(|_| format!("option `iter_` = {i} is negative (MONAI refuses it)"))?,
+            };
+            let activation = o.activation()?;
+            let (smooth_nr, smooth_dr) = (o.num("smooth_nr", 1.0)?, o.num("smooth_dr", 1.0)?);
+            let smooth = o.num("smooth", 1e-4)?;
+            let include_background = o.flag("include_background", true)?;
+            let loss = if name == "SoftclDiceLoss" {
+                Loss::ClDice(
+                    SoftclDiceLossConfig::new(activation)
+                        .with_iterations(iterations)
+                        .with_smooth_nr(smooth_nr)
+                        .with_smooth_dr(smooth_dr)
+                        .with_smooth(smooth)
+                        .with_include_background(include_background)
+                        .with_reduction(reduction.ours())
+                        .try_init()
+                        .map_err(cfg)?,
+                )
+            } else {
+                if reduction == Reduction::None {
+                    return Err("reduction \"none\" is not supported for SoftDiceclDiceLoss: MONAI 1.6.1 \
+                                broadcasts its Dice term [B, C', 1...] against its clDice term [B], and \
+                                segloss's has no unreduced form"
+                        .into());
+                }
+                Loss::DiceClDice(
+                    SoftDiceclDiceLossConfig::new(activation)
+                        .with_iterations(iterations)
+                        .with_alpha(o.num("alpha", 0.5)?)
+                        .with_smooth_nr(smooth_nr)
+                        .with_smooth_dr(smooth_dr)
+                        .with_smooth(smooth)
+                        .with_include_background(include_background)
+                        .with_reduction(reduction.ours())
+                        .try_init()
+                        .map_err(cfg)?,
+                )
+            };
+            Built {
+                loss,
+                reduction,
+                labels: o.flag("to_onehot_y", false)?,
+                batch: false,
+            }
+        }
+        "AsymmetricUnifiedFocalLoss" => {
+            // MONAI's loss takes two classes only (`num_classes` must be 2) and returns the mean
+            // whatever its `reduction`: every reduction is compared with segloss's mean.
+            let classes = o.int("num_classes")?.unwrap_or(2);
+            if classes != 2 {
+                return Err(format!(
+                    "option `num_classes` = {classes}: MONAI 1.6.1's AsymmetricUnifiedFocalLoss supports 2 classes only"
+                ));
+            }
+            o.reduction()?;
+            let loss = AsymmetricUnifiedFocalLossConfig::new(Activation::None)
+                .with_weight(o.num("weight", 0.5)?)
+                .with_gamma(o.num("gamma", 0.5)?)
+                .with_delta(o.num("delta", 0.7)?)
+                .with_ignore_index(o.int("ignore_index")?)
+                .try_init()
+                .map_err(cfg)?;
+            Built {
+                loss: Loss::UnifiedFocal(loss),
+                reduction: Reduction::Mean,
+                labels: o.flag("to_onehot_y", false)?,
+                batch: false,
+            }
+        }
         other => {
             return Err(format!(
                 "unknown loss {other:?} (the harness runs {LOSSES:?})"
@@ -553,9 +690,11 @@ fn build(name: &str, o: &Options) -> Result<Built, String> {
 /// prediction's rank). Reduced: MONAI a 0-d tensor `[]`, segloss `[1]`. Unreduced: Dice
 /// `[B, C', 1...]` (`[C', 1...]` with `batch`) against segloss's `[B, C']` (`[1, C']`); the
 /// Generalized Dice losses `[B, 1, 1...]` (`[1, 1...]`) against `[B, 1]` (`[1, 1]`); Tversky
-/// `[B, C']` (`[C']`) against `[B, C']` (`[1, C']`); focal the same shape; the Wasserstein loss
-/// `[B]` against `[B, 1]`; the Dice-focal compounds `[B, C', spatial...]` in both. A shape that does not fit the convention is returned unchanged, so
-/// that it differs from MONAI's.
+/// `[B, C']` (`[C']`) against `[B, C']` (`[1, C']`), and so does the boundary loss; the Hausdorff
+/// DT losses `[B, C', 1...]` (`[1, C', 1...]`: the batch axis kept) against `[B, C']` (`[1, C']`);
+/// focal the same shape; the Wasserstein loss
+/// `[B]` against `[B, 1]`; the Dice-focal compounds `[B, C', spatial...]` in both. A shape that
+/// does not fit the convention is returned unchanged, so that it differs from MONAI's.
 fn monai_value_shape(b: &Built, ours: &[usize], input_rank: usize) -> Vec<usize> {
     if b.reduction != Reduction::None {
         return if ours == [1] {
@@ -574,7 +713,11 @@ fn monai_value_shape(b: &Built, ours: &[usize], input_rank: usize) -> Vec<usize>
     let spatial_ones = vec![1; input_rank.saturating_sub(2)];
     match b.loss {
         Loss::Dice(_) | Loss::Gdl(_) if ours.len() == 2 => [unbatched(ours), spatial_ones].concat(),
-        Loss::Tversky(_) | Loss::Mcc(_) => unbatched(ours),
+        // MONAI keeps the batch axis of these two (`[1, C', 1...]` with `batch`).
+        Loss::Hausdorff(_) | Loss::LogHausdorff(_) if ours.len() == 2 => {
+            [ours, &spatial_ones[..]].concat()
+        }
+        Loss::Tversky(_) | Loss::Mcc(_) | Loss::Boundary(_) => unbatched(ours),
         Loss::Wasserstein(_) if ours.len() == 2 && ours[1] == 1 => vec![ours[0]],
         _ => ours.to_vec(),
     }
@@ -616,6 +759,20 @@ fn run<const D: usize>(b: &Built, x: &Array, t: Target, device: &Device) -> Outp
         (Loss::DiceFocal(l), false) => flat(l.forward(i, t)),
         (Loss::GdlFocal(l), true) => flat(l.forward_no_reduction(i, t)),
         (Loss::GdlFocal(l), false) => flat(l.forward(i, t)),
+        (Loss::Hausdorff(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::Hausdorff(l), false) => flat(l.forward(i, t)),
+        (Loss::LogHausdorff(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::LogHausdorff(l), false) => flat(l.forward(i, t)),
+        (Loss::Boundary(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::Boundary(l), false) => flat(l.forward(i, t)),
+        (Loss::ClDice(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::ClDice(l), false) => flat(l.forward(i, t)),
+        (Loss::DiceClDice(l), false) => flat(l.forward(i, t)),
+        (Loss::UnifiedFocal(l), true) => flat(l.forward_no_reduction(i, t)),
+        (Loss::UnifiedFocal(l), false) => flat(l.forward(i, t)),
+        (Loss::DiceClDice(_), true) => {
+            unreachable!("`build` refuses reduction none for SoftDiceclDiceLoss")
+        }
         (Loss::DiceCe(_), true) => {
             unreachable!("`build` refuses reduction none for DiceCELoss")
         }
@@ -644,6 +801,12 @@ fn reduced<const D: usize>(b: &Built, p: Tensor<D>, t: Target) -> Tensor<1> {
         Loss::DiceFocal(l) => l.forward(p, t),
         Loss::GdlFocal(l) => l.forward(p, t),
         Loss::Wasserstein(l) => l.forward(p, t),
+        Loss::Hausdorff(l) => l.forward(p, t),
+        Loss::LogHausdorff(l) => l.forward(p, t),
+        Loss::Boundary(l) => l.forward(p, t),
+        Loss::ClDice(l) => l.forward(p, t),
+        Loss::DiceClDice(l) => l.forward(p, t),
+        Loss::UnifiedFocal(l) => l.forward(p, t),
     }
 }
 
@@ -743,13 +906,15 @@ fn run_deep_supervision_case(
     }
     let t = target(&array(&case["target"], "target")?, built.labels, device)?;
     let expected = array(&reference["expected"], "expected")?;
+    /// One level's gradient: its shape and its values.
+    type LevelGrad = (Vec<usize>, Vec<f64>);
     fn levels<const D: usize>(
         ds: &DeepSupervisionLoss,
         built: &Built,
         xs: &[Array],
         t: Target,
         device: &Device,
-    ) -> (Vec<f64>, Vec<(Vec<usize>, Vec<f64>)>) {
+    ) -> (Vec<f64>, Vec<LevelGrad>) {
         let inputs: Vec<Tensor<D>> = xs
             .iter()
             .map(|x| float::<D>(x, device).require_grad())

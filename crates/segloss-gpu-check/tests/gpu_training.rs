@@ -57,7 +57,7 @@ fn main() {
     // The first step reports the loss before it, with the same weights: the same loss as on
     // Flex; then Adam steps on the GPU decrease it.
     let (x, y) = data.batch(Split::Train, &[0, 1], &gpu);
-    let mut trainer = adam_trainer(model, LossKind::DiceCe, 1e-2);
+    let mut trainer = adam_trainer(model, LossKind::DiceCe, None, 1e-2);
     let first = trainer.step(x.clone(), y.clone());
     let rel = (first - on_cpu).abs() / on_cpu.abs();
     assert!(

@@ -18,6 +18,10 @@
 //! | [`CrossEntropyLoss`] | (PyTorch `CrossEntropyLoss`) | |
 //! | [`DiceCELoss`], [`DiceFocalLoss`], [`GeneralizedDiceFocalLoss`] | same | |
 //! | [`GeneralizedWassersteinDiceLoss`] | same | Fidon et al. 2017 |
+//! | [`HausdorffDTLoss`], [`LogHausdorffDTLoss`] | same | Karimi and Salcudean 2019 |
+//! | [`BoundaryLoss`] | `BoundaryLoss` | Kervadec et al. 2019 |
+//! | [`SoftclDiceLoss`], [`SoftDiceclDiceLoss`] | same | Shit et al. 2021 |
+//! | [`AsymmetricUnifiedFocalLoss`] (also multi-class, from logits) | same | Yeung et al. 2022 |
 //!
 //! Inputs: a prediction `[B, C, spatial...]` (2D, 3D, ...) and a [`Target`]: a label map
 //! (`Tensor<D, Int>`, `[B, 1, spatial...]` or `[B, spatial...]`) or a dense one-hot /
@@ -79,6 +83,10 @@ pub mod metrics {
 pub use error::ConfigError;
 pub use input::{Activation, Target};
 pub use kernel::{Kernel, overlap_stats, with_kernel};
+pub use loss::boundary::{BoundaryLoss, BoundaryLossConfig};
+pub use loss::cldice::{
+    SoftDiceclDiceLoss, SoftDiceclDiceLossConfig, SoftclDiceLoss, SoftclDiceLossConfig,
+};
 pub use loss::compound::{
     DiceCELoss, DiceCELossConfig, DiceFocalLoss, DiceFocalLossConfig, GeneralizedDiceFocalLoss,
     GeneralizedDiceFocalLossConfig,
@@ -90,9 +98,13 @@ pub use loss::deep_supervision::{
 pub use loss::dice::{DiceLoss, DiceLossConfig};
 pub use loss::focal::{FocalLoss, FocalLossConfig};
 pub use loss::generalized_dice::{GeneralizedDiceLoss, GeneralizedDiceLossConfig, WeightType};
+pub use loss::hausdorff_dt::{
+    HausdorffDTLoss, HausdorffDTLossConfig, LogHausdorffDTLoss, LogHausdorffDTLossConfig,
+};
 pub use loss::mcc::{MccLoss, MccLossConfig};
 pub use loss::reduction::LossReduction;
 pub use loss::tversky::{TverskyLoss, TverskyLossConfig};
+pub use loss::unified_focal::{AsymmetricUnifiedFocalLoss, AsymmetricUnifiedFocalLossConfig};
 pub use loss::wasserstein::{
     GeneralizedWassersteinDiceLoss, GeneralizedWassersteinDiceLossConfig, WassersteinWeighting,
 };

@@ -17,13 +17,26 @@ fn case(loss: &str, options: Value) -> Value {
     } else {
         json!({"shape": [1, 1, 3], "data": [0, 1, 0]})
     };
+    let input = json!({"shape": [1, 2, 3], "data": [0.75, 0.25, 0.5, 0.25, 0.75, 0.5]});
+    let grad = json!({"shape": [1, 2, 3], "data": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]});
+    if loss == monai::DEEP_SUPERVISION {
+        // One level: lists `inputs` / `grad_inputs`.
+        return json!({
+            "name": "hand_written",
+            "options": options,
+            "inputs": [input],
+            "target": target,
+            "expected": {"shape": [], "data": [0.0]},
+            "grad_inputs": [grad],
+        });
+    }
     json!({
         "name": "hand_written",
         "options": options,
-        "input": {"shape": [1, 2, 3], "data": [0.75, 0.25, 0.5, 0.25, 0.75, 0.5]},
+        "input": input,
         "target": target,
         "expected": {"shape": [], "data": [0.0]},
-        "grad_input": {"shape": [1, 2, 3], "data": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]},
+        "grad_input": grad,
     })
 }
 
@@ -41,6 +54,11 @@ fn base(loss: &str) -> serde_json::Map<String, Value> {
     let mut o = serde_json::Map::new();
     if loss == "GeneralizedWassersteinDiceLoss" {
         o.insert("dist_matrix".into(), json!([[0.0, 1.0], [1.0, 0.0]]));
+    } else if loss == monai::DEEP_SUPERVISION {
+        o.insert(
+            "loss".into(),
+            json!({"name": "DiceLoss", "options": {"to_onehot_y": true}}),
+        );
     } else if loss != "FocalLoss" {
         o.insert("to_onehot_y".into(), json!(true));
     }
@@ -70,6 +88,11 @@ fn an_option_of_another_loss_fails() {
         ("FocalLoss", "smooth_nr", json!(0.0)),
         ("MaskedDiceLoss", "ignore_index", json!(255)),
         ("GeneralizedDiceLoss", "weight", json!([1.0, 2.0])),
+        ("HausdorffDTLoss", "smooth_nr", json!(1e-5)),
+        ("LogHausdorffDTLoss", "ignore_index", json!(255)),
+        ("BoundaryLoss", "alpha", json!(2.0)),
+        // MONAI's `other_act` is a Python callable, which has no JSON form to map.
+        ("HausdorffDTLoss", "other_act", json!("tanh")),
     ] {
         let mut o = base(loss);
         o.insert(k.into(), v);
@@ -90,6 +113,7 @@ fn an_unknown_string_value_fails_instead_of_falling_back() {
         ("DiceLoss", "reduction", "average"),
         ("FocalLoss", "reduction", "max"),
         ("GeneralizedWassersteinDiceLoss", "reduction", "batchmean"),
+        ("BoundaryLoss", "reduction", "mean_batch"),
     ] {
         let mut o = base(loss);
         o.insert(k.into(), json!(v));
@@ -109,6 +133,7 @@ fn an_option_of_the_wrong_type_fails() {
         ("DiceLoss", "weight", json!({"a": 1})),
         ("DiceLoss", "ignore_index", json!(2.5)),
         ("GeneralizedDiceLoss", "w_type", json!(2)),
+        ("HausdorffDTLoss", "alpha", json!("2")),
         (
             "GeneralizedWassersteinDiceLoss",
             "dist_matrix",
@@ -135,6 +160,9 @@ fn softmax_and_sigmoid_both_true_fail() {
         "DiceCELoss",
         "DiceFocalLoss",
         "GeneralizedDiceFocalLoss",
+        "HausdorffDTLoss",
+        "LogHausdorffDTLoss",
+        "BoundaryLoss",
     ] {
         let mut o = base(loss);
         o.insert("softmax".into(), json!(true));
@@ -149,8 +177,9 @@ fn softmax_and_sigmoid_both_true_fail() {
 
 #[test]
 fn an_unknown_loss_fails_with_its_name() {
-    let e = rejected("SoftclDiceLoss", &case("SoftclDiceLoss", json!({})));
-    assert!(e.contains("unknown loss \"SoftclDiceLoss\""), "{e}");
+    // MONAI's structural-similarity loss: an image loss, not one segloss has.
+    let e = rejected("SSIMLoss", &case("SSIMLoss", json!({})));
+    assert!(e.contains("unknown loss \"SSIMLoss\""), "{e}");
 }
 
 #[test]
@@ -174,6 +203,60 @@ fn segloss_refusing_the_options_fails_the_case() {
         e.contains("segloss refuses the options") && e.contains("smooth_dr"),
         "{e}"
     );
+    for loss in ["HausdorffDTLoss", "LogHausdorffDTLoss"] {
+        let e = rejected(
+            loss,
+            &case(loss, json!({"to_onehot_y": true, "alpha": -1.0})),
+        );
+        assert!(
+            e.contains("segloss refuses the options") && e.contains(loss) && e.contains("alpha"),
+            "{e}"
+        );
+    }
+}
+
+/// An option a case leaves out takes MONAI's default for that loss: `include_background` is
+/// `false` for the Hausdorff DT losses and `true` for the boundary loss, `alpha` is 2. A MONAI
+/// case that sets the default explicitly still passes without it, and fails with the opposite.
+#[test]
+fn absent_options_take_monais_defaults_for_the_distance_losses() {
+    let device = Device::flex().autodiff();
+    for (file, option, default) in [
+        ("hausdorff_dt_loss.json", "include_background", json!(false)),
+        (
+            "log_hausdorff_dt_loss.json",
+            "include_background",
+            json!(false),
+        ),
+        ("boundary_loss.json", "include_background", json!(true)),
+        ("hausdorff_dt_loss.json", "alpha", json!(2.0)),
+        ("log_hausdorff_dt_loss.json", "alpha", json!(2.0)),
+    ] {
+        let path = format!("{}/tests/fixtures/monai/{file}", env!("CARGO_MANIFEST_DIR"));
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let loss = json["loss"].as_str().unwrap();
+        // A case with the default whose value it changes: a reduced value that is not 0.
+        let c = json["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["options"][option] == default && c["options"]["reduction"] != "none")
+            .unwrap_or_else(|| panic!("{file}: no case with {option} = {default}"));
+        let mut without = c.clone();
+        without["options"].as_object_mut().unwrap().remove(option);
+        monai::run_case(loss, &without, &without, Kernel::Auto, &device)
+            .unwrap_or_else(|e| panic!("{file} without {option}: {e}"));
+        let mut other = c.clone();
+        other["options"][option] = match &default {
+            Value::Bool(b) => json!(!b),
+            _ => json!(3.0),
+        };
+        let e = rejected(loss, &other);
+        assert!(
+            e.starts_with("value") || e.starts_with("gradient"),
+            "{file} {option}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -283,6 +366,9 @@ fn shapes_are_compared_not_only_lengths() {
         "tversky_loss.json",
         "focal_loss.json",
         "generalized_wasserstein_dice_loss.json",
+        "hausdorff_dt_loss.json",
+        "log_hausdorff_dt_loss.json",
+        "boundary_loss.json",
     ] {
         let (loss, c) = fixture_case(file);
         monai::run_case(&loss, &c, &c, Kernel::Auto, &device)

@@ -605,6 +605,30 @@ fn a_batch_of_size_zero_is_refused_clearly_by_every_loss() {
                     .forward(logits(), labels());
             }),
         ),
+        (
+            "HausdorffDTLoss",
+            Box::new(|| {
+                HausdorffDTLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "LogHausdorffDTLoss",
+            Box::new(|| {
+                LogHausdorffDTLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
+        (
+            "BoundaryLoss",
+            Box::new(|| {
+                BoundaryLossConfig::new(Activation::Softmax)
+                    .init()
+                    .forward(logits(), labels());
+            }),
+        ),
     ];
     for (name, f) in run {
         let msg = panic_message(&f);

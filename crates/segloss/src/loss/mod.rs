@@ -4,8 +4,10 @@
 //!
 //! The Dice family (Dice, Jaccard, Tversky, Generalized Dice, MCC) is computed from
 //! [`OverlapStats`](crate::OverlapStats); focal and cross-entropy are per-voxel losses; the
-//! compound losses add one of each; deep supervision weighs any of them over the outputs of
-//! several decoder levels.
+//! compound losses add one of each (the unified focal loss an asymmetric pair of them); deep supervision weighs any of them over the outputs of
+//! several decoder levels. The distance-transform losses (Hausdorff DT, log Hausdorff DT,
+//! boundary) weigh per-voxel terms with distance maps computed on the CPU; the clDice losses
+//! compare soft skeletons (iterated soft erosions and openings).
 
 /// The shell every overlap loss (Dice, Generalized Dice, Tversky, MCC) shares: `config()`,
 /// `forward` (the reduction of `forward_no_reduction`), `forward_no_reduction` (its target
@@ -50,15 +52,21 @@ macro_rules! overlap_loss_shell {
     };
 }
 
+pub mod boundary;
+pub mod cldice;
 pub mod compound;
 pub mod cross_entropy;
 pub mod deep_supervision;
 pub mod dice;
+mod distance_map;
 pub mod focal;
 pub mod generalized_dice;
+pub mod hausdorff_dt;
 pub mod mcc;
 pub mod reduction;
+mod skeleton;
 pub mod tversky;
+pub mod unified_focal;
 pub mod wasserstein;
 
 use burn::tensor::{Device, Tensor};
