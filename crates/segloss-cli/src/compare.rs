@@ -16,7 +16,8 @@ use crate::train::{Progress, TrainOpts, check_opts, set_aside, stopped};
 #[derive(Args, Debug)]
 pub struct CompareArgs {
     /// Comma-separated losses to compare (dice, gdl, dice-ce, dice-focal, tversky, mcc, focal,
-    /// ce) [default: dice,gdl,dice-ce; with --report-only: every loss with a run in --out].
+    /// ce, dice-cldice, dice-boundary, dice-hausdorff, unified-focal) [default: dice,gdl,dice-ce;
+    /// with --report-only: every loss with a run in --out].
     #[arg(long, value_delimiter = ',', value_parser = crate::train::loss_kind)]
     pub losses: Option<Vec<LossKind>>,
     /// Output folder: report.md, validation_dice.png, training_loss.png and one run folder per

@@ -182,7 +182,8 @@ pub fn device_name(name: &str) -> Result<String, String> {
 /// Options of `segloss train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The loss: dice, gdl, dice-ce, dice-focal, tversky, mcc, focal or ce.
+    /// The loss: dice, gdl, dice-ce, dice-focal, tversky, mcc, focal, ce, dice-cldice,
+    /// dice-boundary, dice-hausdorff or unified-focal.
     #[arg(long, default_value = "dice-ce", value_parser = loss_kind)]
     pub loss: LossKind,
     /// Output folder: model.json, metrics.csv, checkpoints/epoch-N.bpk and model.bpk
