@@ -30,7 +30,11 @@ is always the sigmoid one); for `dice-focal` and `gdl-focal` MONAI's class is bu
 its `focal` member replaced by `FocalLoss(use_softmax=True)` with the same other options, so the
 forward is MONAI's own (one one-hot, both terms). `ce` is torch.nn.CrossEntropyLoss on the logits
 and the integer labels `[B, spatial]`, as DiceCELoss calls it (the conversion to integers is done
-once, outside the timed step).
+once, outside the timed step). The clDice and distance-transform losses take the logits with
+their spatial shape in both tools (MONAI's distance maps come from scipy, segloss's from its own
+exact transform). `unified-focal` runs on the two-class shapes only (MONAI's
+AsymmetricUnifiedFocalLoss takes two classes of probabilities): both tools get the softmax of the
+logits, taken before the timed step.
 
 usage: python3 bench/compare_monai.py [--iters N] [--runs R] [--threads T] [--shapes NAME,...]
                                      [--losses NAME,...] [--markdown]
@@ -62,7 +66,10 @@ SHAPES = {
     "2x4x128^3": (2, 4, (128, 128, 128)),
     "1x14x96^3": (1, 14, (96, 96, 96)),
     "2d_16x4x512^2": (16, 4, (512, 512)),
+    "binary_2x2x128^3": (2, 2, (128, 128, 128)),
 }
+# MONAI's AsymmetricUnifiedFocalLoss takes two classes only: it runs on the two-class shapes.
+TWO_CLASS_ONLY = {"unified-focal"}
 # name: (segloss configuration, MONAI configuration). Options not named keep their defaults, which
 # are the same in both. Targets: a label map with labels uniform in 0..C-1 (MONAI: float [B, 1,
 # spatial]), except sigmoid-dice (a dense multi-label [B, C, spatial], each entry 1 with
@@ -92,6 +99,18 @@ LOSSES = {
            "torch.nn.CrossEntropyLoss on integer labels [B, spatial]"),
     "wasserstein": ("GeneralizedWassersteinDiceLoss(distance |i - j| / (C - 1))",
                     "GeneralizedWassersteinDiceLoss(dist_matrix |i - j| / (C - 1))"),
+    "cldice": ("SoftclDiceLoss(Softmax, include_background false, iterations 3)",
+               "SoftclDiceLoss(softmax=True, to_onehot_y=True, include_background=False, iter_=3)"),
+    "dice-cldice": ("SoftDiceclDiceLoss(Softmax, include_background false, iterations 3, alpha 0.5)",
+                    "SoftDiceclDiceLoss(softmax=True, to_onehot_y=True, include_background=False, iter_=3, alpha=0.5)"),
+    "hausdorff": ("HausdorffDTLoss(Softmax, include_background false, alpha 2)",
+                  "HausdorffDTLoss(softmax=True, to_onehot_y=True, include_background=False, alpha=2)"),
+    "log-hausdorff": ("LogHausdorffDTLoss(Softmax, include_background false, alpha 2)",
+                      "LogHausdorffDTLoss(softmax=True, to_onehot_y=True, include_background=False, alpha=2)"),
+    "boundary": ("BoundaryLoss(Softmax, include_background false)",
+                 "BoundaryLoss(softmax=True, to_onehot_y=True, include_background=False)"),
+    "unified-focal": ("AsymmetricUnifiedFocalLoss(None) on probabilities (softmax taken before the timed step)",
+                      "AsymmetricUnifiedFocalLoss(to_onehot_y=True) on the same probabilities"),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "examples", "loss_bench")
@@ -153,6 +172,20 @@ def monai_loss(loss_name, c):
     if loss_name == "wasserstein":
         dist = [[abs(i - j) / (c - 1) for j in range(c)] for i in range(c)]
         return GeneralizedWassersteinDiceLoss(dist_matrix=torch.tensor(dist)), "labels"
+    if loss_name in ("cldice", "dice-cldice", "hausdorff", "log-hausdorff", "boundary"):
+        from monai.losses import (BoundaryLoss, HausdorffDTLoss, LogHausdorffDTLoss, SoftclDiceLoss,
+                                  SoftDiceclDiceLoss)
+        common = dict(softmax=True, to_onehot_y=True, include_background=False)
+        return {
+            "cldice": lambda: SoftclDiceLoss(iter_=3, **common),
+            "dice-cldice": lambda: SoftDiceclDiceLoss(iter_=3, alpha=0.5, **common),
+            "hausdorff": lambda: HausdorffDTLoss(alpha=2.0, **common),
+            "log-hausdorff": lambda: LogHausdorffDTLoss(alpha=2.0, **common),
+            "boundary": lambda: BoundaryLoss(**common),
+        }[loss_name](), "labels"
+    if loss_name == "unified-focal":
+        from monai.losses import AsymmetricUnifiedFocalLoss
+        return AsymmetricUnifiedFocalLoss(to_onehot_y=True, num_classes=2), "probs"
     raise ValueError(loss_name)
 
 
@@ -165,8 +198,10 @@ def monai_row(loss_name, shape, iters, device="cpu"):
 
     def inputs(spatial):
         logits = torch.randn((b, c) + spatial, generator=g, dtype=torch.float32).to(device)
+        if kind == "probs":
+            logits = torch.softmax(logits, dim=1)
         labels = torch.randint(0, c, (b, 1) + spatial, generator=g)
-        if kind == "labels":
+        if kind in ("labels", "probs"):
             target = labels.float().to(device)
         elif kind == "int_labels":
             target = labels.squeeze(1).long().to(device)
@@ -340,26 +375,26 @@ def main():
         f"{a.runs} run(s) of the median of {a.iters} forward + backward")
 
     # results[(shape, loss)] = [(monai, segloss) per run]; each a dict or an error string.
-    results = {(name, loss_name): [] for name in shapes for loss_name in losses}
+    results = {(name, loss_name): [] for name in shapes for loss_name in losses
+               if loss_name not in TWO_CLASS_ONLY or SHAPES[name][1] == 2}
     failures = []
     for run in range(a.runs):
-        for name in shapes:
-            for loss_name in losses:
-                m = monai_subprocess(name, loss_name, a.iters, a.threads, a.device)
-                s = segloss_subprocess(loss_name, SHAPES[name], a.iters, a.threads, a.bench, seg_device)
-                results[(name, loss_name)].append((m, s))
-                for who, r in (("MONAI", m), ("segloss", s)):
-                    if isinstance(r, str):
-                        failures.append(f"run {run + 1}, {name}, {loss_name}, {who}: {r}")
-                if isinstance(m, dict) and isinstance(s, dict):
-                    if s.get("floor_threads") not in (None, a.threads) or m.get("threads") != a.threads:
-                        failures.append(f"run {run + 1}, {name}, {loss_name}: threads MONAI {m.get('threads')}, "
-                                        f"segloss floor {s.get('floor_threads')}, asked {a.threads}")
-                    floor = f"{s['floor_ms']:.1f} ms ({s['floor_gb_s']:.1f} GB/s)" if s["floor_ms"] is not None else "n/a"
-                    say(f"  run {run + 1}/{a.runs}  {name}  {loss_name}: MONAI {m['median_ms']:.1f} ms, "
-                        f"segloss {s['median_ms']:.1f} ms, {m['median_ms'] / s['median_ms']:.2f}x; floor {floor}")
-                else:
-                    say(f"  run {run + 1}/{a.runs}  {name}  {loss_name}: failed")
+        for name, loss_name in results:
+            m = monai_subprocess(name, loss_name, a.iters, a.threads, a.device)
+            s = segloss_subprocess(loss_name, SHAPES[name], a.iters, a.threads, a.bench, seg_device)
+            results[(name, loss_name)].append((m, s))
+            for who, r in (("MONAI", m), ("segloss", s)):
+                if isinstance(r, str):
+                    failures.append(f"run {run + 1}, {name}, {loss_name}, {who}: {r}")
+            if isinstance(m, dict) and isinstance(s, dict):
+                if s.get("floor_threads") not in (None, a.threads) or m.get("threads") != a.threads:
+                    failures.append(f"run {run + 1}, {name}, {loss_name}: threads MONAI {m.get('threads')}, "
+                                    f"segloss floor {s.get('floor_threads')}, asked {a.threads}")
+                floor = f"{s['floor_ms']:.1f} ms ({s['floor_gb_s']:.1f} GB/s)" if s["floor_ms"] is not None else "n/a"
+                say(f"  run {run + 1}/{a.runs}  {name}  {loss_name}: MONAI {m['median_ms']:.1f} ms, "
+                    f"segloss {s['median_ms']:.1f} ms, {m['median_ms'] / s['median_ms']:.2f}x; floor {floor}")
+            else:
+                say(f"  run {run + 1}/{a.runs}  {name}  {loss_name}: failed")
 
     rows = [table_row(name, loss_name, runs) for (name, loss_name), runs in results.items()]
     gb_s = [s["floor_gb_s"] for runs in results.values() for _, s in runs

@@ -38,15 +38,17 @@ use std::time::Instant;
 use burn::tensor::{Distribution, Int, Tensor};
 use rayon::prelude::*;
 use segloss::{
-    Activation, CrossEntropyLossConfig, DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig,
-    FocalLossConfig, GeneralizedDiceFocalLossConfig, GeneralizedDiceLossConfig,
-    GeneralizedWassersteinDiceLossConfig, Kernel, MccLossConfig, Target, TverskyLossConfig,
+    Activation, AsymmetricUnifiedFocalLossConfig, BoundaryLossConfig, CrossEntropyLossConfig,
+    DiceCELossConfig, DiceFocalLossConfig, DiceLossConfig, FocalLossConfig,
+    GeneralizedDiceFocalLossConfig, GeneralizedDiceLossConfig,
+    GeneralizedWassersteinDiceLossConfig, HausdorffDTLossConfig, Kernel, LogHausdorffDTLossConfig,
+    MccLossConfig, SoftDiceclDiceLossConfig, SoftclDiceLossConfig, Target, TverskyLossConfig,
     with_kernel,
 };
 
 /// Every loss by name, with its configuration (options not named keep their defaults, which are
 /// MONAI's).
-const LOSSES: [(&str, &str); 11] = [
+const LOSSES: [(&str, &str); 17] = [
     (
         "dice",
         "DiceLoss: softmax, label map, include_background false",
@@ -82,7 +84,67 @@ const LOSSES: [(&str, &str); 11] = [
         "wasserstein",
         "GeneralizedWassersteinDiceLoss: label map, distance |i - j| / (C - 1)",
     ),
+    (
+        "cldice",
+        "SoftclDiceLoss: softmax, label map, include_background false, iter 3",
+    ),
+    (
+        "dice-cldice",
+        "SoftDiceclDiceLoss: softmax, label map, include_background false, iter 3, alpha 0.5",
+    ),
+    (
+        "hausdorff",
+        "HausdorffDTLoss: softmax, label map, include_background false, alpha 2",
+    ),
+    (
+        "log-hausdorff",
+        "LogHausdorffDTLoss: softmax, label map, include_background false, alpha 2",
+    ),
+    (
+        "boundary",
+        "BoundaryLoss: softmax, label map, include_background false",
+    ),
+    (
+        "unified-focal",
+        "AsymmetricUnifiedFocalLoss: two-class probabilities (softmax taken before), label map",
+    ),
 ];
+
+/// The losses that read the image's spatial shape (soft skeletons, distance transforms): they
+/// get the logits `[B, C, spatial...]` and a label map `[B, 1, spatial...]` instead of the
+/// flattened `[B, C, N]` and `[B, N]` (the same data; a reshape is a view).
+const SPATIAL: [&str; 5] = [
+    "cldice",
+    "dice-cldice",
+    "hausdorff",
+    "log-hausdorff",
+    "boundary",
+];
+
+/// `labels` `[B, N]` as a label map `[B, 1, spatial...]` (2 or 3 spatial axes).
+fn spatial_labels(labels: Tensor<2, Int>, spatial: &[usize]) -> Target {
+    let b = labels.dims()[0];
+    match *spatial {
+        [h, w] => Target::labels(labels.reshape([b, 1, h, w])),
+        [h, w, d] => Target::labels(labels.reshape([b, 1, h, w, d])),
+        _ => panic!("the spatial losses take 2D or 3D shapes, got {spatial:?}"),
+    }
+}
+
+/// Runs `f` on the logits `[B, C, N]` reshaped to the target's shape `[B, 1, spatial...]`.
+fn on_image(
+    x: Tensor<3>,
+    t: Target,
+    f4: &dyn Fn(Tensor<4>, Target) -> Tensor<1>,
+    f5: &dyn Fn(Tensor<5>, Target) -> Tensor<1>,
+) -> Tensor<1> {
+    let [b, c, _] = x.dims();
+    match *t.shape() {
+        [_, _, h, w] => f4(x.reshape([b, c, h, w]), t),
+        [_, _, h, w, d] => f5(x.reshape([b, c, h, w, d]), t),
+        ref s => panic!("a spatial loss needs a [B, 1, spatial...] label map, got {s:?}"),
+    }
+}
 
 /// Bytes per chunk of the floor's parallel loops.
 const CHUNK: usize = 1 << 16;
@@ -189,7 +251,19 @@ fn main() {
         .autodiff();
     let on_host = matches!(device_name.as_str(), "flex" | "cpu");
     device.seed(1);
-    let logits = Tensor::<3>::random([b, c, n], Distribution::Normal(0.0, 1.0), &device);
+    // The unified focal loss takes probabilities (MONAI's only form): the softmax of the logits.
+    let probabilities = |x: Tensor<3>| {
+        if loss == "unified-focal" {
+            burn::tensor::activation::softmax(x, 1)
+        } else {
+            x
+        }
+    };
+    let logits = probabilities(Tensor::<3>::random(
+        [b, c, n],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    ));
     let labels = Tensor::<2, Int>::random([b, n], Distribution::Uniform(0.0, c as f64), &device);
     let multi = (loss == "sigmoid-dice")
         .then(|| Tensor::<3>::random([b, c, n], Distribution::Bernoulli(0.3), &device));
@@ -201,10 +275,28 @@ fn main() {
     };
 
     let act = Activation::Softmax;
+    let spatial_loss = SPATIAL.contains(&loss.as_str());
+    if loss == "unified-focal" {
+        assert!(
+            c == 2,
+            "unified-focal: MONAI's form takes two classes, got {c}"
+        );
+    }
     let target = || match &multi {
         Some(t) => Target::dense(t.clone()),
+        None if spatial_loss => spatial_labels(labels.clone(), &shape[2..]),
         None => Target::labels(labels.clone()),
     };
+    // Builds the boxed forward of a spatial loss `$l` (a loss value with a generic `forward`).
+    macro_rules! spatial {
+        ($l:expr) => {{
+            let l = $l;
+            let l2 = l.clone();
+            Box::new(move |x: Tensor<3>, t: Target| {
+                on_image(x, t, &|x, t| l.forward(x, t), &|x, t| l2.forward(x, t))
+            })
+        }};
+    }
     // The loss, built once: logits and target in, the reduced loss `[1]` out.
     let forward: Box<dyn Fn(Tensor<3>, Target) -> Tensor<1>> = match loss.as_str() {
         "dice" => {
@@ -288,6 +380,44 @@ fn main() {
                 .init();
             Box::new(move |x, t| l.forward(x, t))
         }
+        "cldice" => spatial!(
+            SoftclDiceLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init()
+        ),
+        "dice-cldice" => spatial!(
+            SoftDiceclDiceLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init()
+        ),
+        "hausdorff" => spatial!(
+            HausdorffDTLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init()
+        ),
+        "log-hausdorff" => spatial!(
+            LogHausdorffDTLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init()
+        ),
+        "boundary" => spatial!(
+            BoundaryLossConfig::new(act)
+                .with_include_background(false)
+                .with_validate_labels(validate)
+                .init()
+        ),
+        "unified-focal" => {
+            // MONAI's loss takes probabilities: both are given the softmax of the logits, taken
+            // outside the timed step (see `probabilities` below).
+            let l = AsymmetricUnifiedFocalLossConfig::new(Activation::None)
+                .with_validate_labels(validate)
+                .init();
+            Box::new(move |x, t| l.forward(x, t))
+        }
         other => unreachable!("{other} is checked above"),
     };
 
@@ -308,9 +438,21 @@ fn main() {
     // the step runs and starts the thread pool, which the OS counts as resident memory but which
     // does not grow with the input (compare_monai.py does the same in MONAI's process).
     let small_n = n.min(64);
-    let small_logits =
-        Tensor::<3>::random([b, c, small_n], Distribution::Normal(0.0, 1.0), &device);
+    let small_logits = probabilities(Tensor::<3>::random(
+        [b, c, small_n],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    ));
+    let small_spatial: &[usize] = if shape.len() == 4 {
+        &[8, 8]
+    } else {
+        &[4, 4, 4]
+    };
     let small_target = || match &multi {
+        None if spatial_loss => spatial_labels(
+            Tensor::<2, Int>::random([b, small_n], Distribution::Uniform(0.0, c as f64), &device),
+            small_spatial,
+        ),
         Some(_) => Target::dense(Tensor::<3>::random(
             [b, c, small_n],
             Distribution::Bernoulli(0.3),
