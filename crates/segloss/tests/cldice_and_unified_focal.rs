@@ -35,7 +35,7 @@ fn tube(
         for y in cy - 1..=cy + 1 {
             for z in cz - 1..=cz + 1 {
                 let corner = y != cy && z != cz;
-                if !gap.contains(&x) && !(corner && thin.contains(&x)) {
+                if !(gap.contains(&x) || corner && thin.contains(&x)) {
                     fg[(x * w + y) * d + z] = 1.0;
                 }
             }
@@ -190,12 +190,12 @@ fn unified_focal_by_hand(
     let (b, c) = (p.len(), p[0].len());
     let n = y[0].len();
     let mut total = 0.0;
-    for s in 0..b {
-        for k in 0..c {
+    for (ps, ys) in p.iter().zip(y) {
+        for (k, pk) in ps.iter().enumerate() {
             let (mut af, mut tp, mut fn_, mut fp) = (0.0, 0.0, 0.0, 0.0);
-            for v in 0..n {
-                let q = p[s][k][v].clamp(eps, 1.0 - eps);
-                let g = if y[s][v] == k { 1.0 } else { 0.0 };
+            for (q, &label) in pk.iter().zip(ys) {
+                let q = q.clamp(eps, 1.0 - eps);
+                let g = if label == k { 1.0 } else { 0.0 };
                 let ce = -g * q.ln();
                 af += if k == 0 {
                     (1.0 - delta) * (1.0 - q).powf(gamma) * ce

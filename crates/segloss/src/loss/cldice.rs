@@ -334,7 +334,7 @@ impl SoftDiceclDiceLossConfig {
 /// loss = (1 - alpha) Dice + alpha clDice
 /// ```
 ///
-/// with [`DiceLoss`](crate::DiceLoss) per (sample, class) (same activation, background and
+/// with [`DiceLoss`] per (sample, class) (same activation, background and
 /// smoothing; `smooth_nr = smooth_dr = 1` by default, as MONAI passes them) and
 /// [`SoftclDiceLoss`] per sample, each reduced with `reduction` before the sum. Shit et al.,
 /// CVPR 2021 (their recommended form: Dice keeps the volume right, clDice the connectivity);
