@@ -5,10 +5,10 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 
 use super::distance_map::{check_spatial_rank, per_mask, read_masks};
+use super::prepare_whole_image;
 use super::reduction::LossReduction;
 use crate::error::ConfigError;
-use crate::input::{Activation, PrepareOptions, Target, prepare};
-use crate::stats::check_channels;
+use crate::input::{Activation, Target};
 
 const NAME: &str = "BoundaryLoss";
 
@@ -140,26 +140,16 @@ impl BoundaryLoss {
     ) -> Tensor<2> {
         let cfg = &self.config;
         check_spatial_rank(NAME, &prediction.dims());
-        let options = PrepareOptions {
-            ignore_index: None,
-            validate_labels: cfg.validate_labels,
-        };
-        let prepared = prepare(NAME, prediction, target.into(), options);
-        assert!(
-            prepared.mask.is_none(),
-            "{NAME}: takes no voxel mask (MONAI's {NAME} has none: which voxels the distance transform would see is undefined)"
+        let (prepared, p, g, k) = prepare_whole_image(
+            NAME,
+            prediction,
+            target.into(),
+            cfg.activation,
+            cfg.include_background,
+            cfg.validate_labels,
+            "which voxels the distance transform would see is undefined",
         );
-        let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
-        check_channels(NAME, c, cfg.activation, cfg.include_background);
-        let mut p = cfg.activation.apply(prepared.logits.clone());
-        let mut g = prepared.dense_target();
-        // MONAI drops the background after the activation, so a softmax still sees every class.
-        let first = usize::from(!cfg.include_background);
-        let k = c - first;
-        if first == 1 {
-            p = p.narrow(1, 1, k);
-            g = g.narrow(1, 1, k);
-        }
+        let [b, n] = [prepared.batch, prepared.voxels];
 
         let masks = read_masks(g.greater_elem(0.5));
         // A map without a boundary stays 0 (MONAI skips it).

@@ -6,11 +6,11 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use super::dice::{DiceLoss, DiceLossConfig};
+use super::prepare_whole_image;
 use super::reduction::LossReduction;
 use super::skeleton::{check_skeleton_rank, soft_skeleton};
 use crate::error::{Check, ConfigError};
-use crate::input::{Activation, PrepareOptions, Target, prepare};
-use crate::stats::check_channels;
+use crate::input::{Activation, Target};
 
 const NAME: &str = "SoftclDiceLoss";
 const DICE_NAME: &str = "SoftDiceclDiceLoss";
@@ -215,26 +215,16 @@ fn cldice_per_sample<const D: usize>(
     o: ClDiceTerms,
 ) -> Tensor<1> {
     check_skeleton_rank(loss, &prediction.dims());
-    let options = PrepareOptions {
-        ignore_index: None,
-        validate_labels: o.validate_labels,
-    };
-    let prepared = prepare(loss, prediction, target, options);
-    assert!(
-        prepared.mask.is_none(),
-        "{loss}: takes no voxel mask (MONAI's has none, and a masked voxel would still shape its neighbours' skeleton)"
+    let (prepared, p, g, k) = prepare_whole_image(
+        loss,
+        prediction,
+        target,
+        o.activation,
+        o.include_background,
+        o.validate_labels,
+        "a masked voxel would still shape its neighbours' skeleton",
     );
-    let [b, c] = [prepared.batch, prepared.channels];
-    check_channels(loss, c, o.activation, o.include_background);
-    let mut p = o.activation.apply(prepared.logits.clone());
-    let mut g = prepared.dense_target();
-    // MONAI drops the background after the activation, so a softmax still sees every class.
-    let first = usize::from(!o.include_background);
-    let k = c - first;
-    if first == 1 {
-        p = p.narrow(1, 1, k);
-        g = g.narrow(1, 1, k);
-    }
+    let b = prepared.batch;
     let mut dims = [0usize; D];
     dims[0] = b;
     dims[1] = k;

@@ -6,10 +6,10 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 
 use super::distance_map::{check_spatial_rank, per_mask, read_masks};
+use super::prepare_whole_image;
 use super::reduction::LossReduction;
 use crate::error::{Check, ConfigError};
-use crate::input::{Activation, PrepareOptions, Target, prepare};
-use crate::stats::check_channels;
+use crate::input::{Activation, Target};
 
 const NAME: &str = "HausdorffDTLoss";
 const LOG_NAME: &str = "LogHausdorffDTLoss";
@@ -289,26 +289,16 @@ fn per_class<const D: usize>(
     target: Target,
 ) -> Tensor<2> {
     check_spatial_rank(loss, &prediction.dims());
-    let options = PrepareOptions {
-        ignore_index: None,
-        validate_labels: cfg.validate_labels,
-    };
-    let prepared = prepare(loss, prediction, target, options);
-    assert!(
-        prepared.mask.is_none(),
-        "{loss}: takes no voxel mask (MONAI's {loss} has none: which voxels the distance transform would see is undefined)"
+    let (prepared, p, g, k) = prepare_whole_image(
+        loss,
+        prediction,
+        target,
+        cfg.activation,
+        cfg.include_background,
+        cfg.validate_labels,
+        "which voxels the distance transform would see is undefined",
     );
-    let [b, c, n] = [prepared.batch, prepared.channels, prepared.voxels];
-    check_channels(loss, c, cfg.activation, cfg.include_background);
-    let mut p = cfg.activation.apply(prepared.logits.clone());
-    let mut g = prepared.dense_target();
-    // MONAI drops the background after the activation, so a softmax still sees every class.
-    let first = usize::from(!cfg.include_background);
-    let k = c - first;
-    if first == 1 {
-        p = p.narrow(1, 1, k);
-        g = g.narrow(1, 1, k);
-    }
+    let [b, n] = [prepared.batch, prepared.voxels];
 
     // The prediction's and the target's masks of each sample side by side, [B, 2k, N], read
     // back in one transfer.

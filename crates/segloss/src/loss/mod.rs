@@ -71,6 +71,48 @@ pub mod wasserstein;
 
 use burn::tensor::{Device, Tensor};
 
+use crate::input::{Activation, PrepareOptions, Prepared, Target, prepare};
+use crate::stats::check_channels;
+
+/// The inputs of a loss that sees the image as a whole (distance maps, soft skeletons): no ignore
+/// index and no voxel mask, the activation applied, then the background dropped as MONAI does
+/// (after the activation, so that a softmax still sees every class). Returns the prepared input,
+/// the prediction `p` and the dense target `g`, both `[B, C', N]`, and `C'`.
+///
+/// # Panics
+/// As [`prepare`]; on a voxel mask (`no_mask_why` says why the loss takes none); on the
+/// single-channel settings [`check_channels`] refuses.
+pub(crate) fn prepare_whole_image<const D: usize>(
+    loss: &str,
+    prediction: Tensor<D>,
+    target: Target,
+    activation: Activation,
+    include_background: bool,
+    validate_labels: bool,
+    no_mask_why: &str,
+) -> (Prepared, Tensor<3>, Tensor<3>, usize) {
+    let options = PrepareOptions {
+        ignore_index: None,
+        validate_labels,
+    };
+    let prepared = prepare(loss, prediction, target, options);
+    assert!(
+        prepared.mask.is_none(),
+        "{loss}: takes no voxel mask (MONAI's {loss} has none: {no_mask_why})"
+    );
+    let c = prepared.channels;
+    check_channels(loss, c, activation, include_background);
+    let mut p = activation.apply(prepared.logits.clone());
+    let mut g = prepared.dense_target();
+    let first = usize::from(!include_background);
+    let k = c - first;
+    if first == 1 {
+        p = p.narrow(1, 1, k);
+        g = g.narrow(1, 1, k);
+    }
+    (prepared, p, g, k)
+}
+
 /// `[1, k]` per-class weights: a single value applies to every class; otherwise there must be
 /// exactly `k` values (the classes left after background exclusion).
 pub(crate) fn class_weights(
